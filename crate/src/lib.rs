@@ -1,0 +1,21 @@
+//! fastcomposer: FastComposer (tuning-free, multi-subject, subject-driven image generation on
+//! the Stable Diffusion 1.5 family) on burn — natively, on WebGPU and on the CPU in wasm.
+//!
+//! Layout (named like the reference libraries so a reader can diff against them):
+//! - [`tokenizer`]: CLIP BPE + subject markers;
+//! - [`models`]: `clip_text`, `clip_vision`, `fuser`, `unet`, `vae`;
+//! - [`scheduler`]: DDIM and PNDM behind one trait;
+//! - [`attention`]: how attention is computed (sliced within a memory budget, or fused);
+//! - [`weights`]: loading tensors by reference key names, with typed errors.
+
+pub mod attention;
+pub mod device;
+pub mod error;
+pub mod forward;
+pub mod models;
+pub mod nn;
+pub mod scheduler;
+pub mod tokenizer;
+pub mod weights;
+
+pub use error::{Error, Result};

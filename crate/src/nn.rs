@@ -1,0 +1,166 @@
+//! The few layer types the models are made of, loaded by reference key names.
+//! Plain structs holding tensors: inference needs no autodiff or optimiser state.
+
+use burn::tensor::module::{conv2d, layer_norm, linear};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, activation};
+
+use crate::error::Result;
+use crate::weights::Loader;
+
+/// `torch.nn.Linear`; the weight is held `[d_in, d_out]` (burn's layout).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor<2>,
+    pub bias: Option<Tensor<1>>,
+}
+
+impl Linear {
+    pub fn load(vb: &Loader, d_in: usize, d_out: usize, bias: bool) -> Result<Self> {
+        Ok(Self {
+            weight: vb.linear_weight("weight", d_in, d_out)?,
+            bias: if bias {
+                Some(vb.tensor("bias", [d_out])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.clone(), self.bias.clone())
+    }
+}
+
+/// `torch.nn.Conv2d` (square kernel, symmetric or `(begin, end)` padding).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub weight: Tensor<4>,
+    pub bias: Option<Tensor<1>>,
+    pub options: ConvOptions<2>,
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        vb: &Loader,
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        padding: (usize, usize),
+        bias: bool,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: vb.tensor("weight", [c_out, c_in, kernel, kernel])?,
+            bias: if bias {
+                Some(vb.tensor("bias", [c_out])?)
+            } else {
+                None
+            },
+            options: ConvOptions::new_with_padding([stride, stride], [padding, padding], [1, 1], 1),
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        conv2d(x, self.weight.clone(), self.bias.clone(), self.options.clone())
+    }
+}
+
+/// `torch.nn.GroupNorm` (affine) over `[B, C, H, W]`.
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    pub groups: usize,
+    pub eps: f64,
+}
+
+impl GroupNorm {
+    pub fn load(vb: &Loader, groups: usize, channels: usize, eps: f64) -> Result<Self> {
+        if groups == 0 || channels % groups != 0 {
+            return Err(crate::Error::weights(format!(
+                "{}: {channels} channels cannot be split into {groups} groups",
+                vb.key("")
+            )));
+        }
+        Ok(Self {
+            weight: vb.tensor("weight", [channels])?,
+            bias: vb.tensor("bias", [channels])?,
+            groups,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let g = self.groups;
+        let xg = x.reshape([b, g, (c / g) * h * w]);
+        let (var, mean) = xg.clone().var_mean_bias(2);
+        let xg = (xg - mean) / (var + self.eps).sqrt();
+        let x = xg.reshape([b, c, h, w]);
+        let weight = self.weight.clone().reshape([1, c, 1, 1]);
+        let bias = self.bias.clone().reshape([1, c, 1, 1]);
+        x * weight + bias
+    }
+}
+
+/// `torch.nn.LayerNorm` over the last dimension.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor<1>,
+    pub bias: Tensor<1>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(vb: &Loader, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: vb.tensor("weight", [dim])?,
+            bias: vb.tensor("bias", [dim])?,
+            eps,
+        })
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        layer_norm(x, self.weight.clone(), Some(self.bias.clone()), self.eps)
+    }
+}
+
+/// The activations the reference configs name (`act_fn` / `hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Silu,
+    /// Exact (erf) GELU.
+    Gelu,
+    /// `x * sigmoid(1.702 x)` (CLIP).
+    QuickGelu,
+    /// tanh-approximated GELU.
+    GeluTanh,
+}
+
+impl Activation {
+    /// Parse a reference config's activation name.
+    pub fn parse(name: &str) -> Result<Self> {
+        Ok(match name {
+            "silu" | "swish" => Activation::Silu,
+            "gelu" => Activation::Gelu,
+            "quick_gelu" => Activation::QuickGelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            other => {
+                return Err(crate::Error::invalid(format!(
+                    "unsupported activation `{other}` (supported: silu, gelu, quick_gelu, gelu_new)"
+                )));
+            }
+        })
+    }
+
+    pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Silu => activation::silu(x),
+            Activation::Gelu => activation::gelu(x),
+            Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
+            Activation::GeluTanh => activation::gelu_approximate(x),
+        }
+    }
+}

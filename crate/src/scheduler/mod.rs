@@ -1,0 +1,176 @@
+//! Noise schedulers behind one small trait, matching diffusers' `DDIMScheduler` and
+//! `PNDMScheduler` (PLMS, `skip_prk_steps`).
+//!
+//! The schedule is computed on the host exactly as diffusers computes it with torch: betas
+//! from an f32 `linspace`, `alphas_cumprod` from a cumulative product accumulated in f64 and
+//! stored as f32 (torch's CPU `cumprod`), step coefficients as f32 scalars.
+
+pub mod ddim;
+pub mod pndm;
+
+use burn::tensor::Tensor;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub use ddim::DdimScheduler;
+pub use pndm::PndmScheduler;
+
+/// diffusers' scheduler config (`scheduler/scheduler_config.json`). Defaults: SD1.5's.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: String,
+    pub set_alpha_to_one: bool,
+    pub steps_offset: usize,
+    pub skip_prk_steps: bool,
+    pub prediction_type: String,
+    pub timestep_spacing: String,
+    pub clip_sample: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: "scaled_linear".into(),
+            set_alpha_to_one: false,
+            steps_offset: 1,
+            skip_prk_steps: true,
+            prediction_type: "epsilon".into(),
+            timestep_spacing: "leading".into(),
+            clip_sample: false,
+        }
+    }
+}
+
+/// Which scheduler runs the denoising loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SchedulerKind {
+    #[default]
+    Ddim,
+    Pndm,
+}
+
+impl std::str::FromStr for SchedulerKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "ddim" => Ok(SchedulerKind::Ddim),
+            "pndm" | "plms" => Ok(SchedulerKind::Pndm),
+            other => Err(Error::invalid(format!(
+                "unknown scheduler `{other}` (expected ddim or pndm)"
+            ))),
+        }
+    }
+}
+
+/// One denoising schedule, stepped in order.
+pub trait Scheduler {
+    /// The model is evaluated at these timesteps, in this order.
+    fn timesteps(&self) -> &[usize];
+    /// Standard deviation of the initial noise.
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+    /// Scale the model input for timestep `t` (identity for DDIM and PNDM).
+    fn scale_model_input(&self, sample: Tensor<4>, _t: usize) -> Tensor<4> {
+        sample
+    }
+    /// One step back in time: the sample at the previous timestep.
+    fn step(&mut self, model_output: Tensor<4>, timestep: usize, sample: Tensor<4>) -> Tensor<4>;
+}
+
+impl SchedulerConfig {
+    /// Refuse settings this crate does not implement, by name.
+    pub fn check(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::invalid(format!("scheduler config: unsupported {what}")));
+        if !matches!(self.beta_schedule.as_str(), "scaled_linear" | "linear") {
+            return bad(format!("beta_schedule = {:?}", self.beta_schedule));
+        }
+        if self.prediction_type != "epsilon" {
+            return bad(format!("prediction_type = {:?}", self.prediction_type));
+        }
+        if self.timestep_spacing != "leading" {
+            return bad(format!("timestep_spacing = {:?}", self.timestep_spacing));
+        }
+        if self.clip_sample {
+            return bad("clip_sample = true".into());
+        }
+        if self.num_train_timesteps < 2 {
+            return bad(format!("num_train_timesteps = {}", self.num_train_timesteps));
+        }
+        Ok(())
+    }
+
+    /// `betas`, as diffusers computes them in f32.
+    pub fn betas(&self) -> Vec<f32> {
+        let n = self.num_train_timesteps;
+        match self.beta_schedule.as_str() {
+            "scaled_linear" => linspace_f32(self.beta_start.sqrt(), self.beta_end.sqrt(), n)
+                .into_iter()
+                .map(|b| b * b)
+                .collect(),
+            _ => linspace_f32(self.beta_start, self.beta_end, n),
+        }
+    }
+
+    /// `alphas_cumprod` (f32, accumulated in f64 like torch's CPU `cumprod`).
+    pub fn alphas_cumprod(&self) -> Vec<f32> {
+        let mut acc = 1f64;
+        self.betas()
+            .into_iter()
+            .map(|b| {
+                acc *= (1.0f32 - b) as f64;
+                acc as f32
+            })
+            .collect()
+    }
+
+    /// "leading" spacing: `arange(0, n) * (T // n) + steps_offset`, ascending.
+    pub fn leading_timesteps(&self, steps: usize) -> Result<Vec<usize>> {
+        let t = self.num_train_timesteps;
+        if steps == 0 || steps > t {
+            return Err(Error::invalid(format!(
+                "steps must be between 1 and {t} (num_train_timesteps), got {steps}"
+            )));
+        }
+        let ratio = t / steps;
+        Ok((0..steps).map(|i| i * ratio + self.steps_offset).collect())
+    }
+
+    /// Build the scheduler of `kind` for `steps` inference steps.
+    pub fn build(&self, kind: SchedulerKind, steps: usize) -> Result<Box<dyn Scheduler>> {
+        self.check()?;
+        Ok(match kind {
+            SchedulerKind::Ddim => Box::new(DdimScheduler::new(self, steps)?),
+            SchedulerKind::Pndm => Box::new(PndmScheduler::new(self, steps)?),
+        })
+    }
+}
+
+/// torch's CPU `linspace` for f32: `start + step·i` for the first half, `end - step·(n-1-i)`
+/// for the second, with `step = (end - start) / (n - 1)` in f32.
+pub fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+    let (s, e) = (start as f32, end as f32);
+    if n == 1 {
+        return vec![s];
+    }
+    let step = (e - s) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| {
+            if i < half {
+                s + step * i as f32
+            } else {
+                e - step * (n - 1 - i) as f32
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,319 @@
+//! Loading weights by the reference libraries' key names.
+//!
+//! A [`TensorSource`] is anything that holds named tensors (a safetensors file in memory, a
+//! model bundle). A [`Loader`] walks it with a key prefix, like the module path in diffusers
+//! (`down_blocks.0.attentions.0...`), records every key it took, and turns a missing or
+//! misshaped tensor into an error naming the key. [`Loader::finish`] reports the keys nobody
+//! took (unexpected tensors).
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::rc::Rc;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use half::{bf16, f16};
+use safetensors::tensor::{Dtype, Metadata};
+
+use crate::error::{Error, Result};
+
+/// How a parameter is used: sources that store weights transformed (pre-transposed,
+/// quantized) need to know which layout the model asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// Any tensor used as stored (norm scales, biases, embeddings, convolution kernels).
+    Plain,
+    /// A `torch.nn.Linear` weight, stored `[out, in]`, wanted as burn's `[in, out]`.
+    LinearWeight,
+}
+
+/// Named tensors, read one at a time.
+pub trait TensorSource {
+    /// Every tensor name the source holds.
+    fn names(&self) -> Vec<String>;
+    /// The stored shape of a tensor, or `None` if absent.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Read one tensor as host data in the layout `kind` asks for (f32 unless the source keeps
+    /// it quantized).
+    fn read(&self, name: &str, kind: ParamKind) -> Result<TensorData>;
+}
+
+/// A safetensors file held in memory.
+pub struct SafetensorsSource {
+    bytes: Vec<u8>,
+    data_start: usize,
+    metadata: Metadata,
+}
+
+impl SafetensorsSource {
+    /// Parse the header of a safetensors file; `what` names the file in errors.
+    pub fn from_bytes(bytes: Vec<u8>, what: &str) -> Result<Self> {
+        let (n, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::weights(format!("{what}: not a valid safetensors file ({e})")))?;
+        // `read_metadata` checks that the offsets cover the buffer exactly.
+        Ok(Self {
+            bytes,
+            data_start: 8 + n,
+            metadata,
+        })
+    }
+
+    /// Read a file from disk (native only).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_bytes(bytes, &path.display().to_string())
+    }
+
+    /// The dtype of a stored tensor.
+    pub fn dtype(&self, name: &str) -> Option<Dtype> {
+        self.metadata.info(name).map(|i| i.dtype)
+    }
+
+    fn raw(&self, name: &str) -> Result<(Dtype, Vec<usize>, &[u8])> {
+        let info = self
+            .metadata
+            .info(name)
+            .ok_or_else(|| Error::weights(format!("missing tensor `{name}`")))?;
+        let (a, b) = info.data_offsets;
+        let data = &self.bytes[self.data_start + a..self.data_start + b];
+        Ok((info.dtype, info.shape.clone(), data))
+    }
+
+    /// Read any float tensor as f32 values.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (dtype, shape, data) = self.raw(name)?;
+        Ok((shape, bytes_to_f32(dtype, data, name)?))
+    }
+
+    /// Read an integer tensor (i64 or i32) as i64 values.
+    pub fn read_i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
+        let (dtype, shape, data) = self.raw(name)?;
+        let values = match dtype {
+            Dtype::I64 => data
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            Dtype::I32 => data
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().unwrap()) as i64)
+                .collect(),
+            other => {
+                return Err(Error::invalid(format!(
+                    "tensor `{name}` has dtype {other:?}, expected an integer type (I64 or I32)"
+                )));
+            }
+        };
+        Ok((shape, values))
+    }
+}
+
+/// Convert little-endian float bytes of a safetensors dtype to f32.
+pub fn bytes_to_f32(dtype: Dtype, data: &[u8], name: &str) -> Result<Vec<f32>> {
+    Ok(match dtype {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes(c.try_into().unwrap()).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes(c.try_into().unwrap()).to_f32())
+            .collect(),
+        Dtype::F64 => data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
+            .collect(),
+        other => {
+            return Err(Error::weights(format!(
+                "tensor `{name}` has dtype {other:?}, expected a float type (F32, F16, BF16, F64)"
+            )));
+        }
+    })
+}
+
+/// Transpose a row-major `[rows, cols]` matrix.
+pub fn transpose_2d<T: Copy>(values: &[T], rows: usize, cols: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(values.len());
+    for c in 0..cols {
+        for r in 0..rows {
+            out.push(values[r * cols + c]);
+        }
+    }
+    out
+}
+
+impl TensorSource for SafetensorsSource {
+    fn names(&self) -> Vec<String> {
+        self.metadata.tensors().into_keys().collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.metadata.info(name).map(|i| i.shape.clone())
+    }
+
+    fn read(&self, name: &str, kind: ParamKind) -> Result<TensorData> {
+        let (shape, values) = self.read_f32(name)?;
+        match kind {
+            ParamKind::Plain => Ok(TensorData::new(values, shape)),
+            ParamKind::LinearWeight => {
+                let [out, inp] = shape[..] else {
+                    return Err(Error::weights(format!(
+                        "tensor `{name}` has shape {shape:?}, expected a 2-d linear weight"
+                    )));
+                };
+                Ok(TensorData::new(transpose_2d(&values, out, inp), [inp, out]))
+            }
+        }
+    }
+}
+
+/// Walks a [`TensorSource`] under a key prefix and records what it took.
+#[derive(Clone)]
+pub struct Loader<'a> {
+    src: &'a dyn TensorSource,
+    prefix: String,
+    used: Rc<RefCell<BTreeSet<String>>>,
+    device: Device,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(src: &'a dyn TensorSource, device: &Device) -> Self {
+        Self {
+            src,
+            prefix: String::new(),
+            used: Rc::new(RefCell::new(BTreeSet::new())),
+            device: device.clone(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A loader one level down: `pp("down_blocks").pp(0)` reads `down_blocks.0.*`.
+    pub fn pp(&self, name: impl std::fmt::Display) -> Loader<'a> {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        };
+        Loader {
+            src: self.src,
+            prefix,
+            used: self.used.clone(),
+            device: self.device.clone(),
+        }
+    }
+
+    /// The full key of `name` under this loader's prefix.
+    pub fn key(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    /// Whether the source holds `name` under this prefix.
+    pub fn contains(&self, name: &str) -> bool {
+        self.src.shape(&self.key(name)).is_some()
+    }
+
+    /// Whether any key starts with this prefix followed by `name.`.
+    pub fn contains_prefix(&self, name: &str) -> bool {
+        let p = format!("{}.", self.key(name));
+        self.src.names().iter().any(|k| k.starts_with(&p))
+    }
+
+    fn fetch(&self, name: &str, shape: &[usize], kind: ParamKind) -> Result<TensorData> {
+        let key = self.key(name);
+        let Some(stored) = self.src.shape(&key) else {
+            return Err(Error::weights(format!("missing tensor `{key}`")));
+        };
+        // Conv-shaped linear weights ([out, in, 1, 1]) are accepted where a linear is wanted.
+        let stored_ok = match kind {
+            ParamKind::LinearWeight => {
+                let want = [shape[1], shape[0]];
+                stored == want || (stored.len() == 4 && stored[..2] == want && stored[2..] == [1, 1])
+            }
+            ParamKind::Plain => stored == shape,
+        };
+        if !stored_ok {
+            let want: Vec<usize> = match kind {
+                ParamKind::LinearWeight => vec![shape[1], shape[0]],
+                ParamKind::Plain => shape.to_vec(),
+            };
+            return Err(Error::weights(format!(
+                "tensor `{key}` has shape {stored:?}, expected {want:?}"
+            )));
+        }
+        let data = if kind == ParamKind::LinearWeight && stored.len() == 4 {
+            self.src.read(&key, ParamKind::Plain).and_then(|d| {
+                let v = d
+                    .into_vec::<f32>()
+                    .map_err(|e| Error::weights(format!("tensor `{key}`: {e:?}")))?;
+                Ok(TensorData::new(
+                    transpose_2d(&v, shape[1], shape[0]),
+                    [shape[0], shape[1]],
+                ))
+            })?
+        } else {
+            self.src.read(&key, kind)?
+        };
+        self.used.borrow_mut().insert(key);
+        Ok(data)
+    }
+
+    /// A tensor of exactly `shape`.
+    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        let data = self.fetch(name, &shape, ParamKind::Plain)?;
+        Ok(to_device(data, &self.device))
+    }
+
+    /// A linear weight stored `[d_out, d_in]`, returned as `[d_in, d_out]`.
+    pub fn linear_weight(&self, name: &str, d_in: usize, d_out: usize) -> Result<Tensor<2>> {
+        let data = self.fetch(name, &[d_in, d_out], ParamKind::LinearWeight)?;
+        Ok(to_device(data, &self.device))
+    }
+
+    /// Error if the source holds keys under `root` that nobody took. Keys ending in one of
+    /// `ignore` (known non-parameter buffers such as `position_ids`) are skipped.
+    pub fn finish(&self, root: &str, ignore: &[&str]) -> Result<()> {
+        let used = self.used.borrow();
+        let mut unexpected: Vec<String> = self
+            .src
+            .names()
+            .into_iter()
+            .filter(|k| root.is_empty() || k.starts_with(root))
+            .filter(|k| !used.contains(k))
+            .filter(|k| !ignore.iter().any(|s| k.ends_with(s)))
+            .collect();
+        if unexpected.is_empty() {
+            return Ok(());
+        }
+        unexpected.sort();
+        let n = unexpected.len();
+        unexpected.truncate(8);
+        Err(Error::weights(format!(
+            "{n} unexpected tensor(s): {}{}",
+            unexpected
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if n > 8 { ", ..." } else { "" }
+        )))
+    }
+}
+
+/// Upload host data to a device, keeping quantized data quantized.
+pub fn to_device<const D: usize>(data: TensorData, device: &Device) -> Tensor<D> {
+    match data.dtype {
+        DType::QFloat(_) => Tensor::from_data(data, device),
+        _ => Tensor::from_data(data.convert::<f32>(), device),
+    }
+}

@@ -1,0 +1,196 @@
+"""Golden fixtures for every model component and the schedulers, from the reference libraries
+(diffusers, transformers) on tiny random-weight configs.
+
+Layout: crate/tests/fixtures/<component>/
+  config.json           the reference library's own saved config (save_pretrained)
+  weights.safetensors   the reference key names (UNet/VAE weights are f16-exact values stored
+                        as F16 to keep the repo small; the reference ran on the same values in f32)
+  <case>.in.safetensors / <case>.out.safetensors   inputs named as `fastcomposer forward`
+                        expects them, and the output `out`.
+Schedulers: crate/tests/fixtures/scheduler/<kind>_<steps>.safetensors.
+
+Run:  tools/.venv/bin/python tools/reference/make_fixtures.py
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from common import FIXTURES, randomize, save_json, save_tensors
+from fastcomposer_ref import Fuser
+
+torch.set_grad_enabled(False)
+
+
+def saved_config(model, name="config.json"):
+    """The config exactly as the library's save_pretrained writes it."""
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        with open(os.path.join(d, name)) as f:
+            return json.load(f)
+
+
+def reset(dirname):
+    path = os.path.join(FIXTURES, dirname)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def write_component(dirname, model, config, cases, half=False):
+    path = reset(dirname)
+    save_json(os.path.join(path, "config.json"), config)
+    save_tensors(os.path.join(path, "weights.safetensors"), model.state_dict(), half=half)
+    for case, (inputs, out) in cases.items():
+        save_tensors(os.path.join(path, f"{case}.in.safetensors"), inputs)
+        save_tensors(os.path.join(path, f"{case}.out.safetensors"), {"out": out})
+    print(f"{dirname}: {sum(p.numel() for p in model.parameters())} params, cases {list(cases)}")
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------- CLIP text
+def text_encoder():
+    cfg = CLIPTextConfig(
+        vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=3,
+        num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+    )
+    m = CLIPTextModel(cfg).eval()
+    randomize(m, 1)
+    ids = torch.randint(0, 1000, (2, 77), generator=gen(2))
+    ids[:, 0] = 1  # any id < vocab works; no special meaning in the tiny vocab
+    out = m(input_ids=ids).last_hidden_state
+    write_component("text_encoder", m, saved_config(m), {"case0": ({"input_ids": ids}, out)})
+
+
+# ---------------------------------------------------------------- CLIP vision
+def vision_encoder():
+    cfg = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, projection_dim=24, num_hidden_layers=3,
+        num_attention_heads=4, image_size=30, patch_size=6, hidden_act="quick_gelu",
+    )
+    m = CLIPVisionModelWithProjection(cfg).eval()
+    randomize(m, 3)
+    px = torch.randn((2, 3, 30, 30), generator=gen(4))
+    out = m(pixel_values=px).image_embeds
+    write_component("vision_encoder", m, saved_config(m), {"case0": ({"pixel_values": px}, out)})
+
+
+# ---------------------------------------------------------------- fuser
+def fuser():
+    d = 24
+    m = Fuser(d).eval()
+    randomize(m, 5)
+    text = torch.randn((5, d), generator=gen(6))
+    image = torch.randn((5, d), generator=gen(7))
+    out = m(text, image)
+    write_component("fuser", m, {"embed_dim": d}, {"case0": ({"text": text, "image": image}, out)})
+
+
+# ---------------------------------------------------------------- UNet
+def unet_cases(m, cross_dim, seed, shapes):
+    cases = {}
+    for k, (b, h, w) in enumerate(shapes):
+        g = gen(seed + k)
+        sample = torch.randn((b, m.config.in_channels, h, w), generator=g)
+        t = torch.tensor([981.0, 1.0, 500.0, 37.0][:b])
+        ehs = torch.randn((b, 7 + k, cross_dim), generator=g)
+        out = m(sample, t, encoder_hidden_states=ehs).sample
+        cases[f"case{k}"] = ({"sample": sample, "timestep": t, "encoder_hidden_states": ehs}, out)
+    return cases
+
+
+def unets():
+    # The shape diffusers' own UNet2DConditionModel tests use.
+    tiny = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+    ).eval()
+    randomize(tiny, 10, half_exact=True)
+    cases = unet_cases(tiny, 32, 11, [(2, 8, 12), (1, 9, 7)])
+    write_component("unet_tiny", tiny, saved_config(tiny), cases, half=True)
+
+    # SD1.5's block order (cross-attention down x2, plain down; plain up, cross-attention up x2),
+    # three levels, SD1.5 settings otherwise (heads from attention_head_dim, conv projections).
+    sd = UNet2DConditionModel(
+        block_out_channels=(32, 64, 64), layers_per_block=2, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, norm_num_groups=16,
+    ).eval()
+    randomize(sd, 12, half_exact=True)
+    cases = unet_cases(sd, 32, 13, [(2, 16, 16), (1, 12, 20), (1, 10, 6)])
+    write_component("unet_sd_order", sd, saved_config(sd), cases, half=True)
+
+
+# ---------------------------------------------------------------- VAE
+def vae():
+    m = AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 32), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+        sample_size=32,
+    ).eval()
+    randomize(m, 20, half_exact=True)
+    g = gen(21)
+    cases = {}
+    lat = torch.randn((2, 4, 5, 6), generator=g)
+    cases["decode0"] = ({"latents": lat}, m.decode(lat).sample)
+    img = torch.rand((1, 3, 24, 16), generator=g) * 2 - 1
+    h = m.encoder(img)
+    moments = m.quant_conv(h)
+    cases["encode0"] = ({"image": img}, moments)
+    write_component("vae", m, saved_config(m), cases, half=True)
+
+
+# ---------------------------------------------------------------- schedulers
+SD15_SCHEDULER = dict(
+    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+    set_alpha_to_one=False, steps_offset=1, skip_prk_steps=True, clip_sample=False,
+)
+
+
+def schedulers():
+    path = reset("scheduler")
+    for kind, cls in [("ddim", DDIMScheduler), ("pndm", PNDMScheduler)]:
+        cfg = dict(SD15_SCHEDULER)
+        cfg.pop("skip_prk_steps" if kind == "ddim" else "clip_sample")
+        for steps in (1, 20, 50):
+            s = cls(**cfg)
+            s.set_timesteps(steps)
+            g = gen(100 + steps)
+            sample = torch.randn((1, 4, 8, 8), generator=g)
+            x = sample
+            eps, outs = [], []
+            for t in s.timesteps:
+                e = torch.randn((1, 4, 8, 8), generator=g)
+                x = s.step(e, t, x).prev_sample
+                eps.append(e)
+                outs.append(x)
+            save_tensors(os.path.join(path, f"{kind}_{steps}.safetensors"), {
+                "timesteps": s.timesteps.to(torch.int64),
+                "alphas_cumprod": s.alphas_cumprod.float(),
+                "sample": sample,
+                "eps": torch.stack(eps),
+                "out": torch.stack(outs),
+            })
+        save_json(os.path.join(path, f"{kind}_config.json"), dict(s.config))
+    print("schedulers: ddim, pndm x 1, 20, 50 steps")
+
+
+if __name__ == "__main__":
+    text_encoder()
+    vision_encoder()
+    fuser()
+    unets()
+    vae()
+    schedulers()
