@@ -130,7 +130,7 @@ mod tests {
         // SD1.5 self-attention at 64x64 latent, CFG batch 2, 8 heads.
         let (bhc, qc) = slice_plan(16, 4096, 4096, DEFAULT_MAX_SCORES_BYTES);
         assert!(bhc * qc * 4096 * 4 <= DEFAULT_MAX_SCORES_BYTES);
-        assert_eq!((bhc, qc), (1, 2048));
+        assert_eq!((bhc, qc), (2, 4096));
         // Small problems run in one slice.
         assert_eq!(slice_plan(16, 77, 77, DEFAULT_MAX_SCORES_BYTES), (16, 77));
         // A budget below one row still makes progress.

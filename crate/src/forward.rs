@@ -48,7 +48,11 @@ pub fn parse_config<T: serde::de::DeserializeOwned>(json: &str, what: &str) -> R
     serde_json::from_str(json).map_err(|e| Error::invalid(format!("{what} config: {e}")))
 }
 
-fn input<const D: usize>(inputs: &SafetensorsSource, name: &str, device: &Device) -> Result<Tensor<D>> {
+fn input<const D: usize>(
+    inputs: &SafetensorsSource,
+    name: &str,
+    device: &Device,
+) -> Result<Tensor<D>> {
     let (shape, values) = inputs
         .read_f32(name)
         .map_err(|e| Error::invalid(format!("inputs: {e}")))?;
@@ -104,14 +108,18 @@ pub fn forward_component(
                 .read_i64("input_ids")
                 .map_err(|e| Error::invalid(format!("inputs: {e}")))?;
             let [b, l] = shape[..] else {
-                return Err(Error::invalid(format!("input `input_ids` has shape {shape:?}, expected [B, L]")));
+                return Err(Error::invalid(format!(
+                    "input `input_ids` has shape {shape:?}, expected [B, L]"
+                )));
             };
             let rows = (0..b)
                 .map(|i| {
                     ids[i * l..(i + 1) * l]
                         .iter()
                         .map(|&x| {
-                            u32::try_from(x).map_err(|_| Error::invalid(format!("input_ids: negative or huge token id {x}")))
+                            u32::try_from(x).map_err(|_| {
+                                Error::invalid(format!("input_ids: negative or huge token id {x}"))
+                            })
                         })
                         .collect::<Result<Vec<u32>>>()
                 })
@@ -128,7 +136,10 @@ pub fn forward_component(
             let config: FuserConfig = parse_config(config_json, "fuser")?;
             let model = Fuser::load(&vb, &config)?;
             vb.finish("", &[])?;
-            return read(model.forward(input(inputs, "text", device)?, input(inputs, "image", device)?)?);
+            return read(model.forward(
+                input(inputs, "text", device)?,
+                input(inputs, "image", device)?,
+            )?);
         }
     };
     read(out)

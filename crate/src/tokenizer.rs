@@ -117,7 +117,9 @@ impl ClipTokenizer {
                 let mut it = l.split(' ');
                 match (it.next(), it.next(), it.next()) {
                     (Some(a), Some(b), None) => Ok((a.to_string(), b.to_string())),
-                    _ => Err(Error::weights(format!("tokenizer vocabulary: bad merge line {l:?}"))),
+                    _ => Err(Error::weights(format!(
+                        "tokenizer vocabulary: bad merge line {l:?}"
+                    ))),
                 }
             })
             .collect::<Result<_>>()?;
@@ -209,8 +211,13 @@ impl ClipTokenizer {
             parts = merged;
         }
         // Every byte and every merge result is in the vocabulary.
-        let ids: Vec<u32> = parts.iter().filter_map(|p| self.encoder.get(p).copied()).collect();
-        self.cache.borrow_mut().insert(word.to_string(), ids.clone());
+        let ids: Vec<u32> = parts
+            .iter()
+            .filter_map(|p| self.encoder.get(p).copied())
+            .collect();
+        self.cache
+            .borrow_mut()
+            .insert(word.to_string(), ids.clone());
         ids
     }
 
@@ -332,13 +339,18 @@ mod tests {
     fn known_ids() {
         let t = ClipTokenizer::new().unwrap();
         assert_eq!(t.vocab_size(), 49408);
-        assert_eq!(t.encode("a photo of a cat").unwrap(), vec![320, 1125, 539, 320, 2368]);
+        assert_eq!(
+            t.encode("a photo of a cat").unwrap(),
+            vec![320, 1125, 539, 320, 2368]
+        );
     }
 
     #[test]
     fn marker_flags_previous_token() {
         let t = ClipTokenizer::new().unwrap();
-        let e = t.encode_prompt("a man <|image|> and a cat <|image|> on the beach").unwrap();
+        let e = t
+            .encode_prompt("a man <|image|> and a cat <|image|> on the beach")
+            .unwrap();
         let plain = t.encode_prompt("a man and a cat on the beach").unwrap();
         assert_eq!(e.input_ids, plain.input_ids);
         assert_eq!(e.subject_positions, vec![2, 5]);

@@ -174,7 +174,8 @@ impl TensorSource for SafetensorsSource {
 /// Walks a [`TensorSource`] under a key prefix and records what it took.
 #[derive(Clone)]
 pub struct Loader<'a> {
-    src: &'a dyn TensorSource,
+    /// `None`: random weights of whatever shape is asked (benchmarks, memory checks).
+    src: Option<&'a dyn TensorSource>,
     prefix: String,
     used: Rc<RefCell<BTreeSet<String>>>,
     device: Device,
@@ -183,7 +184,19 @@ pub struct Loader<'a> {
 impl<'a> Loader<'a> {
     pub fn new(src: &'a dyn TensorSource, device: &Device) -> Self {
         Self {
-            src,
+            src: Some(src),
+            prefix: String::new(),
+            used: Rc::new(RefCell::new(BTreeSet::new())),
+            device: device.clone(),
+        }
+    }
+
+    /// A loader that makes up weights: uniform in ±1/sqrt(fan_in) for weights, ones for norm
+    /// scales, zeros for biases. For benchmarks and memory checks at full size without a
+    /// checkpoint; never for generation.
+    pub fn random(device: &Device) -> Self {
+        Self {
+            src: None,
             prefix: String::new(),
             used: Rc::new(RefCell::new(BTreeSet::new())),
             device: device.clone(),
@@ -220,25 +233,30 @@ impl<'a> Loader<'a> {
 
     /// Whether the source holds `name` under this prefix.
     pub fn contains(&self, name: &str) -> bool {
-        self.src.shape(&self.key(name)).is_some()
+        self.src.is_some_and(|s| s.shape(&self.key(name)).is_some())
     }
 
     /// Whether any key starts with this prefix followed by `name.`.
     pub fn contains_prefix(&self, name: &str) -> bool {
         let p = format!("{}.", self.key(name));
-        self.src.names().iter().any(|k| k.starts_with(&p))
+        self.src
+            .is_some_and(|s| s.names().iter().any(|k| k.starts_with(&p)))
     }
 
     fn fetch(&self, name: &str, shape: &[usize], kind: ParamKind) -> Result<TensorData> {
         let key = self.key(name);
-        let Some(stored) = self.src.shape(&key) else {
+        let Some(src) = self.src else {
+            return Ok(random_data(name, shape, kind));
+        };
+        let Some(stored) = src.shape(&key) else {
             return Err(Error::weights(format!("missing tensor `{key}`")));
         };
         // Conv-shaped linear weights ([out, in, 1, 1]) are accepted where a linear is wanted.
         let stored_ok = match kind {
             ParamKind::LinearWeight => {
                 let want = [shape[1], shape[0]];
-                stored == want || (stored.len() == 4 && stored[..2] == want && stored[2..] == [1, 1])
+                stored == want
+                    || (stored.len() == 4 && stored[..2] == want && stored[2..] == [1, 1])
             }
             ParamKind::Plain => stored == shape,
         };
@@ -252,9 +270,9 @@ impl<'a> Loader<'a> {
             )));
         }
         let data = if kind == ParamKind::LinearWeight && stored.len() == 4 {
-            self.src.read(&key, ParamKind::Plain).and_then(|d| {
+            src.read(&key, ParamKind::Plain).and_then(|d| {
                 let v = d
-                    .into_vec::<f32>()
+                    .try_into_vec::<f32>()
                     .map_err(|e| Error::weights(format!("tensor `{key}`: {e:?}")))?;
                 Ok(TensorData::new(
                     transpose_2d(&v, shape[1], shape[0]),
@@ -262,7 +280,7 @@ impl<'a> Loader<'a> {
                 ))
             })?
         } else {
-            self.src.read(&key, kind)?
+            src.read(&key, kind)?
         };
         self.used.borrow_mut().insert(key);
         Ok(data)
@@ -283,9 +301,9 @@ impl<'a> Loader<'a> {
     /// Error if the source holds keys under `root` that nobody took. Keys ending in one of
     /// `ignore` (known non-parameter buffers such as `position_ids`) are skipped.
     pub fn finish(&self, root: &str, ignore: &[&str]) -> Result<()> {
+        let Some(src) = self.src else { return Ok(()) };
         let used = self.used.borrow();
-        let mut unexpected: Vec<String> = self
-            .src
+        let mut unexpected: Vec<String> = src
             .names()
             .into_iter()
             .filter(|k| root.is_empty() || k.starts_with(root))
@@ -310,9 +328,33 @@ impl<'a> Loader<'a> {
     }
 }
 
+/// Deterministic made-up values for [`Loader::random`] (a small LCG; speed over quality).
+fn random_data(name: &str, shape: &[usize], kind: ParamKind) -> TensorData {
+    let n: usize = shape.iter().product();
+    if shape.len() == 1 {
+        let v = if name == "weight" { 1.0 } else { 0.0 };
+        return TensorData::new(vec![v; n], shape.to_vec());
+    }
+    let fan_in = match kind {
+        ParamKind::LinearWeight => shape[0],
+        ParamKind::Plain => shape[1..].iter().product(),
+    };
+    let scale = 1.0 / (fan_in.max(1) as f32).sqrt();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (n as u64);
+    let values = (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect();
+    TensorData::new(values, shape.to_vec())
+}
+
 /// Upload host data to a device, keeping quantized data quantized.
 pub fn to_device<const D: usize>(data: TensorData, device: &Device) -> Tensor<D> {
-    match data.dtype {
+    match data.dtype() {
         DType::QFloat(_) => Tensor::from_data(data, device),
         _ => Tensor::from_data(data.convert::<f32>(), device),
     }

@@ -13,12 +13,14 @@ fn check(dir: &str, component: Component, case: &str, kernel: AttentionKernel) {
     let config = std::fs::read_to_string(fixtures().join(dir).join("config.json")).unwrap();
     let weights = fixture(&format!("{dir}/weights.safetensors"));
     let inputs = fixture(&format!("{dir}/{case}.in.safetensors"));
-    let (want_shape, want) = fixture(&format!("{dir}/{case}.out.safetensors")).read_f32("out").unwrap();
+    let (want_shape, want) = fixture(&format!("{dir}/{case}.out.safetensors"))
+        .read_f32("out")
+        .unwrap();
     let device = test_device();
     let got = forward_component(component, &config, &weights, &inputs, &device, kernel)
         .unwrap_or_else(|e| panic!("{dir}/{case}: {e}"));
-    assert_eq!(got.shape.to_vec(), want_shape, "{dir}/{case}: shape");
-    let got = got.into_vec::<f32>().unwrap();
+    assert_eq!(got.shape().to_vec(), want_shape, "{dir}/{case}: shape");
+    let got = got.try_into_vec::<f32>().unwrap();
     let (err, mag) = max_abs_diff(&got, &want);
     println!("{dir}/{case}: max abs error {err:.2e} (max |ref| {mag:.2})");
     assert!(err <= TOL, "{dir}/{case}: max abs error {err:e} > {TOL:e}");
@@ -35,7 +37,12 @@ fn text_encoder_matches_transformers() {
 
 #[test]
 fn vision_encoder_matches_transformers() {
-    check("vision_encoder", Component::VisionEncoder, "case0", sliced());
+    check(
+        "vision_encoder",
+        Component::VisionEncoder,
+        "case0",
+        sliced(),
+    );
 }
 
 #[test]
@@ -60,7 +67,12 @@ fn unet_sd_order_matches_diffusers() {
 #[test]
 fn unet_attention_slicing_does_not_change_the_result() {
     // A 1 KiB budget forces many (head, query) slices.
-    check("unet_sd_order", Component::Unet, "case0", AttentionKernel::Sliced { max_bytes: 1024 });
+    check(
+        "unet_sd_order",
+        Component::Unet,
+        "case0",
+        AttentionKernel::Sliced { max_bytes: 1024 },
+    );
 }
 
 #[test]

@@ -14,7 +14,11 @@ fn corpus() -> Vec<Value> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// `[BOS] + content[..75] + [EOS]`, padded with EOS to 77 (transformers with truncation).
@@ -38,7 +42,11 @@ fn identical_to_transformers_on_the_whole_corpus() {
     let tok = ClipTokenizer::new().unwrap();
     for row in corpus() {
         let plain = row["plain"].as_str().unwrap();
-        assert_eq!(padded(&tok, plain), ids(&row["transformers"]), "prompt {plain:?}");
+        assert_eq!(
+            padded(&tok, plain),
+            ids(&row["transformers"]),
+            "prompt {plain:?}"
+        );
     }
 }
 
@@ -53,15 +61,25 @@ fn identical_to_open_clip_where_the_references_agree() {
     for row in &rows {
         let plain = row["plain"].as_str().unwrap();
         // open_clip pads with 0, transformers with EOS.
-        let oc: Vec<u32> = ids(&row["open_clip"]).into_iter().map(|x| if x == 0 { EOS } else { x }).collect();
+        let oc: Vec<u32> = ids(&row["open_clip"])
+            .into_iter()
+            .map(|x| if x == 0 { EOS } else { x })
+            .collect();
         if oc == ids(&row["transformers"]) {
             assert_eq!(padded(&tok, plain), oc, "prompt {plain:?}");
         } else {
             differ.push(plain.to_string());
         }
     }
-    println!("references differ on {} of {} prompts: {differ:?}", differ.len(), rows.len());
-    assert!(differ.len() <= 10, "unexpectedly many disagreements: {differ:?}");
+    println!(
+        "references differ on {} of {} prompts: {differ:?}",
+        differ.len(),
+        rows.len()
+    );
+    assert!(
+        differ.len() <= 10,
+        "unexpectedly many disagreements: {differ:?}"
+    );
 }
 
 #[test]
@@ -74,11 +92,18 @@ fn markers_follow_the_method() {
         let prompt = row["prompt"].as_str().unwrap();
         let got = tok.encode_prompt(prompt);
         if m.get("error").is_some() {
-            assert!(got.is_err(), "prompt {prompt:?} should be refused ({})", m["error"]);
+            assert!(
+                got.is_err(),
+                "prompt {prompt:?} should be refused ({})",
+                m["error"]
+            );
         } else {
             let got = got.unwrap_or_else(|e| panic!("prompt {prompt:?}: {e}"));
             assert_eq!(got.input_ids, ids(&m["input_ids"]), "prompt {prompt:?}");
-            let pos: Vec<usize> = ids(&m["subject_positions"]).into_iter().map(|x| x as usize).collect();
+            let pos: Vec<usize> = ids(&m["subject_positions"])
+                .into_iter()
+                .map(|x| x as usize)
+                .collect();
             assert_eq!(got.subject_positions, pos, "prompt {prompt:?}");
         }
     }

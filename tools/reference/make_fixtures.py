@@ -168,11 +168,16 @@ def schedulers():
             s = cls(**cfg)
             s.set_timesteps(steps)
             g = gen(100 + steps)
+            # A realistic trajectory: the "model" predicts the noise that leads to a fixed clean
+            # latent, plus a little error, so samples keep the magnitude they have in real
+            # generation (|x| of a few units) instead of growing step after step.
+            x0_true = torch.randn((1, 4, 8, 8), generator=g)
             sample = torch.randn((1, 4, 8, 8), generator=g)
             x = sample
             eps, outs = [], []
             for t in s.timesteps:
-                e = torch.randn((1, 4, 8, 8), generator=g)
+                a = s.alphas_cumprod[int(t)]
+                e = (x - a.sqrt() * x0_true) / (1 - a).sqrt() + 0.1 * torch.randn((1, 4, 8, 8), generator=g)
                 x = s.step(e, t, x).prev_sample
                 eps.append(e)
                 outs.append(x)

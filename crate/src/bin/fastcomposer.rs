@@ -2,17 +2,26 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
+
+use burn::tensor::{Distribution, Tensor};
 
 use clap::{Parser, Subcommand};
 use fastcomposer::attention::AttentionKernel;
 use fastcomposer::device::{self, DeviceChoice};
-use fastcomposer::forward::{Component, forward_component};
+use fastcomposer::forward::{Component, forward_component, parse_config};
+use fastcomposer::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use fastcomposer::tokenizer::ClipTokenizer;
+use fastcomposer::weights::Loader;
 use fastcomposer::weights::SafetensorsSource;
 use fastcomposer::{Error, Result};
 
 #[derive(Parser)]
-#[command(name = "fastcomposer", version, about = "FastComposer subject-driven image generation (SD1.5 family) on burn")]
+#[command(
+    name = "fastcomposer",
+    version,
+    about = "FastComposer subject-driven image generation (SD1.5 family) on burn"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,6 +55,25 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
     },
+    /// Time the UNet forward with random weights (benchmarks and the full-size memory check).
+    /// Prints one JSON line: load time, first and mean forward time, peak resident memory.
+    BenchUnet {
+        /// `sd15` (the built-in SD1.5 config), `tiny` (diffusers' test UNet) or a config.json path.
+        #[arg(long, default_value = "sd15")]
+        config: String,
+        /// Latent height and width.
+        #[arg(long, default_value_t = 32)]
+        latent: usize,
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Timed forwards after the first (warm-up) one.
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 128)]
+        attention_mib: usize,
+    },
     /// Tokenize a prompt with subject markers; prints {"input_ids": [...77], "subject_positions": [...]}.
     Tokenize {
         prompt: String,
@@ -56,7 +84,8 @@ enum Command {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -82,6 +111,71 @@ fn run(cli: Cli) -> Result<()> {
             let data = forward_component(component, &config, &weights, &inputs, &device, kernel)?;
             write_out(&out, data)
         }
+        Command::BenchUnet {
+            config,
+            latent,
+            batch,
+            iters,
+            device,
+            attention_mib,
+        } => {
+            let unet_config = match config.as_str() {
+                "sd15" => UNet2DConditionConfig::default(),
+                "tiny" => serde_json::from_value(serde_json::json!({
+                    "block_out_channels": [32, 64], "layers_per_block": 2, "sample_size": 32,
+                    "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+                    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+                    "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 32
+                }))
+                .map_err(|e| Error::invalid(e.to_string()))?,
+                path => parse_config(&read_text(Path::new(path))?, "unet")?,
+            };
+            let choice: DeviceChoice = device.parse()?;
+            let device = device::create(choice)?;
+            let kernel = AttentionKernel::Sliced {
+                max_bytes: attention_mib.max(1) << 20,
+            };
+            let t0 = Instant::now();
+            let model = UNet2DConditionModel::load(&Loader::random(&device), &unet_config, kernel)?;
+            device.sync().map_err(|e| Error::Device(format!("{e:?}")))?;
+            let load_s = t0.elapsed().as_secs_f64();
+            let c = unet_config.in_channels;
+            let d = unet_config.context_dim();
+            let sample = Tensor::<4>::random(
+                [batch, c, latent, latent],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let ctx = Tensor::<3>::random([batch, 77, d], Distribution::Normal(0.0, 1.0), &device);
+            let t = Tensor::<1>::full([batch], 500.0, &device);
+            let mut times = Vec::new();
+            for _ in 0..=iters {
+                let t0 = Instant::now();
+                let out = model.forward(sample.clone(), t.clone(), &ctx)?;
+                let data = fastcomposer::forward::read(out)?;
+                let v = data
+                    .try_into_vec::<f32>()
+                    .map_err(|e| Error::Device(format!("{e:?}")))?;
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(Error::Device("non-finite UNet output".into()));
+                }
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+            let first = times[0];
+            let rest = &times[1..];
+            let mean = if rest.is_empty() {
+                first
+            } else {
+                rest.iter().sum::<f64>() / rest.len() as f64
+            };
+            let json = serde_json::json!({
+                "config": config, "latent": latent, "batch": batch, "device": format!("{choice:?}"),
+                "load_s": load_s, "first_ms": first, "mean_ms": mean, "iters": rest.len(),
+                "peak_rss_mib": peak_rss_mib(),
+            });
+            println!("{json}");
+            Ok(())
+        }
         Command::Tokenize { prompt, marker } => {
             let tok = ClipTokenizer::with_marker(&marker)?;
             let e = tok.encode_prompt(&prompt)?;
@@ -98,10 +192,18 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Peak resident set size of this process (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 fn write_out(path: &Path, data: burn::tensor::TensorData) -> Result<()> {
-    let shape = data.shape.to_vec();
+    let shape = data.shape().to_vec();
     let values: Vec<f32> = data
-        .into_vec::<f32>()
+        .try_into_vec::<f32>()
         .map_err(|e| Error::Device(format!("unexpected output type: {e:?}")))?;
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)

@@ -91,9 +91,14 @@ impl ClipEncoderLayer {
     }
 
     fn forward(&self, x: Tensor<3>, causal: bool) -> Tensor<3> {
-        let h = self.self_attn.forward(self.layer_norm1.forward(x.clone()), causal);
+        let h = self
+            .self_attn
+            .forward(self.layer_norm1.forward(x.clone()), causal);
         let x = x + h;
-        let h = self.fc2.forward(self.act.forward(self.fc1.forward(self.layer_norm2.forward(x.clone()))));
+        let h = self.fc2.forward(
+            self.act
+                .forward(self.fc1.forward(self.layer_norm2.forward(x.clone()))),
+        );
         x + h
     }
 }

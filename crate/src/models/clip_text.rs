@@ -80,9 +80,10 @@ impl ClipTextModel {
             token_embedding: emb
                 .pp("token_embedding")
                 .tensor("weight", [config.vocab_size, config.hidden_size])?,
-            position_embedding: emb
-                .pp("position_embedding")
-                .tensor("weight", [config.max_position_embeddings, config.hidden_size])?,
+            position_embedding: emb.pp("position_embedding").tensor(
+                "weight",
+                [config.max_position_embeddings, config.hidden_size],
+            )?,
             encoder: ClipEncoder::load(&vb.pp("encoder"), &s, kernel)?,
             final_layer_norm: LayerNorm::load(&vb.pp("final_layer_norm"), s.hidden, s.eps)?,
             config: config.clone(),
@@ -108,7 +109,9 @@ impl ClipTextModel {
         let mut flat = Vec::with_capacity(b * l);
         for row in ids {
             if row.len() != l {
-                return Err(Error::invalid("text encoder: input_ids rows differ in length"));
+                return Err(Error::invalid(
+                    "text encoder: input_ids rows differ in length",
+                ));
             }
             for &id in row {
                 if id as usize >= self.config.vocab_size {
@@ -123,7 +126,11 @@ impl ClipTextModel {
         let device = self.token_embedding.device();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * l]), &device);
         let d = self.config.hidden_size;
-        let tok = self.token_embedding.clone().select(0, ids).reshape([b, l, d]);
+        let tok = self
+            .token_embedding
+            .clone()
+            .select(0, ids)
+            .reshape([b, l, d]);
         let pos = self
             .position_embedding
             .clone()

@@ -139,9 +139,12 @@ impl ClipVisionModel {
             .clone()
             .reshape([1, 1, d])
             .expand([b, 1, d]);
-        let x = Tensor::cat(vec![cls, patches], 1) + self.position_embedding.clone().unsqueeze_dim(0);
+        let x =
+            Tensor::cat(vec![cls, patches], 1) + self.position_embedding.clone().unsqueeze_dim(0);
         let x = self.encoder.forward(self.pre_layrnorm.forward(x), false);
         let pooled = x.narrow(1, 0, 1).reshape([b, d]);
-        Ok(self.visual_projection.forward(self.post_layernorm.forward(pooled)))
+        Ok(self
+            .visual_projection
+            .forward(self.post_layernorm.forward(pooled)))
     }
 }

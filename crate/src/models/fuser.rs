@@ -46,7 +46,9 @@ impl Mlp {
     }
 
     fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let h = self.fc2.forward(Activation::Gelu.forward(self.fc1.forward(self.layernorm.forward(x.clone()))));
+        let h = self
+            .fc2
+            .forward(Activation::Gelu.forward(self.fc1.forward(self.layernorm.forward(x.clone()))));
         if self.residual { h + x } else { h }
     }
 }

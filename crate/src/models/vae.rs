@@ -56,13 +56,27 @@ impl AutoencoderKLConfig {
     fn check(&self) -> Result<()> {
         let n = self.block_out_channels.len();
         if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err(Error::invalid("vae config: block types and block_out_channels differ in length"));
+            return Err(Error::invalid(
+                "vae config: block types and block_out_channels differ in length",
+            ));
         }
-        if let Some(t) = self.down_block_types.iter().find(|t| *t != "DownEncoderBlock2D") {
-            return Err(Error::invalid(format!("vae config: unsupported down block type {t:?}")));
+        if let Some(t) = self
+            .down_block_types
+            .iter()
+            .find(|t| *t != "DownEncoderBlock2D")
+        {
+            return Err(Error::invalid(format!(
+                "vae config: unsupported down block type {t:?}"
+            )));
         }
-        if let Some(t) = self.up_block_types.iter().find(|t| *t != "UpDecoderBlock2D") {
-            return Err(Error::invalid(format!("vae config: unsupported up block type {t:?}")));
+        if let Some(t) = self
+            .up_block_types
+            .iter()
+            .find(|t| *t != "UpDecoderBlock2D")
+        {
+            return Err(Error::invalid(format!(
+                "vae config: unsupported up block type {t:?}"
+            )));
         }
         if self.norm_num_groups == 0 {
             return Err(Error::invalid("vae config: norm_num_groups = 0"));
@@ -101,7 +115,11 @@ pub struct VaeDecoder {
 
 impl VaeDecoder {
     /// Load from a loader over the VAE's keys (`decoder.*`, `post_quant_conv.*`).
-    pub fn load(vb: &Loader, config: &AutoencoderKLConfig, kernel: AttentionKernel) -> Result<Self> {
+    pub fn load(
+        vb: &Loader,
+        config: &AutoencoderKLConfig,
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
         config.check()?;
         let c = config;
         let resnet = c.resnet()?;
@@ -131,15 +149,42 @@ impl VaeDecoder {
         }
         Ok(Self {
             post_quant_conv: if c.use_post_quant_conv {
-                Some(Conv2d::load(&vb.pp("post_quant_conv"), lc, lc, 1, 1, (0, 0), true)?)
+                Some(Conv2d::load(
+                    &vb.pp("post_quant_conv"),
+                    lc,
+                    lc,
+                    1,
+                    1,
+                    (0, 0),
+                    true,
+                )?)
             } else {
                 None
             },
             conv_in: Conv2d::load(&dec.pp("conv_in"), lc, boc[n - 1], 3, 1, (1, 1), true)?,
-            mid_block: MidBlock::load_vae(&dec.pp("mid_block"), boc[n - 1], &resnet, c.mid_block_add_attention, kernel)?,
+            mid_block: MidBlock::load_vae(
+                &dec.pp("mid_block"),
+                boc[n - 1],
+                &resnet,
+                c.mid_block_add_attention,
+                kernel,
+            )?,
             up_blocks,
-            conv_norm_out: GroupNorm::load(&dec.pp("conv_norm_out"), c.norm_num_groups, boc[0], 1e-6)?,
-            conv_out: Conv2d::load(&dec.pp("conv_out"), boc[0], c.out_channels, 3, 1, (1, 1), true)?,
+            conv_norm_out: GroupNorm::load(
+                &dec.pp("conv_norm_out"),
+                c.norm_num_groups,
+                boc[0],
+                1e-6,
+            )?,
+            conv_out: Conv2d::load(
+                &dec.pp("conv_out"),
+                boc[0],
+                c.out_channels,
+                3,
+                1,
+                (1, 1),
+                true,
+            )?,
             act: resnet.act,
             config: c.clone(),
         })
@@ -184,7 +229,11 @@ pub struct VaeEncoder {
 }
 
 impl VaeEncoder {
-    pub fn load(vb: &Loader, config: &AutoencoderKLConfig, kernel: AttentionKernel) -> Result<Self> {
+    pub fn load(
+        vb: &Loader,
+        config: &AutoencoderKLConfig,
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
         config.check()?;
         let c = config;
         let resnet = c.resnet()?;
@@ -210,13 +259,40 @@ impl VaeEncoder {
             )?);
         }
         Ok(Self {
-            conv_in: Conv2d::load(&enc.pp("conv_in"), c.in_channels, boc[0], 3, 1, (1, 1), true)?,
+            conv_in: Conv2d::load(
+                &enc.pp("conv_in"),
+                c.in_channels,
+                boc[0],
+                3,
+                1,
+                (1, 1),
+                true,
+            )?,
             down_blocks,
-            mid_block: MidBlock::load_vae(&enc.pp("mid_block"), boc[n - 1], &resnet, c.mid_block_add_attention, kernel)?,
-            conv_norm_out: GroupNorm::load(&enc.pp("conv_norm_out"), c.norm_num_groups, boc[n - 1], 1e-6)?,
+            mid_block: MidBlock::load_vae(
+                &enc.pp("mid_block"),
+                boc[n - 1],
+                &resnet,
+                c.mid_block_add_attention,
+                kernel,
+            )?,
+            conv_norm_out: GroupNorm::load(
+                &enc.pp("conv_norm_out"),
+                c.norm_num_groups,
+                boc[n - 1],
+                1e-6,
+            )?,
             conv_out: Conv2d::load(&enc.pp("conv_out"), boc[n - 1], 2 * lc, 3, 1, (1, 1), true)?,
             quant_conv: if c.use_quant_conv {
-                Some(Conv2d::load(&vb.pp("quant_conv"), 2 * lc, 2 * lc, 1, 1, (0, 0), true)?)
+                Some(Conv2d::load(
+                    &vb.pp("quant_conv"),
+                    2 * lc,
+                    2 * lc,
+                    1,
+                    1,
+                    (0, 0),
+                    true,
+                )?)
             } else {
                 None
             },
@@ -242,7 +318,9 @@ impl VaeEncoder {
             x = block.forward(x, None, None, &mut states);
         }
         x = self.mid_block.forward(x, None, None);
-        let x = self.conv_out.forward(self.act.forward(self.conv_norm_out.forward(x)));
+        let x = self
+            .conv_out
+            .forward(self.act.forward(self.conv_norm_out.forward(x)));
         Ok(match &self.quant_conv {
             Some(conv) => conv.forward(x),
             None => x,

@@ -16,7 +16,11 @@ pub struct DdimScheduler {
 impl DdimScheduler {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let alphas_cumprod = config.alphas_cumprod();
-        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if config.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         let mut timesteps = config.leading_timesteps(steps)?;
         timesteps.reverse();
         Ok(Self {

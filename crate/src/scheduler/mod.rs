@@ -90,7 +90,11 @@ pub trait Scheduler {
 impl SchedulerConfig {
     /// Refuse settings this crate does not implement, by name.
     pub fn check(&self) -> Result<()> {
-        let bad = |what: String| Err(Error::invalid(format!("scheduler config: unsupported {what}")));
+        let bad = |what: String| {
+            Err(Error::invalid(format!(
+                "scheduler config: unsupported {what}"
+            )))
+        };
         if !matches!(self.beta_schedule.as_str(), "scaled_linear" | "linear") {
             return bad(format!("beta_schedule = {:?}", self.beta_schedule));
         }
@@ -104,7 +108,10 @@ impl SchedulerConfig {
             return bad("clip_sample = true".into());
         }
         if self.num_train_timesteps < 2 {
-            return bad(format!("num_train_timesteps = {}", self.num_train_timesteps));
+            return bad(format!(
+                "num_train_timesteps = {}",
+                self.num_train_timesteps
+            ));
         }
         Ok(())
     }
@@ -156,7 +163,8 @@ impl SchedulerConfig {
 }
 
 /// torch's CPU `linspace` for f32: `start + step·i` for the first half, `end - step·(n-1-i)`
-/// for the second, with `step = (end - start) / (n - 1)` in f32.
+/// for the second, with `step = (end - start) / (n - 1)` in f32 and a fused multiply-add
+/// (torch's vectorised kernel uses `fmadd`).
 pub fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     let (s, e) = (start as f32, end as f32);
     if n == 1 {
@@ -167,9 +175,9 @@ pub fn linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
     (0..n)
         .map(|i| {
             if i < half {
-                s + step * i as f32
+                step.mul_add(i as f32, s)
             } else {
-                e - step * (n - 1 - i) as f32
+                (-step).mul_add((n - 1 - i) as f32, e)
             }
         })
         .collect()

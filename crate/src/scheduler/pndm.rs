@@ -20,7 +20,11 @@ pub struct PndmScheduler {
 impl PndmScheduler {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self> {
         let alphas_cumprod = config.alphas_cumprod();
-        let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if config.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         // PLMS timesteps: the leading ones with the second-to-last repeated, descending.
         let ts = config.leading_timesteps(steps)?;
         let n = ts.len();

@@ -8,7 +8,9 @@ use fastcomposer::device::{self, DeviceChoice};
 use fastcomposer::weights::SafetensorsSource;
 
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
 }
 
 pub fn fixture(rel: &str) -> SafetensorsSource {

@@ -69,11 +69,21 @@ impl Attention {
         let name = |new: &'static str, old: &'static str| if legacy { old } else { new };
         let dim_head = channels / heads.max(1);
         Ok(Self {
-            group_norm: Some(GroupNorm::load(&vb.pp("group_norm"), groups, channels, eps)?),
+            group_norm: Some(GroupNorm::load(
+                &vb.pp("group_norm"),
+                groups,
+                channels,
+                eps,
+            )?),
             to_q: Linear::load(&vb.pp(name("to_q", "query")), channels, channels, true)?,
             to_k: Linear::load(&vb.pp(name("to_k", "key")), channels, channels, true)?,
             to_v: Linear::load(&vb.pp(name("to_v", "value")), channels, channels, true)?,
-            to_out: Linear::load(&vb.pp(name("to_out.0", "proj_attn")), channels, channels, true)?,
+            to_out: Linear::load(
+                &vb.pp(name("to_out.0", "proj_attn")),
+                channels,
+                channels,
+                true,
+            )?,
             heads,
             dim_head,
             residual: true,
@@ -88,10 +98,19 @@ impl Attention {
         let t = ctx.dims()[1];
         let (h, dh) = (self.heads, self.dim_head);
         let q = self.to_q.forward(x).reshape([b, l, h, dh]).swap_dims(1, 2);
-        let k = self.to_k.forward(ctx.clone()).reshape([b, t, h, dh]).swap_dims(1, 2);
-        let v = self.to_v.forward(ctx).reshape([b, t, h, dh]).swap_dims(1, 2);
+        let k = self
+            .to_k
+            .forward(ctx.clone())
+            .reshape([b, t, h, dh])
+            .swap_dims(1, 2);
+        let v = self
+            .to_v
+            .forward(ctx)
+            .reshape([b, t, h, dh])
+            .swap_dims(1, 2);
         let o = sdpa(q, k, v, (dh as f64).powf(-0.5), false, self.kernel);
-        self.to_out.forward(o.swap_dims(1, 2).reshape([b, l, h * dh]))
+        self.to_out
+            .forward(o.swap_dims(1, 2).reshape([b, l, h * dh]))
     }
 
     /// Spatial form `[B, C, H, W]` (GroupNorm, attention over pixels, residual).
@@ -102,7 +121,10 @@ impl Attention {
             None => x.clone(),
         };
         let seq = h.reshape([b, c, hh * ww]).swap_dims(1, 2);
-        let out = self.forward(seq, None).swap_dims(1, 2).reshape([b, c, hh, ww]);
+        let out = self
+            .forward(seq, None)
+            .swap_dims(1, 2)
+            .reshape([b, c, hh, ww]);
         if self.residual { out + x } else { out }
     }
 }
@@ -180,7 +202,10 @@ impl BasicTransformerBlock {
 
     pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
         let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), Some(context)) + x;
+        let x = self
+            .attn2
+            .forward(self.norm2.forward(x.clone()), Some(context))
+            + x;
         self.ff.forward(self.norm3.forward(x.clone())) + x
     }
 }

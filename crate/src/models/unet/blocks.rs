@@ -37,9 +37,18 @@ impl DownBlock {
         let mut attentions = Vec::new();
         for j in 0..spec.layers {
             let c_in = if j == 0 { spec.c_in } else { spec.c_out };
-            resnets.push(ResnetBlock2D::load(&vb.pp("resnets").pp(j), c_in, spec.c_out, spec.resnet)?);
+            resnets.push(ResnetBlock2D::load(
+                &vb.pp("resnets").pp(j),
+                c_in,
+                spec.c_out,
+                spec.resnet,
+            )?);
             if let Some(t) = spec.transformer {
-                attentions.push(Transformer2DModel::load(&vb.pp("attentions").pp(j), spec.c_out, t)?);
+                attentions.push(Transformer2DModel::load(
+                    &vb.pp("attentions").pp(j),
+                    spec.c_out,
+                    t,
+                )?);
             }
         }
         let downsampler = match spec.downsample_padding {
@@ -211,7 +220,11 @@ impl UpBlock {
                 spec.resnet,
             )?);
             if let Some(t) = spec.transformer {
-                attentions.push(Transformer2DModel::load(&vb.pp("attentions").pp(j), spec.c_out, t)?);
+                attentions.push(Transformer2DModel::load(
+                    &vb.pp("attentions").pp(j),
+                    spec.c_out,
+                    t,
+                )?);
             }
         }
         let upsampler = if spec.upsample {
@@ -244,7 +257,9 @@ impl UpBlock {
     ) -> Tensor<4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
             if self.skips {
-                let skip = skips.pop().expect("the down path pushes one state per up resnet");
+                let skip = skips
+                    .pop()
+                    .expect("the down path pushes one state per up resnet");
                 x = Tensor::cat(vec![x, skip], 1);
             }
             x = resnet.forward(x, temb);

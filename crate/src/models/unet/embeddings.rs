@@ -55,6 +55,7 @@ impl TimestepEmbedding {
     }
 
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.linear_2.forward(self.act.forward(self.linear_1.forward(x)))
+        self.linear_2
+            .forward(self.act.forward(self.linear_1.forward(x)))
     }
 }

@@ -144,17 +144,28 @@ impl UNet2DConditionConfig {
                 self.up_block_types.len()
             ));
         }
-        if self.only_cross_attention.levels(n, "only_cross_attention")?.iter().any(|&b| b) {
+        if self
+            .only_cross_attention
+            .levels(n, "only_cross_attention")?
+            .iter()
+            .any(|&b| b)
+        {
             return bad("only_cross_attention = true".into());
         }
         if self.dual_cross_attention {
             return bad("dual_cross_attention = true".into());
         }
         if self.resnet_time_scale_shift != "default" {
-            return bad(format!("resnet_time_scale_shift = {:?}", self.resnet_time_scale_shift));
+            return bad(format!(
+                "resnet_time_scale_shift = {:?}",
+                self.resnet_time_scale_shift
+            ));
         }
         if self.time_embedding_type != "positional" {
-            return bad(format!("time_embedding_type = {:?}", self.time_embedding_type));
+            return bad(format!(
+                "time_embedding_type = {:?}",
+                self.time_embedding_type
+            ));
         }
         if let Some(c) = &self.class_embed_type {
             return bad(format!("class_embed_type = {c:?}"));
@@ -227,7 +238,11 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
-    pub fn load(vb: &Loader, config: &UNet2DConditionConfig, kernel: AttentionKernel) -> Result<Self> {
+    pub fn load(
+        vb: &Loader,
+        config: &UNet2DConditionConfig,
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
         config.check()?;
         let c = config;
         let n = c.block_out_channels.len();
@@ -236,7 +251,9 @@ impl UNet2DConditionModel {
         let heads = c.heads(n)?;
         let layers = c.layers_per_block.levels(n, "layers_per_block")?;
         let cross = c.cross_attention_dim.levels(n, "cross_attention_dim")?;
-        let tlayers = c.transformer_layers_per_block.levels(n, "transformer_layers_per_block")?;
+        let tlayers = c
+            .transformer_layers_per_block
+            .levels(n, "transformer_layers_per_block")?;
         let temb_dim = boc[0] * 4;
         let resnet = ResnetSettings {
             groups: c.norm_num_groups,
@@ -254,6 +271,9 @@ impl UNet2DConditionModel {
             kernel,
         };
 
+        let conv_in = Conv2d::load(&vb.pp("conv_in"), c.in_channels, boc[0], 3, 1, (1, 1), true)?;
+        let time_embedding =
+            TimestepEmbedding::load(&vb.pp("time_embedding"), boc[0], temb_dim, act)?;
         let mut down_blocks = Vec::new();
         let mut c_out = boc[0];
         for (i, kind) in c.down_block_types.iter().enumerate() {
@@ -311,13 +331,26 @@ impl UNet2DConditionModel {
         }
 
         Ok(Self {
-            conv_in: Conv2d::load(&vb.pp("conv_in"), c.in_channels, boc[0], 3, 1, (1, 1), true)?,
-            time_embedding: TimestepEmbedding::load(&vb.pp("time_embedding"), boc[0], temb_dim, act)?,
+            conv_in,
+            time_embedding,
             down_blocks,
             mid_block,
             up_blocks,
-            conv_norm_out: GroupNorm::load(&vb.pp("conv_norm_out"), c.norm_num_groups, boc[0], c.norm_eps)?,
-            conv_out: Conv2d::load(&vb.pp("conv_out"), boc[0], c.out_channels, 3, 1, (1, 1), true)?,
+            conv_norm_out: GroupNorm::load(
+                &vb.pp("conv_norm_out"),
+                c.norm_num_groups,
+                boc[0],
+                c.norm_eps,
+            )?,
+            conv_out: Conv2d::load(
+                &vb.pp("conv_out"),
+                boc[0],
+                c.out_channels,
+                3,
+                1,
+                (1, 1),
+                true,
+            )?,
             act,
             config: c.clone(),
         })
@@ -356,7 +389,12 @@ impl UNet2DConditionModel {
         };
 
         // 1. time
-        let t_emb = timestep_embedding(timestep, c.block_out_channels[0], c.flip_sin_to_cos, c.freq_shift);
+        let t_emb = timestep_embedding(
+            timestep,
+            c.block_out_channels[0],
+            c.flip_sin_to_cos,
+            c.freq_shift,
+        );
         let temb = self.time_embedding.forward(t_emb);
         let ctx = Some(encoder_hidden_states);
 

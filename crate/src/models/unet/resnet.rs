@@ -45,7 +45,15 @@ impl ResnetBlock2D {
             norm2: GroupNorm::load(&vb.pp("norm2"), s.groups, c_out, s.eps)?,
             conv2: Conv2d::load(&vb.pp("conv2"), c_out, c_out, 3, 1, (1, 1), true)?,
             conv_shortcut: if c_in != c_out {
-                Some(Conv2d::load(&vb.pp("conv_shortcut"), c_in, c_out, 1, 1, (0, 0), true)?)
+                Some(Conv2d::load(
+                    &vb.pp("conv_shortcut"),
+                    c_in,
+                    c_out,
+                    1,
+                    1,
+                    (0, 0),
+                    true,
+                )?)
             } else {
                 None
             },
@@ -55,7 +63,9 @@ impl ResnetBlock2D {
     }
 
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
-        let mut h = self.conv1.forward(self.act.forward(self.norm1.forward(x.clone())));
+        let mut h = self
+            .conv1
+            .forward(self.act.forward(self.norm1.forward(x.clone())));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(self.act.forward(temb.clone()));
             let [b, c] = t.dims();
@@ -84,7 +94,11 @@ pub struct Downsample2D {
 
 impl Downsample2D {
     pub fn load(vb: &Loader, channels: usize, padding: usize) -> Result<Self> {
-        let pad = if padding == 0 { (0, 1) } else { (padding, padding) };
+        let pad = if padding == 0 {
+            (0, 1)
+        } else {
+            (padding, padding)
+        };
         Ok(Self {
             conv: Conv2d::load(&vb.pp("conv"), channels, channels, 3, 2, pad, true)?,
         })

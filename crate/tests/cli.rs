@@ -1,0 +1,166 @@
+//! The `fastcomposer` binary: `forward` and `tokenize`, and exit code 2 with a clear message
+//! on bad input.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::{fixture, fixtures, max_abs_diff};
+use fastcomposer::weights::SafetensorsSource;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fastcomposer"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fastcomposer-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn forward(
+    component: &str,
+    dir: &str,
+    case: &str,
+    weights: Option<PathBuf>,
+    out: &PathBuf,
+) -> Output {
+    let d = fixtures().join(dir);
+    bin()
+        .args(["forward", "--component", component, "--config"])
+        .arg(d.join("config.json"))
+        .arg("--weights")
+        .arg(weights.unwrap_or_else(|| d.join("weights.safetensors")))
+        .arg("--inputs")
+        .arg(d.join(format!("{case}.in.safetensors")))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn forward_writes_out_matching_the_reference() {
+    for (component, dir, case) in [
+        ("unet", "unet_tiny", "case1"),
+        ("vae-decoder", "vae", "decode0"),
+        ("text-encoder", "text_encoder", "case0"),
+        ("vision-encoder", "vision_encoder", "case0"),
+        ("fuser", "fuser", "case0"),
+    ] {
+        let out = tmp(&format!("{dir}.out.safetensors"));
+        let o = forward(component, dir, case, None, &out);
+        assert!(
+            o.status.success(),
+            "{component}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let (_, got) = SafetensorsSource::from_file(&out)
+            .unwrap()
+            .read_f32("out")
+            .unwrap();
+        let (_, want) = fixture(&format!("{dir}/{case}.out.safetensors"))
+            .read_f32("out")
+            .unwrap();
+        let (err, _) = max_abs_diff(&got, &want);
+        assert!(err <= 1e-4, "{component}: {err}");
+    }
+}
+
+fn assert_fails(o: Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn bad_files_exit_with_code_2() {
+    let out = tmp("bad.out.safetensors");
+    // Weights file that does not exist.
+    assert_fails(
+        forward(
+            "unet",
+            "unet_tiny",
+            "case0",
+            Some(tmp("nope.safetensors")),
+            &out,
+        ),
+        "cannot read",
+    );
+    // Not a safetensors file.
+    let junk = tmp("junk.safetensors");
+    std::fs::write(&junk, b"hello").unwrap();
+    assert_fails(
+        forward("unet", "unet_tiny", "case0", Some(junk), &out),
+        "not a valid safetensors file",
+    );
+    // Weights of another component: the first missing key is named.
+    let other = fixtures().join("fuser/weights.safetensors");
+    assert_fails(
+        forward("unet", "unet_tiny", "case0", Some(other), &out),
+        "missing tensor `conv_in.weight`",
+    );
+    // Unknown component.
+    assert_fails(
+        forward("decoder", "vae", "decode0", None, &out),
+        "unknown component",
+    );
+    // Config that is not JSON.
+    let d = fixtures().join("fuser");
+    let o = bin()
+        .args(["forward", "--component", "fuser", "--config"])
+        .arg(d.join("weights.safetensors"))
+        .arg("--weights")
+        .arg(d.join("weights.safetensors"))
+        .arg("--inputs")
+        .arg(d.join("case0.in.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    // Inputs missing a tensor.
+    let o = bin()
+        .args(["forward", "--component", "fuser", "--config"])
+        .arg(d.join("config.json"))
+        .arg("--weights")
+        .arg(d.join("weights.safetensors"))
+        .arg("--inputs")
+        .arg(fixtures().join("vae/decode0.in.safetensors"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_fails(o, "`text`");
+}
+
+#[test]
+fn tokenize_prints_ids_and_positions() {
+    let o = bin()
+        .args([
+            "tokenize",
+            "a man <|image|> and a cat <|image|> on the beach",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<u64> = v["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 77);
+    assert_eq!(&ids[..3], &[49406, 320, 786]);
+    assert_eq!(v["subject_positions"], serde_json::json!([2, 5]));
+    assert_fails(
+        bin()
+            .args(["tokenize", "<|image|> first"])
+            .output()
+            .unwrap(),
+        "start of the prompt",
+    );
+}
