@@ -28,12 +28,20 @@ impl std::str::FromStr for DeviceChoice {
 }
 
 /// Create the device natively. wgpu initialisation failures become [`Error::Device`].
+/// burn's wgpu runtime is initialised once per process; later calls reuse that device.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn create(choice: DeviceChoice) -> Result<Device> {
+    use std::sync::OnceLock;
+    static WGPU: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
     match choice {
         DeviceChoice::Cpu => Ok(Device::flex()),
-        DeviceChoice::Wgpu => Device::wgpu_options()
-            .init()
-            .map_err(|e| Error::Device(format!("cannot initialise wgpu: {e}"))),
+        DeviceChoice::Wgpu => WGPU
+            .get_or_init(|| {
+                Device::wgpu_options()
+                    .init()
+                    .map_err(|e| format!("cannot initialise wgpu: {e}"))
+            })
+            .clone()
+            .map_err(Error::Device),
     }
 }
