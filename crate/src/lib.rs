@@ -12,8 +12,13 @@ pub mod attention;
 pub mod device;
 pub mod error;
 pub mod forward;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod model_dir;
 pub mod models;
 pub mod nn;
+pub mod pipeline;
+pub mod preprocess;
+pub mod rng;
 pub mod scheduler;
 pub mod tokenizer;
 pub mod weights;

@@ -8,9 +8,9 @@
 //! Markers (`<|image|>` by default) are matched exactly in the raw text, removed, and the token
 //! just before each one is flagged as subject k (METHOD.md).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Mutex;
 
 use regex::Regex;
 use unicode_normalization::UnicodeNormalization;
@@ -56,7 +56,7 @@ pub struct ClipTokenizer {
     byte_level_pattern: Regex,
     whitespace: Regex,
     marker: String,
-    cache: RefCell<HashMap<String, Vec<u32>>>,
+    cache: Mutex<HashMap<String, Vec<u32>>>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -161,7 +161,7 @@ impl ClipTokenizer {
                 .expect("static pattern"),
             whitespace: Regex::new(r"\s+").expect("static pattern"),
             marker: marker.to_string(),
-            cache: RefCell::new(HashMap::new()),
+            cache: Mutex::new(HashMap::new()),
         })
     }
 
@@ -177,8 +177,8 @@ impl ClipTokenizer {
 
     /// BPE of one byte-level-encoded word.
     fn bpe(&self, word: &str) -> Vec<u32> {
-        if let Some(ids) = self.cache.borrow().get(word) {
-            return ids.clone();
+        if let Some(ids) = self.cache.lock().ok().and_then(|c| c.get(word).cloned()) {
+            return ids;
         }
         let chars: Vec<char> = word.chars().collect();
         let mut parts: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
@@ -215,9 +215,9 @@ impl ClipTokenizer {
             .iter()
             .filter_map(|p| self.encoder.get(p).copied())
             .collect();
-        self.cache
-            .borrow_mut()
-            .insert(word.to_string(), ids.clone());
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(word.to_string(), ids.clone());
+        }
         ids
     }
 

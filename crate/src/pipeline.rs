@@ -1,0 +1,633 @@
+//! The FastComposer pipeline:
+//!
+//! 1. check inputs;
+//! 2. encode subjects (photos -> projected image embeddings; reusable values);
+//! 3. encode the prompt three ways: negative, text-only (markers removed as tokens), augmented
+//!    (text-only with each subject's fused embedding at its flagged token);
+//! 4. timesteps;
+//! 5. initial latents from a seed (our own RNG, identical natively and in wasm) or given;
+//! 6. the denoising loop with classifier-free guidance as one batch of 2, text-only
+//!    conditioning while `i <= (1 - alpha) * N`, augmented after (delayed subject conditioning);
+//! 7. decode with the VAE to RGB.
+//!
+//! Steps 4–7 live in a [`Denoiser`] that advances one step per call, so a caller (the CLI's
+//! progress bar, the browser's event loop) can report progress and cancel between steps.
+
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+
+use crate::attention::AttentionKernel;
+use crate::error::{Error, Result};
+use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModel};
+use crate::models::fuser::{Fuser, FuserConfig};
+use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::models::vae::{AutoencoderKLConfig, VaeDecoder};
+use crate::rng::Pcg32;
+use crate::scheduler::{Scheduler, SchedulerConfig, SchedulerKind};
+use crate::tokenizer::ClipTokenizer;
+use crate::weights::{Loader, TensorSource};
+
+/// Most subjects one prompt may hold (FastComposer trained with up to 4).
+pub const MAX_SUBJECTS: usize = 4;
+/// Largest width or height accepted.
+pub const MAX_SIDE: usize = 2048;
+
+/// Every component's config: what a model is, without its weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ModelConfig {
+    pub text_encoder: ClipTextConfig,
+    pub image_encoder: ClipVisionConfig,
+    pub fuser: FuserConfig,
+    pub unet: UNet2DConditionConfig,
+    pub vae: AutoencoderKLConfig,
+    pub scheduler: SchedulerConfig,
+    /// The subject marker in prompts.
+    #[serde(default = "default_marker")]
+    pub marker: String,
+}
+
+fn default_marker() -> String {
+    crate::tokenizer::DEFAULT_MARKER.to_string()
+}
+
+impl ModelConfig {
+    /// Pixels per side of a generated image must be a multiple of this: the VAE's factor times
+    /// the UNet's down factor (64 for SD1.5).
+    pub fn size_multiple(&self) -> usize {
+        self.vae.scale_factor() * self.unet.down_factor()
+    }
+
+    /// The native image size (the UNet's `sample_size` × the VAE factor; 512 for SD1.5).
+    pub fn native_size(&self) -> usize {
+        self.unet.sample_size * self.vae.scale_factor()
+    }
+
+    /// The components must agree on the conditioning width.
+    pub fn check(&self) -> Result<()> {
+        let d = self.text_encoder.hidden_size;
+        let bad = |what: &str, v: usize| {
+            Err(Error::invalid(format!(
+                "model config: {what} is {v} but the text encoder's hidden size is {d}"
+            )))
+        };
+        if self.fuser.embed_dim != d {
+            return bad("the fuser's embed_dim", self.fuser.embed_dim);
+        }
+        if self.image_encoder.projection_dim != d {
+            return bad(
+                "the image encoder's projection_dim",
+                self.image_encoder.projection_dim,
+            );
+        }
+        if self.unet.context_dim() != d {
+            return bad("the UNet's cross_attention_dim", self.unet.context_dim());
+        }
+        if self.unet.in_channels != self.vae.latent_channels
+            || self.unet.out_channels != self.vae.latent_channels
+        {
+            return Err(Error::invalid(format!(
+                "model config: the UNet has {}/{} in/out channels but the VAE has {} latent channels",
+                self.unet.in_channels, self.unet.out_channels, self.vae.latent_channels
+            )));
+        }
+        self.scheduler.check()
+    }
+}
+
+/// The components of a model, for naming weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    TextEncoder,
+    ImageEncoder,
+    Fuser,
+    Unet,
+    Vae,
+}
+
+impl Part {
+    pub const ALL: [Part; 5] = [
+        Part::TextEncoder,
+        Part::ImageEncoder,
+        Part::Fuser,
+        Part::Unet,
+        Part::Vae,
+    ];
+
+    /// The directory name in a diffusers-layout model and the key prefix in a FastComposer
+    /// checkpoint.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::TextEncoder => "text_encoder",
+            Part::ImageEncoder => "image_encoder",
+            Part::Fuser => "fuser",
+            Part::Unet => "unet",
+            Part::Vae => "vae",
+        }
+    }
+}
+
+/// Where each component's tensors are: a source and a key prefix ("" or e.g. "unet.").
+pub trait ModelWeights {
+    fn part(&self, part: Part) -> Result<(&dyn TensorSource, String)>;
+}
+
+/// A subject's projected image embedding: compute once, reuse across generations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectEmbedding {
+    pub values: Vec<f32>,
+}
+
+/// What to generate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GenerateOptions {
+    /// The prompt, with one marker after each subject's class noun.
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance: f64,
+    /// Fraction of the steps that use the subjects (the last ones). 0 = text only.
+    pub alpha: f64,
+    pub seed: u64,
+    /// Defaults to the model's native size.
+    pub width: Option<usize>,
+    pub height: Option<usize>,
+    pub scheduler: SchedulerKind,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 50,
+            guidance: 5.0,
+            alpha: 0.7,
+            seed: 0,
+            width: None,
+            height: None,
+            scheduler: SchedulerKind::Ddim,
+        }
+    }
+}
+
+/// A generated image, 8-bit RGB, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Vec<u8>,
+}
+
+struct Inner {
+    config: ModelConfig,
+    tokenizer: ClipTokenizer,
+    text_encoder: ClipTextModel,
+    image_encoder: ClipVisionModel,
+    fuser: Fuser,
+    unet: UNet2DConditionModel,
+    vae: VaeDecoder,
+    device: Device,
+}
+
+/// A loaded FastComposer model. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct FastComposer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FastComposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FastComposer")
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl FastComposer {
+    /// Load every component; unexpected or missing tensors are errors naming the key.
+    pub fn load(
+        config: &ModelConfig,
+        weights: &dyn ModelWeights,
+        device: &Device,
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
+        config.check()?;
+        let load = |part: Part| -> Result<(Loader, String)> {
+            let (src, prefix) = weights.part(part)?;
+            let root = Loader::new(src, device);
+            let vb = if prefix.is_empty() {
+                root
+            } else {
+                root.pp(prefix.trim_end_matches('.'))
+            };
+            Ok((vb, prefix))
+        };
+        let (vb, p) = load(Part::TextEncoder)?;
+        let text_encoder = ClipTextModel::load(&vb, &config.text_encoder, kernel)?;
+        vb.finish(&p, ClipTextModel::IGNORED_KEYS)?;
+        let (vb, p) = load(Part::ImageEncoder)?;
+        let image_encoder = ClipVisionModel::load(&vb, &config.image_encoder, kernel)?;
+        vb.finish(&p, ClipVisionModel::IGNORED_KEYS)?;
+        let (vb, p) = load(Part::Fuser)?;
+        let fuser = Fuser::load(&vb, &config.fuser)?;
+        vb.finish(&p, &[])?;
+        let (vb, p) = load(Part::Unet)?;
+        let unet = UNet2DConditionModel::load(&vb, &config.unet, kernel)?;
+        vb.finish(&p, &[])?;
+        let (vb, p) = load(Part::Vae)?;
+        let vae = VaeDecoder::load(&vb, &config.vae, kernel)?;
+        // Generation needs only the decoder: the encoder's keys may be present.
+        vb.finish(&format!("{p}decoder."), &[])?;
+        Self::from_parts(
+            config,
+            text_encoder,
+            image_encoder,
+            fuser,
+            unet,
+            vae,
+            device,
+        )
+    }
+
+    /// Random weights of the given shape (wiring and benchmarks only: the images are noise).
+    pub fn random(config: &ModelConfig, device: &Device, kernel: AttentionKernel) -> Result<Self> {
+        config.check()?;
+        let vb = Loader::random(device);
+        Self::from_parts(
+            config,
+            ClipTextModel::load(&vb, &config.text_encoder, kernel)?,
+            ClipVisionModel::load(&vb, &config.image_encoder, kernel)?,
+            Fuser::load(&vb, &config.fuser)?,
+            UNet2DConditionModel::load(&vb, &config.unet, kernel)?,
+            VaeDecoder::load(&vb, &config.vae, kernel)?,
+            device,
+        )
+    }
+
+    fn from_parts(
+        config: &ModelConfig,
+        text_encoder: ClipTextModel,
+        image_encoder: ClipVisionModel,
+        fuser: Fuser,
+        unet: UNet2DConditionModel,
+        vae: VaeDecoder,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                tokenizer: ClipTokenizer::with_marker(&config.marker)?,
+                text_encoder,
+                image_encoder,
+                fuser,
+                unet,
+                vae,
+                device: device.clone(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.inner.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.inner.device
+    }
+
+    pub fn tokenizer(&self) -> &ClipTokenizer {
+        &self.inner.tokenizer
+    }
+
+    /// The image encoder's input size (224 for CLIP ViT-L/14).
+    pub fn subject_size(&self) -> usize {
+        self.inner.config.image_encoder.image_size
+    }
+
+    /// Step 2 for one photo already preprocessed to `[3, S, S]`.
+    pub fn encode_subject_pixels(&self, pixel_values: &[f32]) -> Result<SubjectEmbedding> {
+        let s = self.subject_size();
+        if pixel_values.len() != 3 * s * s || pixel_values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "subject pixel values must be 3x{s}x{s} finite numbers"
+            )));
+        }
+        let px = Tensor::<4>::from_data(
+            TensorData::new(pixel_values.to_vec(), [1, 3, s, s]),
+            &self.inner.device,
+        );
+        let emb = self.inner.image_encoder.forward(px)?;
+        let values = crate::forward::read(emb)?
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Device(format!("{e:?}")))?;
+        Ok(SubjectEmbedding { values })
+    }
+
+    /// Step 2 for a decoded photo (and an optional mask: background replaced by noise).
+    pub fn encode_subject(
+        &self,
+        photo: &image::RgbImage,
+        mask: Option<&image::GrayImage>,
+    ) -> Result<SubjectEmbedding> {
+        let masked;
+        let photo = match mask {
+            Some(m) => {
+                masked = crate::preprocess::apply_mask(photo, m)?;
+                &masked
+            }
+            None => photo,
+        };
+        let px = crate::preprocess::subject_pixel_values(photo, self.subject_size())?;
+        self.encode_subject_pixels(&px)
+    }
+
+    /// Steps 1, 3, 4 and 5: check everything and set up the denoising loop.
+    /// `latents` (`[1, C, h, w]` values) replaces the seeded noise when given.
+    pub fn start(
+        &self,
+        opts: &GenerateOptions,
+        subjects: &[SubjectEmbedding],
+        latents: Option<Vec<f32>>,
+    ) -> Result<Denoiser> {
+        let inner = &self.inner;
+        let c = &inner.config;
+        // 1. check inputs
+        let (width, height) = self.check_options(opts)?;
+        let prompt = inner.tokenizer.encode_prompt(&opts.prompt)?;
+        let k = prompt.subject_positions.len();
+        if subjects.len() > MAX_SUBJECTS {
+            return Err(Error::invalid(format!(
+                "{} subjects given; at most {MAX_SUBJECTS} are supported",
+                subjects.len()
+            )));
+        }
+        if k != subjects.len() {
+            return Err(Error::invalid(format!(
+                "the prompt has {k} subject marker(s) `{}` but {} subject image(s) were given; \
+                 put one marker right after each subject's class noun",
+                c.marker,
+                subjects.len()
+            )));
+        }
+        let d = c.text_encoder.hidden_size;
+        if let Some((i, _)) = subjects
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.values.len() != d)
+        {
+            return Err(Error::invalid(format!(
+                "subject {} has an embedding of size {}, this model needs {d}",
+                i + 1,
+                subjects[i].values.len()
+            )));
+        }
+        let mut warnings = Vec::new();
+        if prompt.truncated {
+            warnings.push("the prompt is longer than 77 tokens; the end was cut off".to_string());
+        }
+        let negative = inner.tokenizer.encode_prompt(&opts.negative_prompt)?;
+        if !negative.subject_positions.is_empty() {
+            return Err(Error::invalid(
+                "the negative prompt must not contain subject markers",
+            ));
+        }
+        if negative.truncated {
+            warnings.push(
+                "the negative prompt is longer than 77 tokens; the end was cut off".to_string(),
+            );
+        }
+
+        // 3. three conditionings: [negative, text-only] in one batch, then augmented.
+        let dev = &inner.device;
+        let hidden = inner
+            .text_encoder
+            .forward_ids(&[negative.input_ids.clone(), prompt.input_ids.clone()])?;
+        let negative_embeds = hidden.clone().narrow(0, 0, 1);
+        let text_only = hidden.narrow(0, 1, 1);
+        let mut augmented = text_only.clone();
+        if k > 0 {
+            let pos = &prompt.subject_positions;
+            let t_rows = Tensor::cat(
+                pos.iter()
+                    .map(|&p| text_only.clone().narrow(1, p, 1).reshape([1, d]))
+                    .collect(),
+                0,
+            );
+            let flat: Vec<f32> = subjects
+                .iter()
+                .flat_map(|s| s.values.iter().copied())
+                .collect();
+            let v_rows = Tensor::<2>::from_data(TensorData::new(flat, [k, d]), dev);
+            let fused = inner.fuser.forward(t_rows, v_rows)?;
+            for (j, &p) in pos.iter().enumerate() {
+                let row = fused.clone().narrow(0, j, 1).reshape([1, 1, d]);
+                augmented = augmented.slice_assign([0..1, p..p + 1, 0..d], row);
+            }
+        }
+
+        // 4. timesteps
+        let scheduler = c.scheduler.build(opts.scheduler, opts.steps)?;
+
+        // 5. initial latents
+        let f = c.vae.scale_factor();
+        let shape = [1, c.unet.in_channels, height / f, width / f];
+        let n: usize = shape.iter().product();
+        let values = match latents {
+            Some(v) if v.len() == n && v.iter().all(|x| x.is_finite()) => v,
+            Some(v) => {
+                return Err(Error::invalid(format!(
+                    "initial latents: {} finite values expected for shape {shape:?}, got {}",
+                    n,
+                    v.len()
+                )));
+            }
+            None => Pcg32::new(opts.seed).normals(n),
+        };
+        let latents = Tensor::<4>::from_data(TensorData::new(values, shape), dev)
+            * scheduler.init_noise_sigma();
+
+        let guided = opts.guidance > 1.0;
+        let switch = ((1.0 - opts.alpha) * opts.steps as f64).floor();
+        let cond = |c: Tensor<3>| {
+            if guided {
+                Tensor::cat(vec![negative_embeds.clone(), c], 0)
+            } else {
+                c
+            }
+        };
+        Ok(Denoiser {
+            model: self.clone(),
+            text_only: cond(text_only),
+            augmented: cond(augmented),
+            scheduler,
+            latents,
+            index: 0,
+            switch,
+            guidance: opts.guidance,
+            guided,
+            warnings,
+        })
+    }
+
+    fn check_options(&self, opts: &GenerateOptions) -> Result<(usize, usize)> {
+        let c = &self.inner.config;
+        if opts.steps == 0 || opts.steps > c.scheduler.num_train_timesteps {
+            return Err(Error::invalid(format!(
+                "steps must be between 1 and {}, got {}",
+                c.scheduler.num_train_timesteps, opts.steps
+            )));
+        }
+        if !opts.alpha.is_finite() || !(0.0..=1.0).contains(&opts.alpha) {
+            return Err(Error::invalid(format!(
+                "alpha must be between 0 and 1, got {}",
+                opts.alpha
+            )));
+        }
+        if !opts.guidance.is_finite() || opts.guidance < 0.0 {
+            return Err(Error::invalid(format!(
+                "guidance must be a finite number >= 0, got {}",
+                opts.guidance
+            )));
+        }
+        let m = c.size_multiple();
+        let native = c.native_size();
+        let w = opts.width.unwrap_or(native);
+        let h = opts.height.unwrap_or(native);
+        for (what, v) in [("width", w), ("height", h)] {
+            if v == 0 || v % m != 0 || v > MAX_SIDE {
+                return Err(Error::invalid(format!(
+                    "{what} must be a positive multiple of {m} (the latent factor) up to {MAX_SIDE}, got {v}"
+                )));
+            }
+        }
+        Ok((w, h))
+    }
+
+    /// Steps 1–7 in one call. `on_step(step, total)` runs after every step; returning `false`
+    /// cancels ([`Error::Cancelled`]).
+    pub fn generate(
+        &self,
+        opts: &GenerateOptions,
+        subjects: &[SubjectEmbedding],
+        on_step: &mut dyn FnMut(&Denoiser) -> bool,
+    ) -> Result<(RgbImage, Vec<String>)> {
+        let mut d = self.start(opts, subjects, None)?;
+        while !d.is_done() {
+            d.step()?;
+            if !on_step(&d) {
+                return Err(Error::Cancelled);
+            }
+        }
+        let warnings = d.warnings.clone();
+        Ok((d.decode_rgb()?, warnings))
+    }
+}
+
+/// Steps 6 and 7, one step at a time.
+pub struct Denoiser {
+    model: FastComposer,
+    text_only: Tensor<3>,
+    augmented: Tensor<3>,
+    scheduler: Box<dyn Scheduler>,
+    latents: Tensor<4>,
+    index: usize,
+    switch: f64,
+    guidance: f64,
+    guided: bool,
+    /// Notes for the user (a truncated prompt).
+    pub warnings: Vec<String>,
+}
+
+impl Denoiser {
+    /// Number of model evaluations (PNDM evaluates one more than `steps`).
+    pub fn total(&self) -> usize {
+        self.scheduler.timesteps().len()
+    }
+
+    /// Steps done so far.
+    pub fn done(&self) -> usize {
+        self.index
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.index >= self.total()
+    }
+
+    /// Whether step `i` uses the subjects: delayed subject conditioning switches from the
+    /// text-only to the augmented conditioning after step `(1 - alpha) * N`.
+    pub fn uses_subjects(&self, i: usize) -> bool {
+        (i as f64) > self.switch
+    }
+
+    /// One denoising step.
+    pub fn step(&mut self) -> Result<()> {
+        if self.is_done() {
+            return Err(Error::invalid("the denoising loop has already finished"));
+        }
+        let i = self.index;
+        let t = self.scheduler.timesteps()[i];
+        let unet = &self.model.inner.unet;
+        let cond = if self.uses_subjects(i) {
+            &self.augmented
+        } else {
+            &self.text_only
+        };
+        let x = self.scheduler.scale_model_input(self.latents.clone(), t);
+        let eps = if self.guided {
+            let x2 = Tensor::cat(vec![x.clone(), x], 0);
+            let tt = Tensor::<1>::full([2], t as f32, &x2.device());
+            let e = unet.forward(x2, tt, cond)?;
+            let eu = e.clone().narrow(0, 0, 1);
+            let ec = e.narrow(0, 1, 1);
+            eu.clone() + (ec - eu) * self.guidance
+        } else {
+            let tt = Tensor::<1>::full([1], t as f32, &x.device());
+            unet.forward(x, tt, cond)?
+        };
+        self.latents = self.scheduler.step(eps, t, self.latents.clone());
+        self.index += 1;
+        Ok(())
+    }
+
+    /// The current latents.
+    pub fn latents(&self) -> Tensor<4> {
+        self.latents.clone()
+    }
+
+    /// Step 7: the VAE's output `[1, 3, H, W]` in about [-1, 1].
+    pub fn decode(&self) -> Result<Tensor<4>> {
+        let vae = &self.model.inner.vae;
+        vae.forward(self.latents.clone() / vae.config.scaling_factor)
+    }
+
+    /// Step 7 to 8-bit RGB (`(x / 2 + 0.5).clamp(0, 1) · 255`, rounded half to even).
+    pub fn decode_rgb(&self) -> Result<RgbImage> {
+        let img = self.decode()?;
+        let [_, _, h, w] = img.dims();
+        let v = crate::forward::read(img)?
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Device(format!("{e:?}")))?;
+        Ok(to_rgb(&v, w, h))
+    }
+}
+
+/// Planar `[3, H, W]` values in [-1, 1] to interleaved 8-bit RGB.
+pub fn to_rgb(planar: &[f32], width: usize, height: usize) -> RgbImage {
+    let plane = width * height;
+    let mut pixels = vec![0u8; 3 * plane];
+    for c in 0..3 {
+        for i in 0..plane {
+            let v = (planar[c * plane + i] / 2.0 + 0.5).clamp(0.0, 1.0);
+            pixels[i * 3 + c] = (v * 255.0).round_ties_even() as u8;
+        }
+    }
+    RgbImage {
+        width,
+        height,
+        pixels,
+    }
+}
