@@ -9,6 +9,7 @@
 //! - [`weights`]: loading tensors by reference key names, with typed errors.
 
 pub mod attention;
+pub mod default_model;
 pub mod device;
 pub mod error;
 pub mod forward;

@@ -164,3 +164,138 @@ fn tokenize_prints_ids_and_positions() {
         "start of the prompt",
     );
 }
+
+fn generate(extra: &[&str]) -> Output {
+    let photos = fixtures().join("pipeline/photos");
+    let mut cmd = bin();
+    cmd.arg("generate")
+        .arg("--model")
+        .arg(fixtures().join("pipeline/model"));
+    cmd.args(["--width", "64", "--height", "64", "--steps", "3"]);
+    for a in extra {
+        cmd.arg(a.replace("PHOTOS", photos.to_str().unwrap()));
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn generate_writes_a_png() {
+    let out = tmp("gen.png");
+    let o = generate(&[
+        "--prompt",
+        "a cat <|image|> on the beach",
+        "--subject",
+        "PHOTOS/chelsea.png",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(&out).unwrap();
+    assert_eq!((img.width(), img.height()), (64, 64));
+}
+
+#[test]
+fn generate_bad_input_exits_with_code_2() {
+    let out = tmp("bad.png");
+    let o = out.to_str().unwrap();
+    let cat = "a cat <|image|>";
+    for (args, needle) in [
+        (
+            vec![
+                "--prompt",
+                "a cat <|image|> and a dog <|image|>",
+                "--subject",
+                "PHOTOS/chelsea.png",
+            ],
+            "2 subject marker(s)",
+        ),
+        (
+            vec!["--prompt", cat, "--subject", "PHOTOS/missing.png"],
+            "cannot read",
+        ),
+        (
+            vec!["--prompt", cat, "--subject", "PHOTOS/LICENSE.txt"],
+            "not an image",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--steps",
+                "0",
+            ],
+            "steps",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--steps",
+                "1001",
+            ],
+            "steps",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--alpha",
+                "1.5",
+            ],
+            "alpha",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--guidance",
+                "NaN",
+            ],
+            "guidance",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--guidance=-2",
+            ],
+            "guidance",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--width",
+                "70",
+            ],
+            "width",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--scheduler",
+                "euler-x",
+            ],
+            "unknown scheduler",
+        ),
+    ] {
+        let mut a = args.clone();
+        a.extend(["--out", o]);
+        assert_fails(generate(&a), needle);
+    }
+}

@@ -8,13 +8,18 @@ use burn::tensor::{Distribution, Tensor};
 
 use clap::{Parser, Subcommand};
 use fastcomposer::attention::AttentionKernel;
+use fastcomposer::default_model;
 use fastcomposer::device::{self, DeviceChoice};
 use fastcomposer::forward::{Component, forward_component, parse_config};
+use fastcomposer::model_dir::ModelDir;
 use fastcomposer::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use fastcomposer::pipeline::{FastComposer, GenerateOptions};
+use fastcomposer::preprocess::decode_image;
 use fastcomposer::tokenizer::ClipTokenizer;
 use fastcomposer::weights::Loader;
 use fastcomposer::weights::SafetensorsSource;
 use fastcomposer::{Error, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +60,49 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
     },
+    /// Generate an image of the given subjects. Without --model it uses the built-in default
+    /// model, which in this build has RANDOM weights (wiring only: its images are noise).
+    Generate {
+        /// The prompt, with a marker right after each subject's class noun,
+        /// e.g. "a man <|image|> on the beach".
+        #[arg(long)]
+        prompt: String,
+        /// A subject photo (PNG, JPEG or WebP), once per marker, in marker order.
+        #[arg(long = "subject")]
+        subjects: Vec<PathBuf>,
+        /// A mask per subject, in the same order (white = subject; the background is replaced
+        /// by noise). Optional; fewer masks than subjects leaves the rest unmasked.
+        #[arg(long = "mask")]
+        masks: Vec<PathBuf>,
+        #[arg(long, default_value = "")]
+        negative: String,
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        #[arg(long, default_value_t = 5.0)]
+        guidance: f64,
+        /// Fraction of the steps (the last ones) conditioned on the subjects.
+        #[arg(long, default_value_t = 0.7)]
+        alpha: f64,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Image width in pixels (default: the model's native size).
+        #[arg(long)]
+        width: Option<usize>,
+        #[arg(long)]
+        height: Option<usize>,
+        /// ddim | pndm
+        #[arg(long, default_value = "ddim")]
+        scheduler: String,
+        /// A diffusers-layout model directory (text_encoder/, image_encoder/, fuser/, unet/,
+        /// vae/, scheduler/). Default: the built-in model.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// cpu | wgpu
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Time the UNet forward with random weights (benchmarks and the full-size memory check).
     /// Prints one JSON line: load time, first and mean forward time, peak resident memory.
     BenchUnet {
@@ -81,6 +129,10 @@ enum Command {
         #[arg(long, default_value = fastcomposer::tokenizer::DEFAULT_MARKER)]
         marker: String,
     },
+}
+
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))
 }
 
 fn read_text(path: &Path) -> Result<String> {
@@ -110,6 +162,97 @@ fn run(cli: Cli) -> Result<()> {
             };
             let data = forward_component(component, &config, &weights, &inputs, &device, kernel)?;
             write_out(&out, data)
+        }
+        Command::Generate {
+            prompt,
+            subjects,
+            masks,
+            negative,
+            steps,
+            guidance,
+            alpha,
+            seed,
+            width,
+            height,
+            scheduler,
+            model,
+            device,
+            out,
+        } => {
+            if masks.len() > subjects.len() {
+                return Err(Error::invalid(format!(
+                    "{} masks for {} subject photos; give at most one mask per subject",
+                    masks.len(),
+                    subjects.len()
+                )));
+            }
+            let opts = GenerateOptions {
+                prompt,
+                negative_prompt: negative,
+                steps,
+                guidance,
+                alpha,
+                seed,
+                width,
+                height,
+                scheduler: scheduler.parse()?,
+            };
+            // Read every photo before loading the model: bad files fail fast.
+            let photos = subjects
+                .iter()
+                .map(|p| decode_image(&read_bytes(p)?, &p.display().to_string()))
+                .collect::<Result<Vec<_>>>()?;
+            let masks = masks
+                .iter()
+                .map(|p| {
+                    Ok(image::DynamicImage::ImageRgb8(decode_image(
+                        &read_bytes(p)?,
+                        &p.display().to_string(),
+                    )?)
+                    .into_luma8())
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let device = device::create(device.parse()?)?;
+            let kernel = AttentionKernel::default();
+            let model = match &model {
+                Some(dir) => {
+                    let dir = ModelDir::open(dir)?;
+                    FastComposer::load(&dir.config, &dir, &device, kernel)?
+                }
+                None => {
+                    eprintln!("note: using the {}", default_model::LABEL);
+                    default_model::load(&device, kernel)?
+                }
+            };
+            let embeddings = photos
+                .iter()
+                .enumerate()
+                .map(|(i, p)| model.encode_subject(p, masks.get(i)))
+                .collect::<Result<Vec<_>>>()?;
+            let mut d = model.start(&opts, &embeddings, None)?;
+            for w in &d.warnings {
+                eprintln!("warning: {w}");
+            }
+            let bar = ProgressBar::new(d.total() as u64).with_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ~{eta} left",
+                )
+                .map_err(|e| Error::invalid(e.to_string()))?
+                .progress_chars("=> "),
+            );
+            bar.set_message("denoising");
+            while !d.is_done() {
+                d.step()?;
+                bar.inc(1);
+            }
+            bar.finish_and_clear();
+            let img = d.decode_rgb()?;
+            let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels)
+                .ok_or_else(|| Error::Device("decoded image has the wrong size".into()))?;
+            buf.save_with_format(&out, image::ImageFormat::Png)
+                .map_err(|e| Error::Io(format!("cannot write {}: {e}", out.display())))?;
+            eprintln!("wrote {} ({}x{})", out.display(), img.width, img.height);
+            Ok(())
         }
         Command::BenchUnet {
             config,
