@@ -21,6 +21,11 @@ use fastcomposer::weights::SafetensorsSource;
 use fastcomposer::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+// Large tensors are allocated and freed at every layer; glibc returns them to the kernel each
+// time (page faults on every reuse), mimalloc keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fastcomposer",
