@@ -6,7 +6,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, activation};
 
 use crate::error::Result;
-use crate::weights::Loader;
+use crate::weights::{ConvWeight, Loader};
 
 /// `torch.nn.Linear`; the weight is held `[d_in, d_out]` (burn's layout).
 #[derive(Debug, Clone)]
@@ -35,7 +35,7 @@ impl Linear {
 /// `torch.nn.Conv2d` (square kernel, symmetric or `(begin, end)` padding).
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    pub weight: Tensor<4>,
+    pub weight: ConvWeight,
     pub bias: Option<Tensor<1>>,
     pub options: ConvOptions<2>,
 }
@@ -52,7 +52,7 @@ impl Conv2d {
         bias: bool,
     ) -> Result<Self> {
         Ok(Self {
-            weight: vb.tensor("weight", [c_out, c_in, kernel, kernel])?,
+            weight: vb.conv_weight("weight", [c_out, c_in, kernel, kernel])?,
             bias: if bias {
                 Some(vb.tensor("bias", [c_out])?)
             } else {
@@ -65,7 +65,7 @@ impl Conv2d {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         conv2d(
             x,
-            self.weight.clone(),
+            self.weight.get(),
             self.bias.clone(),
             self.options.clone(),
         )

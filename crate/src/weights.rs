@@ -16,25 +16,15 @@ use safetensors::tensor::{Dtype, Metadata};
 
 use crate::error::{Error, Result};
 
-/// How a parameter is used: sources that store weights transformed (pre-transposed,
-/// quantized) need to know which layout the model asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamKind {
-    /// Any tensor used as stored (norm scales, biases, embeddings, convolution kernels).
-    Plain,
-    /// A `torch.nn.Linear` weight, stored `[out, in]`, wanted as burn's `[in, out]`.
-    LinearWeight,
-}
-
 /// Named tensors, read one at a time.
 pub trait TensorSource {
     /// Every tensor name the source holds.
     fn names(&self) -> Vec<String>;
     /// The stored shape of a tensor, or `None` if absent.
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
-    /// Read one tensor as host data in the layout `kind` asks for (f32 unless the source keeps
-    /// it quantized).
-    fn read(&self, name: &str, kind: ParamKind) -> Result<TensorData>;
+    /// Read one tensor in its stored layout: f32 values, or — for sources that keep weights
+    /// quantized — burn quantized data of shape `[shape[0], product of the rest]`.
+    fn read(&self, name: &str) -> Result<TensorData>;
 }
 
 /// A safetensors file held in memory.
@@ -155,19 +145,9 @@ impl TensorSource for SafetensorsSource {
         self.metadata.info(name).map(|i| i.shape.clone())
     }
 
-    fn read(&self, name: &str, kind: ParamKind) -> Result<TensorData> {
+    fn read(&self, name: &str) -> Result<TensorData> {
         let (shape, values) = self.read_f32(name)?;
-        match kind {
-            ParamKind::Plain => Ok(TensorData::new(values, shape)),
-            ParamKind::LinearWeight => {
-                let [out, inp] = shape[..] else {
-                    return Err(Error::weights(format!(
-                        "tensor `{name}` has shape {shape:?}, expected a 2-d linear weight"
-                    )));
-                };
-                Ok(TensorData::new(transpose_2d(&values, out, inp), [inp, out]))
-            }
-        }
+        Ok(TensorData::new(values, shape))
     }
 }
 
@@ -243,59 +223,93 @@ impl<'a> Loader<'a> {
             .is_some_and(|s| s.names().iter().any(|k| k.starts_with(&p)))
     }
 
-    fn fetch(&self, name: &str, shape: &[usize], kind: ParamKind) -> Result<TensorData> {
+    /// Read `name`, whose stored shape must be one of `shapes`.
+    fn fetch(&self, name: &str, shapes: &[&[usize]]) -> Result<Option<TensorData>> {
         let key = self.key(name);
         let Some(src) = self.src else {
-            return Ok(random_data(name, shape, kind));
+            return Ok(None);
         };
         let Some(stored) = src.shape(&key) else {
             return Err(Error::weights(format!("missing tensor `{key}`")));
         };
-        // Conv-shaped linear weights ([out, in, 1, 1]) are accepted where a linear is wanted.
-        let stored_ok = match kind {
-            ParamKind::LinearWeight => {
-                let want = [shape[1], shape[0]];
-                stored == want
-                    || (stored.len() == 4 && stored[..2] == want && stored[2..] == [1, 1])
-            }
-            ParamKind::Plain => stored == shape,
-        };
-        if !stored_ok {
-            let want: Vec<usize> = match kind {
-                ParamKind::LinearWeight => vec![shape[1], shape[0]],
-                ParamKind::Plain => shape.to_vec(),
-            };
+        if !shapes.iter().any(|s| stored == *s) {
             return Err(Error::weights(format!(
-                "tensor `{key}` has shape {stored:?}, expected {want:?}"
+                "tensor `{key}` has shape {stored:?}, expected {:?}",
+                shapes[0]
             )));
         }
-        let data = if kind == ParamKind::LinearWeight && stored.len() == 4 {
-            src.read(&key, ParamKind::Plain).and_then(|d| {
-                let v = d
-                    .try_into_vec::<f32>()
-                    .map_err(|e| Error::weights(format!("tensor `{key}`: {e:?}")))?;
-                Ok(TensorData::new(
-                    transpose_2d(&v, shape[1], shape[0]),
-                    [shape[0], shape[1]],
-                ))
-            })?
-        } else {
-            src.read(&key, kind)?
-        };
+        let data = src.read(&key)?;
         self.used.borrow_mut().insert(key);
-        Ok(data)
+        Ok(Some(data))
     }
 
-    /// A tensor of exactly `shape`.
+    /// A tensor of exactly `shape` (quantized data stays quantized for 2-d tensors).
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        let data = self.fetch(name, &shape, ParamKind::Plain)?;
+        let data = match self.fetch(name, &[&shape])? {
+            Some(d) => d,
+            None => {
+                return Ok(to_device(
+                    random_data(name, &shape, shape[1..].iter().product()),
+                    &self.device,
+                ));
+            }
+        };
+        if is_quantized(&data) && D != 2 {
+            return Err(Error::weights(format!(
+                "tensor `{}` is quantized, but this model uses it as a {D}-d tensor; store it as f16 or f32",
+                self.key(name)
+            )));
+        }
         Ok(to_device(data, &self.device))
     }
 
-    /// A linear weight stored `[d_out, d_in]`, returned as `[d_in, d_out]`.
+    /// A linear weight stored `[d_out, d_in]` (or conv-shaped `[d_out, d_in, 1, 1]`), returned
+    /// as burn's `[d_in, d_out]`: transposed on the host for float data, as a view on the
+    /// device for quantized data (which stays quantized).
     pub fn linear_weight(&self, name: &str, d_in: usize, d_out: usize) -> Result<Tensor<2>> {
-        let data = self.fetch(name, &[d_in, d_out], ParamKind::LinearWeight)?;
-        Ok(to_device(data, &self.device))
+        let data = match self.fetch(name, &[&[d_out, d_in], &[d_out, d_in, 1, 1]])? {
+            Some(d) => d,
+            None => {
+                return Ok(to_device(
+                    random_data(name, &[d_in, d_out], d_in),
+                    &self.device,
+                ));
+            }
+        };
+        if is_quantized(&data) {
+            let t: Tensor<2> = to_device(data, &self.device);
+            return Ok(t.transpose());
+        }
+        let v = data
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::weights(format!("tensor `{}`: {e:?}", self.key(name))))?;
+        Ok(to_device(
+            TensorData::new(transpose_2d(&v, d_out, d_in), [d_in, d_out]),
+            &self.device,
+        ))
+    }
+
+    /// A convolution kernel `[c_out, c_in, k, k]`; quantized data stays quantized (as a
+    /// `[c_out, c_in·k·k]` matrix) and is dequantized just before each use.
+    pub fn conv_weight(&self, name: &str, shape: [usize; 4]) -> Result<ConvWeight> {
+        let data = match self.fetch(name, &[&shape])? {
+            Some(d) => d,
+            None => {
+                let fan_in = shape[1..].iter().product();
+                return Ok(ConvWeight::Float(to_device(
+                    random_data(name, &shape, fan_in),
+                    &self.device,
+                )));
+            }
+        };
+        if is_quantized(&data) {
+            return Ok(ConvWeight::Quantized {
+                matrix: to_device(data, &self.device),
+                shape,
+            });
+        }
+        Ok(ConvWeight::Float(to_device(data, &self.device)))
     }
 
     /// Error if the source holds keys under `root` that nobody took. Keys ending in one of
@@ -329,16 +343,12 @@ impl<'a> Loader<'a> {
 }
 
 /// Deterministic made-up values for [`Loader::random`] (a small LCG; speed over quality).
-fn random_data(name: &str, shape: &[usize], kind: ParamKind) -> TensorData {
+fn random_data(name: &str, shape: &[usize], fan_in: usize) -> TensorData {
     let n: usize = shape.iter().product();
     if shape.len() == 1 {
         let v = if name == "weight" { 1.0 } else { 0.0 };
         return TensorData::new(vec![v; n], shape.to_vec());
     }
-    let fan_in = match kind {
-        ParamKind::LinearWeight => shape[0],
-        ParamKind::Plain => shape[1..].iter().product(),
-    };
     let scale = 1.0 / (fan_in.max(1) as f32).sqrt();
     let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (n as u64);
     let values = (0..n)
@@ -350,6 +360,31 @@ fn random_data(name: &str, shape: &[usize], kind: ParamKind) -> TensorData {
         })
         .collect();
     TensorData::new(values, shape.to_vec())
+}
+
+fn is_quantized(data: &TensorData) -> bool {
+    matches!(data.dtype(), DType::QFloat(_))
+}
+
+/// A convolution kernel as held on the device.
+#[derive(Debug, Clone)]
+pub enum ConvWeight {
+    Float(Tensor<4>),
+    /// Quantized `[c_out, c_in·k·k]`, reshaped after dequantization.
+    Quantized {
+        matrix: Tensor<2>,
+        shape: [usize; 4],
+    },
+}
+
+impl ConvWeight {
+    /// The kernel in f32 for one convolution.
+    pub fn get(&self) -> Tensor<4> {
+        match self {
+            ConvWeight::Float(t) => t.clone(),
+            ConvWeight::Quantized { matrix, shape } => matrix.clone().dequantize().reshape(*shape),
+        }
+    }
 }
 
 /// Upload host data to a device, keeping quantized data quantized.

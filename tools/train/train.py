@@ -1,0 +1,417 @@
+"""Train the embedded default model: a small FastComposer of the SD1.5 family, from scratch, on
+the procedural scenes of tools/dataset/scenes.py. One command, resumable, CPU or GPU.
+
+    tools/.venv/bin/python tools/train/train.py all --minutes 120
+
+Stages (each resumes from its checkpoint under tools/.data/train/):
+  data     render the training scenes (identities outside the held-out set) into a cache
+  vae      train the AutoencoderKL (factor 8: 128 px -> 16x16x4 latents)
+  latents  encode every scene once; the scaling factor is 1 / std of the latents
+  fc       train text encoder, image encoder, fuser and UNet together with FastComposer's
+           recipe: subject dropout 0.1, caption dropout 0.1, masked denoising loss (p 0.5),
+           cross-attention localisation loss (1e-3) on the middle blocks
+  export   EMA weights -> a diffusers-layout directory (tools/.data/train/model/)
+Losses go to tools/.data/train/<stage>_log.csv; hyper-parameters to hparams.json.
+No pretrained weights exist here, so unlike the paper the text encoder is trained too (jointly).
+"""
+
+import argparse
+import copy
+import csv
+import json
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "dataset"))
+sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+
+import scenes  # noqa: E402
+from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
+from fastcomposer_ref import Fuser  # noqa: E402
+from tokenizer_corpus import MARKER, hf_tokenizer, marker_reference  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
+
+OUT = os.path.join(HERE, "..", ".data", "train")
+CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
+CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
+
+D = 128  # text width = fuser = image projection = UNet cross-attention
+HP = {
+    "seed": 0,
+    "n_scenes": 24000,
+    "image_size": scenes.SIZE,
+    "vae": dict(block_out_channels=[16, 32, 64, 64], layers_per_block=1, latent_channels=4, norm_num_groups=8),
+    "vae_steps": 2000, "vae_batch": 8, "vae_lr": 5e-4, "vae_kl": 1e-6,
+    "text_encoder": dict(vocab_size=49408, hidden_size=D, intermediate_size=256, num_hidden_layers=3,
+                         num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu"),
+    "image_encoder": dict(hidden_size=D, intermediate_size=256, projection_dim=D, num_hidden_layers=3,
+                          num_attention_heads=4, image_size=scenes.REF_SIZE, patch_size=16, hidden_act="quick_gelu"),
+    "unet": dict(sample_size=16, block_out_channels=[64, 128, 192], layers_per_block=1,
+                 down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                 cross_attention_dim=D, attention_head_dim=4, norm_num_groups=32),
+    "fc_batch": 32, "fc_lr": 3e-4, "fc_warmup": 300, "fc_weight_decay": 0.01, "ema": 0.999,
+    "subject_dropout": 0.1, "caption_dropout": 0.1, "masked_loss_p": 0.5, "localization_weight": 1e-3,
+    "grad_clip": 1.0,
+}
+
+
+def device():
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def log_row(path, row):
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+# ----------------------------------------------------------------------------- data
+def stage_data():
+    path = os.path.join(OUT, "scenes.npz")
+    if os.path.exists(path):
+        return
+    rng = random.Random(HP["seed"])
+    train_ids, held_out = scenes.split_identities()
+    n = HP["n_scenes"]
+    images = np.zeros((n, scenes.SIZE, scenes.SIZE, 3), np.uint8)
+    masks = np.zeros((n, 2, scenes.SIZE, scenes.SIZE), np.uint8)
+    refs = np.zeros((n, 2, scenes.REF_SIZE, scenes.REF_SIZE, 3), np.uint8)
+    n_subj = np.zeros(n, np.int64)
+    captions = []
+    meta = []
+    t0 = time.time()
+    for i in range(n):
+        s = scenes.make_scene(rng, train_ids)
+        images[i] = s.image
+        n_subj[i] = len(s.subjects)
+        for k in range(len(s.subjects)):
+            masks[i, k] = s.masks[k]
+            refs[i, k] = s.refs[k]
+        captions.append(s.caption)
+        meta.append({"context": s.context, "subjects": [x.index() for x in s.subjects], "positions": s.positions, "sizes": s.sizes})
+        if i % 2000 == 0:
+            print(f"data: {i}/{n} scenes, {time.time() - t0:.0f}s", flush=True)
+    np.savez(path, images=images, masks=masks, refs=refs, n_subj=n_subj)
+    with open(os.path.join(OUT, "captions.json"), "w") as f:
+        json.dump({"captions": captions, "meta": meta, "held_out": held_out}, f)
+    print(f"data: {n} scenes in {time.time() - t0:.0f}s")
+
+
+def load_data():
+    d = np.load(os.path.join(OUT, "scenes.npz"))
+    with open(os.path.join(OUT, "captions.json")) as f:
+        c = json.load(f)
+    return d, c
+
+
+def to_m11(x_uint8):
+    """[N, H, W, 3] uint8 -> [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+# ----------------------------------------------------------------------------- VAE
+def make_vae():
+    return AutoencoderKL(in_channels=3, out_channels=3, sample_size=scenes.SIZE,
+                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                         **HP["vae"])
+
+
+def stage_vae(deadline):
+    ck = os.path.join(OUT, "vae.pt")
+    dev = device()
+    vae = make_vae().to(dev)
+    opt = torch.optim.AdamW(vae.parameters(), lr=HP["vae_lr"], weight_decay=0.0)
+    step = 0
+    if os.path.exists(ck):
+        s = torch.load(ck, map_location=dev)
+        vae.load_state_dict(s["model"]), opt.load_state_dict(s["opt"])
+        step = s["step"]
+    if step >= HP["vae_steps"]:
+        return
+    d, _ = load_data()
+    images = d["images"]
+    g = torch.Generator().manual_seed(step)
+    vae.train()
+    t0 = time.time()
+    while step < HP["vae_steps"] and time.time() < deadline:
+        idx = torch.randint(0, len(images), (HP["vae_batch"],), generator=g).numpy()
+        x = to_m11(images[idx]).to(dev)
+        post = vae.encode(x).latent_dist
+        z = post.sample()
+        rec = vae.decode(z).sample
+        l_rec = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        l_kl = post.kl().mean() / (x.shape[1] * x.shape[2] * x.shape[3])
+        loss = l_rec + HP["vae_kl"] * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 25 == 0:
+            log_row(os.path.join(OUT, "vae_log.csv"), {"step": step, "rec": f"{l_rec.item():.5f}", "kl_per_dim": f"{l_kl.item():.4f}", "s": f"{time.time() - t0:.0f}"})
+        if step % 250 == 0 or step == HP["vae_steps"]:
+            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+            print(f"vae: step {step} rec {l_rec.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+    torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+
+
+def stage_latents():
+    path = os.path.join(OUT, "latents.pt")
+    if os.path.exists(path):
+        return
+    s = torch.load(os.path.join(OUT, "vae.pt"), map_location="cpu")
+    if s["step"] < HP["vae_steps"]:
+        raise SystemExit("the VAE is not trained yet")
+    dev = device()
+    vae = make_vae().to(dev).eval()
+    vae.load_state_dict(s["model"])
+    d, _ = load_data()
+    images = d["images"]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), 64):
+            out.append(vae.encode(to_m11(images[i:i + 64]).to(dev)).latent_dist.mean.cpu())
+    lat = torch.cat(out)
+    scale = float(1.0 / lat.std())
+    torch.save({"latents": lat * scale, "scaling_factor": scale}, path)
+    print(f"latents: {tuple(lat.shape)}, scaling factor {scale:.5f}")
+
+
+# ----------------------------------------------------------------------------- FastComposer
+class Models(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.text = CLIPTextModel(CLIPTextConfig(**HP["text_encoder"]))
+        self.vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**HP["image_encoder"]))
+        self.fuser = Fuser(D)
+        self.unet = UNet2DConditionModel(in_channels=4, out_channels=4, **HP["unet"])
+
+
+class CaptureAttn2:
+    """An attention processor that computes attention explicitly and keeps the
+    cross-attention probabilities for the localisation loss."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        ctx = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(ctx))
+        v = attn.head_to_batch_dim(attn.to_v(ctx))
+        probs = attn.get_attention_scores(q, k, None)
+        self.store.append((attn.heads, probs))
+        out = attn.batch_to_head_dim(torch.bmm(probs, v))
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+def localization_processors(unet, store):
+    """attn2 of the middle blocks (down 1, mid, up 1: the 8x8 and 4x4 levels) capture maps."""
+    procs = {}
+    for name in unet.attn_processors:
+        middle = name.startswith(("down_blocks.1.", "mid_block.", "up_blocks.1."))
+        if middle and ".attn2." in name:
+            procs[name] = CaptureAttn2(store)
+        else:
+            procs[name] = unet.attn_processors[name]
+    unet.set_attn_processor(procs)
+
+
+def ddpm_alphas():
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def encode_captions(tok, captions):
+    ids, pos = [], []
+    for c in captions:
+        r = marker_reference(tok, c)
+        ids.append(r["input_ids"])
+        pos.append(r["subject_positions"])
+    return torch.tensor(ids), pos
+
+
+def ref_pixels(refs_uint8):
+    """[N, S, S, 3] uint8 (already square, at the encoder's size) -> normalised."""
+    x = torch.from_numpy(refs_uint8).permute(0, 3, 1, 2).float() / 255.0
+    return (x - CLIP_MEAN) / CLIP_STD
+
+
+def localization_loss(store, positions, masks_full, use_subjects):
+    """mean_bg(A) - mean_fg(A) of each subject's token, averaged over subjects, heads, layers."""
+    losses = []
+    for heads, probs in store:
+        bh, L, T = probs.shape
+        b = bh // heads
+        s = int(math.isqrt(L))
+        p = probs.view(b, heads, s, s, T)
+        for i in range(b):
+            if not use_subjects[i]:
+                continue
+            for k, tok in enumerate(positions[i]):
+                m = F.interpolate(masks_full[i, k][None, None], size=(s, s), mode="area")[0, 0]
+                a = p[i, :, :, :, tok]
+                fg = (a * m).sum((1, 2)) / (m.sum() + 1e-5)
+                bg = (a * (1 - m)).sum((1, 2)) / ((1 - m).sum() + 1e-5)
+                losses.append((bg - fg).mean())
+    return torch.stack(losses).mean() if losses else torch.zeros(())
+
+
+def stage_fc(deadline, max_steps):
+    dev = device()
+    torch.manual_seed(HP["seed"])
+    models = Models().to(dev)
+    ema = copy.deepcopy(models).eval().requires_grad_(False)
+    params = [p for p in models.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=HP["fc_lr"], weight_decay=HP["fc_weight_decay"])
+    ck = os.path.join(OUT, "fc.pt")
+    step = 0
+    if os.path.exists(ck):
+        s = torch.load(ck, map_location=dev)
+        models.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
+        step = s["step"]
+    if step >= max_steps:
+        return
+    store = []
+    localization_processors(models.unet, store)
+    d, c = load_data()
+    lat = torch.load(os.path.join(OUT, "latents.pt"))["latents"]
+    tok = hf_tokenizer()
+    tok.add_tokens([MARKER], special_tokens=True)
+    ids, positions = encode_captions(tok, c["captions"])
+    empty_ids, _ = encode_captions(tok, [""])
+    masks = torch.from_numpy(d["masks"]).float() / 255.0  # [N, 2, 128, 128]
+    refs = d["refs"]
+    n_subj = d["n_subj"]
+    ac = ddpm_alphas().to(dev)
+    g = torch.Generator().manual_seed(1000 + step)
+    models.train()
+    t0 = time.time()
+    B = HP["fc_batch"]
+    while step < max_steps and time.time() < deadline:
+        idx = torch.randint(0, len(lat), (B,), generator=g)
+        r = torch.rand((B, 3), generator=g)
+        caption_drop = r[:, 0] < HP["caption_dropout"]
+        use_subjects = (~caption_drop) & (r[:, 1] >= HP["subject_dropout"])
+        masked = r[:, 2] < HP["masked_loss_p"]
+        x0 = lat[idx].to(dev)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        t = torch.randint(0, 1000, (B,), generator=g).to(dev)
+        a = ac[t][:, None, None, None]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        batch_ids = torch.where(caption_drop[:, None], empty_ids.expand(B, -1), ids[idx]).to(dev)
+        text = models.text(input_ids=batch_ids).last_hidden_state
+        # Subject embeddings of every subject in the batch, fused at their noun tokens.
+        subj = [(i, k) for i in range(B) if use_subjects[i] for k in range(int(n_subj[idx[i]]))]
+        pos_b = [positions[int(idx[i])] if use_subjects[i] else [] for i in range(B)]
+        cond = text
+        if subj:
+            px = ref_pixels(np.stack([refs[int(idx[i]), k] for i, k in subj])).to(dev)
+            img = models.vision(pixel_values=px).image_embeds
+            rows_i = torch.tensor([i for i, _ in subj], device=dev)
+            rows_p = torch.tensor([pos_b[i][k] for i, k in subj], device=dev)
+            fused = models.fuser(text[rows_i, rows_p], img)
+            cond = text.index_put((rows_i, rows_p), fused)
+        store.clear()
+        pred = models.unet(xt, t, encoder_hidden_states=cond).sample
+        m = F.interpolate(masks[idx].amax(1, keepdim=True), size=x0.shape[-2:], mode="area").to(dev)
+        w = torch.where(masked.to(dev)[:, None, None, None], m, torch.ones_like(m))
+        l_diff = ((pred - noise) ** 2 * w).sum() / (w.sum() * x0.shape[1] + 1e-8)
+        l_loc = localization_loss(store, pos_b, masks[idx].to(dev), use_subjects.tolist())
+        loss = l_diff + HP["localization_weight"] * l_loc
+        lr = HP["fc_lr"] * min(1.0, (step + 1) / HP["fc_warmup"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, HP["grad_clip"])
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), models.parameters()):
+                pe.lerp_(pm, 1 - HP["ema"])
+        step += 1
+        if step % 20 == 0:
+            log_row(os.path.join(OUT, "fc_log.csv"), {
+                "step": step, "loss": f"{loss.item():.5f}", "denoise": f"{l_diff.item():.5f}",
+                "localization": f"{float(l_loc.detach()):.4f}", "lr": f"{lr:.2e}", "s": f"{time.time() - t0:.0f}"})
+        if step % 200 == 0:
+            print(f"fc: step {step} denoise {l_diff.item():.4f} loc {float(l_loc):.3f} ({time.time() - t0:.0f}s)", flush=True)
+            save_fc(ck, models, ema, opt, step)
+    save_fc(ck, models, ema, opt, step)
+
+
+def save_fc(ck, models, ema, opt, step):
+    # Processors hold no weights; state dicts are unaffected by them.
+    tmp = ck + ".tmp"
+    torch.save({"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    os.replace(tmp, ck)
+
+
+# ----------------------------------------------------------------------------- export
+def stage_export():
+    from safetensors.torch import save_file
+
+    s = torch.load(os.path.join(OUT, "fc.pt"), map_location="cpu")
+    models = Models()
+    models.load_state_dict(s["ema"])
+    vae = make_vae()
+    vae.load_state_dict(torch.load(os.path.join(OUT, "vae.pt"), map_location="cpu")["model"])
+    vae.register_to_config(scaling_factor=torch.load(os.path.join(OUT, "latents.pt"))["scaling_factor"])
+    root = os.path.join(OUT, "model")
+    models.text.save_pretrained(os.path.join(root, "text_encoder"))
+    models.vision.save_pretrained(os.path.join(root, "image_encoder"))
+    models.unet.save_pretrained(os.path.join(root, "unet"))
+    vae.save_pretrained(os.path.join(root, "vae"))
+    os.makedirs(os.path.join(root, "fuser"), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in models.fuser.state_dict().items()}, os.path.join(root, "fuser", "model.safetensors"))
+    with open(os.path.join(root, "fuser", "config.json"), "w") as f:
+        json.dump({"embed_dim": D}, f)
+    os.makedirs(os.path.join(root, "scheduler"), exist_ok=True)
+    with open(os.path.join(root, "scheduler", "scheduler_config.json"), "w") as f:
+        json.dump({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+                   "beta_end": 0.012, "beta_schedule": "scaled_linear", "set_alpha_to_one": False,
+                   "steps_offset": 1, "clip_sample": False, "prediction_type": "epsilon"}, f, indent=1)
+    print(f"export: {root} (fc step {s['step']})")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("stage", choices=["data", "vae", "latents", "fc", "export", "all"])
+    ap.add_argument("--minutes", type=float, default=120, help="stop (and checkpoint) after this long")
+    ap.add_argument("--fc-steps", type=int, default=100000, help="stop fc training at this step")
+    ap.add_argument("--threads", type=int, default=0)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    os.makedirs(OUT, exist_ok=True)
+    with open(os.path.join(OUT, "hparams.json"), "w") as f:
+        json.dump(HP, f, indent=1)
+    deadline = time.time() + a.minutes * 60
+    stages = ["data", "vae", "latents", "fc", "export"] if a.stage == "all" else [a.stage]
+    for st in stages:
+        if st == "data":
+            stage_data()
+        elif st == "vae":
+            stage_vae(deadline)
+        elif st == "latents":
+            stage_latents()
+        elif st == "fc":
+            stage_fc(deadline, a.fc_steps)
+        elif st == "export":
+            stage_export()
+
+
+if __name__ == "__main__":
+    main()
