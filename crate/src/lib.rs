@@ -9,6 +9,9 @@
 //! - [`weights`]: loading tensors by reference key names, with typed errors.
 
 pub mod attention;
+pub mod bundle;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod convert;
 pub mod default_model;
 pub mod device;
 pub mod error;
@@ -17,6 +20,7 @@ pub mod forward;
 pub mod model_dir;
 pub mod models;
 pub mod nn;
+pub mod pickle;
 pub mod pipeline;
 pub mod preprocess;
 pub mod rng;

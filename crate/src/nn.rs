@@ -6,12 +6,12 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, activation};
 
 use crate::error::Result;
-use crate::weights::{ConvWeight, Loader};
+use crate::weights::{ConvWeight, LinearWeight, Loader};
 
-/// `torch.nn.Linear`; the weight is held `[d_in, d_out]` (burn's layout).
+/// `torch.nn.Linear`.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    pub weight: Tensor<2>,
+    pub weight: LinearWeight,
     pub bias: Option<Tensor<1>>,
 }
 
@@ -28,7 +28,28 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.clone(), self.bias.clone())
+        match &self.weight {
+            LinearWeight::Float(w) => linear(x, w.clone(), self.bias.clone()),
+            LinearWeight::Quantized(w) => {
+                // y = (W · xᵀ)ᵀ with W quantized `[out, in]` as stored: the quantized operand is
+                // used untransposed, so its blocks keep their stored layout.
+                let dims = x.dims();
+                let d_in = dims[D - 1];
+                let rows = x.shape().num_elements() / d_in.max(1);
+                let d_out = w.dims()[0];
+                let y = w
+                    .clone()
+                    .matmul(x.reshape([rows, d_in]).transpose())
+                    .transpose();
+                let y = match &self.bias {
+                    Some(b) => y + b.clone().unsqueeze_dim(0),
+                    None => y,
+                };
+                let mut out = dims;
+                out[D - 1] = d_out;
+                y.reshape(out)
+            }
+        }
     }
 }
 

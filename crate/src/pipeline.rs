@@ -208,10 +208,37 @@ impl std::fmt::Debug for FastComposer {
 }
 
 impl FastComposer {
+    /// Load a verified bundle (its own config and tokenizer vocabulary).
+    pub fn load_bundle(
+        bundle: &crate::bundle::Bundle,
+        device: &Device,
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
+        let config = bundle.config();
+        let tokenizer = ClipTokenizer::from_gz(&bundle.info.tokenizer_bpe_gz, &config.marker)?;
+        Self::load_with(config, bundle, tokenizer, device, kernel)
+    }
+
     /// Load every component; unexpected or missing tensors are errors naming the key.
     pub fn load(
         config: &ModelConfig,
         weights: &dyn ModelWeights,
+        device: &Device,
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
+        Self::load_with(
+            config,
+            weights,
+            ClipTokenizer::with_marker(&config.marker)?,
+            device,
+            kernel,
+        )
+    }
+
+    fn load_with(
+        config: &ModelConfig,
+        weights: &dyn ModelWeights,
+        tokenizer: ClipTokenizer,
         device: &Device,
         kernel: AttentionKernel,
     ) -> Result<Self> {
@@ -244,6 +271,7 @@ impl FastComposer {
         vb.finish(&format!("{p}decoder."), &[])?;
         Self::from_parts(
             config,
+            tokenizer,
             text_encoder,
             image_encoder,
             fuser,
@@ -259,6 +287,7 @@ impl FastComposer {
         let vb = Loader::random(device);
         Self::from_parts(
             config,
+            ClipTokenizer::with_marker(&config.marker)?,
             ClipTextModel::load(&vb, &config.text_encoder, kernel)?,
             ClipVisionModel::load(&vb, &config.image_encoder, kernel)?,
             Fuser::load(&vb, &config.fuser)?,
@@ -268,8 +297,10 @@ impl FastComposer {
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn from_parts(
         config: &ModelConfig,
+        tokenizer: ClipTokenizer,
         text_encoder: ClipTextModel,
         image_encoder: ClipVisionModel,
         fuser: Fuser,
@@ -280,7 +311,7 @@ impl FastComposer {
         Ok(Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
-                tokenizer: ClipTokenizer::with_marker(&config.marker)?,
+                tokenizer,
                 text_encoder,
                 image_encoder,
                 fuser,
@@ -306,6 +337,18 @@ impl FastComposer {
     /// The image encoder's input size (224 for CLIP ViT-L/14).
     pub fn subject_size(&self) -> usize {
         self.inner.config.image_encoder.image_size
+    }
+
+    /// The text encoder's output for a prompt without markers, `[1, 77, D]`.
+    pub fn text_embeddings(&self, prompt: &str) -> Result<Tensor<3>> {
+        let e = self.inner.tokenizer.encode_prompt(prompt)?;
+        self.inner.text_encoder.forward_ids(&[e.input_ids])
+    }
+
+    /// The VAE decoder on latents (before dividing by the scaling factor): `[B, 3, H, W]`.
+    pub fn decode_latents(&self, latents: Tensor<4>) -> Result<Tensor<4>> {
+        let vae = &self.inner.vae;
+        vae.forward(latents / vae.config.scaling_factor)
     }
 
     /// Step 2 for one photo already preprocessed to `[3, S, S]`.
@@ -600,8 +643,7 @@ impl Denoiser {
 
     /// Step 7: the VAE's output `[1, 3, H, W]` in about [-1, 1].
     pub fn decode(&self) -> Result<Tensor<4>> {
-        let vae = &self.model.inner.vae;
-        vae.forward(self.latents.clone() / vae.config.scaling_factor)
+        self.model.decode_latents(self.latents.clone())
     }
 
     /// Step 7 to 8-bit RGB (`(x / 2 + 0.5).clamp(0, 1) · 255`, rounded half to even).

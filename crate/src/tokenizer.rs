@@ -26,7 +26,8 @@ pub const EOS: u32 = 49407;
 /// The default subject marker.
 pub const DEFAULT_MARKER: &str = "<|image|>";
 
-const VOCAB_GZ: &[u8] = include_bytes!("../assets/bpe_simple_vocab_16e6.txt.gz");
+/// The CLIP vocabulary file as open_clip ships it (gzip), MIT licence (assets/LICENSE-open_clip).
+pub const VOCAB_GZ: &[u8] = include_bytes!("../assets/bpe_simple_vocab_16e6.txt.gz");
 const NUM_MERGES: usize = 49152 - 256 - 2;
 
 /// A piece of tokenizer output before marker handling.
@@ -97,8 +98,14 @@ impl ClipTokenizer {
 
     /// The built-in vocabulary with a custom marker string.
     pub fn with_marker(marker: &str) -> Result<Self> {
+        Self::from_gz(VOCAB_GZ, marker)
+    }
+
+    /// A vocabulary file in gzip form (as open_clip ships it, and as bundles carry it).
+    pub fn from_gz(gz: &[u8], marker: &str) -> Result<Self> {
         let mut text = String::new();
-        flate2::read::GzDecoder::new(VOCAB_GZ)
+        flate2::read::GzDecoder::new(gz)
+            .take(64 << 20)
             .read_to_string(&mut text)
             .map_err(|e| Error::weights(format!("tokenizer vocabulary: {e}")))?;
         Self::from_merges_text(&text, marker)

@@ -263,31 +263,26 @@ impl<'a> Loader<'a> {
         Ok(to_device(data, &self.device))
     }
 
-    /// A linear weight stored `[d_out, d_in]` (or conv-shaped `[d_out, d_in, 1, 1]`), returned
-    /// as burn's `[d_in, d_out]`: transposed on the host for float data, as a view on the
-    /// device for quantized data (which stays quantized).
-    pub fn linear_weight(&self, name: &str, d_in: usize, d_out: usize) -> Result<Tensor<2>> {
+    /// A linear weight stored `[d_out, d_in]` (or conv-shaped `[d_out, d_in, 1, 1]`): float
+    /// data is transposed on the host to burn's `[d_in, d_out]`; quantized data stays quantized
+    /// as stored.
+    pub fn linear_weight(&self, name: &str, d_in: usize, d_out: usize) -> Result<LinearWeight> {
         let data = match self.fetch(name, &[&[d_out, d_in], &[d_out, d_in, 1, 1]])? {
             Some(d) => d,
             None => {
-                return Ok(to_device(
-                    random_data(name, &[d_in, d_out], d_in),
-                    &self.device,
-                ));
+                let data = random_data(name, &[d_in, d_out], d_in);
+                return Ok(LinearWeight::Float(to_device(data, &self.device)));
             }
         };
         if is_quantized(&data) {
-            let t: Tensor<2> = to_device(data, &self.device);
-            return Ok(t.transpose());
+            return Ok(LinearWeight::Quantized(to_device(data, &self.device)));
         }
         let v = data
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| Error::weights(format!("tensor `{}`: {e:?}", self.key(name))))?;
-        Ok(to_device(
-            TensorData::new(transpose_2d(&v, d_out, d_in), [d_in, d_out]),
-            &self.device,
-        ))
+        let data = TensorData::new(transpose_2d(&v, d_out, d_in), [d_in, d_out]);
+        Ok(LinearWeight::Float(to_device(data, &self.device)))
     }
 
     /// A convolution kernel `[c_out, c_in, k, k]`; quantized data stays quantized (as a
@@ -364,6 +359,15 @@ fn random_data(name: &str, shape: &[usize], fan_in: usize) -> TensorData {
 
 fn is_quantized(data: &TensorData) -> bool {
     matches!(data.dtype(), DType::QFloat(_))
+}
+
+/// A linear layer's weight as held on the device.
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    /// f32 `[d_in, d_out]`.
+    Float(Tensor<2>),
+    /// Quantized `[d_out, d_in]`, as stored (blocks of 32 along `d_in`).
+    Quantized(Tensor<2>),
 }
 
 /// A convolution kernel as held on the device.

@@ -8,11 +8,14 @@ use burn::tensor::{Distribution, Tensor};
 
 use clap::{Parser, Subcommand};
 use fastcomposer::attention::AttentionKernel;
+use fastcomposer::bundle::{Bundle, BundleInfo};
+use fastcomposer::convert::{ConvertOptions, convert};
 use fastcomposer::default_model;
 use fastcomposer::device::{self, DeviceChoice};
 use fastcomposer::forward::{Component, forward_component, parse_config};
 use fastcomposer::model_dir::ModelDir;
 use fastcomposer::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use fastcomposer::pipeline::Part;
 use fastcomposer::pipeline::{FastComposer, GenerateOptions};
 use fastcomposer::preprocess::decode_image;
 use fastcomposer::tokenizer::ClipTokenizer;
@@ -98,8 +101,9 @@ enum Command {
         /// ddim | pndm
         #[arg(long, default_value = "ddim")]
         scheduler: String,
-        /// A diffusers-layout model directory (text_encoder/, image_encoder/, fuser/, unet/,
-        /// vae/, scheduler/). Default: the built-in model.
+        /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
+        /// (text_encoder/, image_encoder/, fuser/, unet/, vae/, scheduler/). Default: the
+        /// built-in model.
         #[arg(long)]
         model: Option<PathBuf>,
         /// cpu | wgpu
@@ -108,6 +112,34 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Convert a checkpoint to a model bundle: a diffusers-layout directory, or one FastComposer
+    /// checkpoint (.safetensors or PyTorch .bin with text_encoder., image_encoder., vae., unet.,
+    /// postfuse_module. keys).
+    Convert {
+        #[arg(long)]
+        from: PathBuf,
+        /// Reference configs (unet/config.json, vae/config.json, text_encoder/config.json,
+        /// image_encoder/config.json, fuser/config.json, optional scheduler/scheduler_config.json).
+        /// Default for a directory: its own; for a file: SD1.5 + CLIP ViT-L/14.
+        #[arg(long)]
+        configs: Option<PathBuf>,
+        /// f16 | int8 | int4 | mixed
+        #[arg(long, default_value = "int8")]
+        quant: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Model name stored in the bundle.
+        #[arg(long)]
+        name: Option<String>,
+        /// A file with the licence text to store in the bundle.
+        #[arg(long)]
+        license: Option<PathBuf>,
+        /// A file with the model card (markdown) to store in the bundle.
+        #[arg(long)]
+        card: Option<PathBuf>,
+    },
+    /// Print a bundle's components, dtypes, sizes and checksum status.
+    Inspect { bundle: PathBuf },
     /// Time the UNet forward with random weights (benchmarks and the full-size memory check).
     /// Prints one JSON line: load time, first and mean forward time, peak resident memory.
     BenchUnet {
@@ -220,10 +252,11 @@ fn run(cli: Cli) -> Result<()> {
             let device = device::create(device.parse()?)?;
             let kernel = AttentionKernel::default();
             let model = match &model {
-                Some(dir) => {
-                    let dir = ModelDir::open(dir)?;
+                Some(path) if path.is_dir() => {
+                    let dir = ModelDir::open(path)?;
                     FastComposer::load(&dir.config, &dir, &device, kernel)?
                 }
+                Some(path) => FastComposer::load_bundle(&Bundle::open(path)?, &device, kernel)?,
                 None => {
                     eprintln!("note: using the {}", default_model::LABEL);
                     default_model::load(&device, kernel)?
@@ -258,6 +291,99 @@ fn run(cli: Cli) -> Result<()> {
                 .map_err(|e| Error::Io(format!("cannot write {}: {e}", out.display())))?;
             eprintln!("wrote {} ({}x{})", out.display(), img.width, img.height);
             Ok(())
+        }
+        Command::Convert {
+            from,
+            configs,
+            quant,
+            out,
+            name,
+            license,
+            card,
+        } => {
+            let opts = ConvertOptions {
+                from,
+                configs,
+                quant: quant.parse()?,
+                out,
+                name,
+                license: license.as_deref().map(read_text).transpose()?,
+                card: card.as_deref().map(read_text).transpose()?,
+            };
+            let r = convert(&opts)?;
+            for (ty, n, bytes) in &r.by_type {
+                eprintln!("  {ty:>5}: {n:5} tensors, {:10.2} MB", *bytes as f64 / 1e6);
+            }
+            eprintln!(
+                "wrote {} ({} tensors, {:.2} MB)",
+                opts.out.display(),
+                r.tensors,
+                r.bytes as f64 / 1e6
+            );
+            Ok(())
+        }
+        Command::Inspect { bundle } => {
+            let bytes = read_bytes(&bundle)?;
+            let info = BundleInfo::parse(&bytes)?;
+            println!("bundle: {}", bundle.display());
+            println!("name: {}", info.name);
+            println!("quantization: {}", info.quantization);
+            println!("license: {}", info.license.lines().next().unwrap_or(""));
+            println!(
+                "file: {} bytes (header {}, data {})",
+                info.file_len(),
+                info.header.data_start,
+                info.header.data_len
+            );
+            println!(
+                "image size: {} px, marker {:?}",
+                info.config.native_size(),
+                info.config.marker
+            );
+            for part in Part::ALL {
+                let mut by: std::collections::BTreeMap<&str, (usize, u64, u64)> =
+                    Default::default();
+                for t in info.part_tensors(part) {
+                    let e = by.entry(t.ty.name()).or_default();
+                    e.0 += 1;
+                    e.1 += t.shape.iter().product::<usize>() as u64;
+                    e.2 += t.size;
+                }
+                let desc: Vec<String> = by
+                    .iter()
+                    .map(|(ty, (n, p, b))| {
+                        format!(
+                            "{ty}: {n} tensors, {:.2} M params, {:.2} MB",
+                            *p as f64 / 1e6,
+                            *b as f64 / 1e6
+                        )
+                    })
+                    .collect();
+                println!("  {:<13} {}", part.name(), desc.join("; "));
+            }
+            let mut bad = Vec::new();
+            for i in 0..info.n_chunks() {
+                let (a, b) = info.chunk_range(i);
+                let ok = (b as usize) <= bytes.len()
+                    && info.verify_chunk(i, &bytes[a as usize..b as usize]).is_ok();
+                if !ok {
+                    bad.push(i);
+                }
+            }
+            if bad.is_empty() {
+                println!("checksums: all {} chunks OK", info.n_chunks());
+                Ok(())
+            } else {
+                println!(
+                    "checksums: {} of {} chunks BAD: {bad:?}",
+                    bad.len(),
+                    info.n_chunks()
+                );
+                Err(Error::weights(format!(
+                    "{} corrupt chunk(s): {bad:?}",
+                    bad.len()
+                )))
+            }
         }
         Command::BenchUnet {
             config,

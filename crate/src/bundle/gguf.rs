@@ -171,10 +171,13 @@ impl<'a> Cursor<'a> {
     fn string(&mut self, w: &str) -> Result<String> {
         let n = self.u64(w)?;
         if n > MAX_STRING {
-            return Err(Error::weights(format!("bundle header: {w} is {n} bytes long, which is implausible")));
+            return Err(Error::weights(format!(
+                "bundle header: {w} is {n} bytes long, which is implausible"
+            )));
         }
         let s = self.take(n, w)?;
-        String::from_utf8(s.to_vec()).map_err(|_| Error::weights(format!("bundle header: {w} is not UTF-8")))
+        String::from_utf8(s.to_vec())
+            .map_err(|_| Error::weights(format!("bundle header: {w} is not UTF-8")))
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value> {
@@ -190,12 +193,16 @@ impl<'a> Cursor<'a> {
             8 => Value::String(self.string(key)?),
             9 => {
                 if depth > 2 {
-                    return Err(Error::weights(format!("bundle header: `{key}` nests arrays too deeply")));
+                    return Err(Error::weights(format!(
+                        "bundle header: `{key}` nests arrays too deeply"
+                    )));
                 }
                 let ety = self.u32(key)?;
                 let n = self.u64(key)?;
                 if n > MAX_ARRAY {
-                    return Err(Error::weights(format!("bundle header: `{key}` has {n} elements, which is implausible")));
+                    return Err(Error::weights(format!(
+                        "bundle header: `{key}` has {n} elements, which is implausible"
+                    )));
                 }
                 if ety == 0 {
                     Value::Bytes(self.take(n, key)?.to_vec())
@@ -215,7 +222,9 @@ impl<'a> Cursor<'a> {
             11 => Value::I64(self.u64(key)? as i64),
             12 => Value::F64(f64::from_bits(self.u64(key)?)),
             other => {
-                return Err(Error::weights(format!("bundle header: `{key}` has unknown value type {other}")));
+                return Err(Error::weights(format!(
+                    "bundle header: `{key}` has unknown value type {other}"
+                )));
             }
         })
     }
@@ -233,12 +242,16 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header> {
     }
     let version = c.u32("the version")?;
     if version != VERSION {
-        return Err(Error::weights(format!("unsupported bundle container version {version} (expected GGUF {VERSION})")));
+        return Err(Error::weights(format!(
+            "unsupported bundle container version {version} (expected GGUF {VERSION})"
+        )));
     }
     let n_tensors = c.u64("the tensor count")?;
     let n_kv = c.u64("the metadata count")?;
     if n_tensors > MAX_COUNT || n_kv > MAX_COUNT {
-        return Err(Error::weights(format!("bundle header: {n_tensors} tensors / {n_kv} metadata entries is implausible")));
+        return Err(Error::weights(format!(
+            "bundle header: {n_tensors} tensors / {n_kv} metadata entries is implausible"
+        )));
     }
     let mut metadata = BTreeMap::new();
     for _ in 0..n_kv {
@@ -251,7 +264,11 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header> {
         None => 32,
         Some(v) => match v.as_u64() {
             Some(a) if a.is_power_of_two() && a <= 1 << 20 => a,
-            _ => return Err(Error::weights("bundle header: general.alignment must be a power of two")),
+            _ => {
+                return Err(Error::weights(
+                    "bundle header: general.alignment must be a power of two",
+                ));
+            }
         },
     };
     let mut tensors = Vec::with_capacity(n_tensors.min(4096) as usize);
@@ -260,43 +277,76 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header> {
         let name = c.string("a tensor name")?;
         let n_dims = c.u32(&name)?;
         if n_dims == 0 || n_dims > MAX_DIMS {
-            return Err(Error::weights(format!("tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} supported)")));
+            return Err(Error::weights(format!(
+                "tensor `{name}` has {n_dims} dimensions (1 to {MAX_DIMS} supported)"
+            )));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
             dims.push(c.u64(&name)?);
         }
         let code = c.u32(&name)?;
-        let ty = GgmlType::from_code(code)
-            .ok_or_else(|| Error::weights(format!("tensor `{name}` has unknown dtype {code} (supported: f32, f16, q4_0, q8_0)")))?;
+        let ty = GgmlType::from_code(code).ok_or_else(|| {
+            Error::weights(format!(
+                "tensor `{name}` has unknown dtype {code} (supported: f32, f16, q4_0, q8_0)"
+            ))
+        })?;
         let offset = c.u64(&name)?;
         let n = dims
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d))
             .filter(|&n| n > 0 && n < (1 << 40))
-            .ok_or_else(|| Error::weights(format!("tensor `{name}` has an invalid shape {dims:?}")))?;
-        let size = ty
-            .byte_size(n)
-            .ok_or_else(|| Error::weights(format!("tensor `{name}`: {n} elements is not a whole number of {} blocks", ty.name())))?;
+            .ok_or_else(|| {
+                Error::weights(format!("tensor `{name}` has an invalid shape {dims:?}"))
+            })?;
+        let size = ty.byte_size(n).ok_or_else(|| {
+            Error::weights(format!(
+                "tensor `{name}`: {n} elements is not a whole number of {} blocks",
+                ty.name()
+            ))
+        })?;
         if offset % alignment != 0 {
-            return Err(Error::weights(format!("tensor `{name}` is not aligned to {alignment} bytes")));
+            return Err(Error::weights(format!(
+                "tensor `{name}` is not aligned to {alignment} bytes"
+            )));
         }
-        let end = offset.checked_add(size).ok_or_else(|| Error::weights(format!("tensor `{name}` has an invalid offset")))?;
+        let end = offset
+            .checked_add(size)
+            .ok_or_else(|| Error::weights(format!("tensor `{name}` has an invalid offset")))?;
         data_len = data_len.max(end);
         dims.reverse();
         let shape = dims.into_iter().map(|d| d as usize).collect();
-        tensors.push(TensorInfo { name, shape, ty, offset, size });
+        tensors.push(TensorInfo {
+            name,
+            shape,
+            ty,
+            offset,
+            size,
+        });
     }
     let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
     // Tensors must not overlap.
-    let mut spans: Vec<(u64, u64, &str)> = tensors.iter().map(|t| (t.offset, t.offset + t.size, t.name.as_str())).collect();
+    let mut spans: Vec<(u64, u64, &str)> = tensors
+        .iter()
+        .map(|t| (t.offset, t.offset + t.size, t.name.as_str()))
+        .collect();
     spans.sort();
     for w in spans.windows(2) {
         if w[1].0 < w[0].1 {
-            return Err(Error::weights(format!("tensors `{}` and `{}` overlap", w[0].2, w[1].2)));
+            return Err(Error::weights(format!(
+                "tensors `{}` and `{}` overlap",
+                w[0].2, w[1].2
+            )));
         }
     }
-    Ok(Header { version, metadata, tensors, alignment, data_start, data_len })
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_start,
+        data_len,
+    })
 }
 
 /// Writes a GGUF header; the caller writes the data after it.
@@ -315,7 +365,8 @@ impl HeaderWriter {
     }
 
     fn string(&mut self, s: &str) {
-        self.bytes.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(s.len() as u64).to_le_bytes());
         self.bytes.extend_from_slice(s.as_bytes());
     }
 
@@ -341,7 +392,8 @@ impl HeaderWriter {
         self.string(key);
         self.bytes.extend_from_slice(&9u32.to_le_bytes());
         self.bytes.extend_from_slice(&0u32.to_le_bytes());
-        self.bytes.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(v.len() as u64).to_le_bytes());
         self.bytes.extend_from_slice(v);
     }
 
@@ -350,7 +402,8 @@ impl HeaderWriter {
         self.string(key);
         self.bytes.extend_from_slice(&9u32.to_le_bytes());
         self.bytes.extend_from_slice(&10u32.to_le_bytes());
-        self.bytes.extend_from_slice(&(v.len() as u64).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(v.len() as u64).to_le_bytes());
         let at = self.bytes.len();
         for x in v {
             self.bytes.extend_from_slice(&x.to_le_bytes());
@@ -360,7 +413,8 @@ impl HeaderWriter {
 
     pub fn tensor(&mut self, name: &str, shape: &[usize], ty: GgmlType, offset: u64) {
         self.string(name);
-        self.bytes.extend_from_slice(&(shape.len() as u32).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(shape.len() as u32).to_le_bytes());
         for &d in shape.iter().rev() {
             self.bytes.extend_from_slice(&(d as u64).to_le_bytes());
         }

@@ -22,9 +22,16 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
         let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
         let dh = f16::from_f32(d);
-        let inv = if dh.to_f32() != 0.0 { 1.0 / dh.to_f32() } else { 0.0 };
+        let inv = if dh.to_f32() != 0.0 {
+            1.0 / dh.to_f32()
+        } else {
+            0.0
+        };
         out.extend_from_slice(&dh.to_le_bytes());
-        out.extend(b.iter().map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8));
+        out.extend(
+            b.iter()
+                .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8 as u8),
+        );
     }
     out
 }
@@ -33,10 +40,16 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
 pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(x.len() / BLOCK * Q4_0_BYTES);
     for b in x.chunks(BLOCK) {
-        let max = b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let max = b
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
         let d = max / -8.0;
         let dh = f16::from_f32(d);
-        let inv = if dh.to_f32() != 0.0 { 1.0 / dh.to_f32() } else { 0.0 };
+        let inv = if dh.to_f32() != 0.0 {
+            1.0 / dh.to_f32()
+        } else {
+            0.0
+        };
         out.extend_from_slice(&dh.to_le_bytes());
         let q = |v: f32| ((v * inv).round() + 8.0).clamp(0.0, 15.0) as u8;
         for j in 0..BLOCK / 2 {
@@ -75,7 +88,10 @@ pub fn unpack_q4_0(bytes: &[u8]) -> (Vec<i8>, Vec<f32>) {
 
 /// Dequantize unpacked blocks.
 pub fn dequantize(q: &[i8], d: &[f32]) -> Vec<f32> {
-    q.iter().enumerate().map(|(i, &v)| v as f32 * d[i / BLOCK]).collect()
+    q.iter()
+        .enumerate()
+        .map(|(i, &v)| v as f32 * d[i / BLOCK])
+        .collect()
 }
 
 #[cfg(test)]
@@ -83,7 +99,9 @@ mod tests {
     use super::*;
 
     fn data(n: usize) -> Vec<f32> {
-        (0..n).map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * (1.0 + (i % 5) as f32)).collect()
+        (0..n)
+            .map(|i| ((i * 7919 % 1013) as f32 / 506.0 - 1.0) * (1.0 + (i % 5) as f32))
+            .collect()
     }
 
     fn rel_err(a: &[f32], b: &[f32]) -> f32 {

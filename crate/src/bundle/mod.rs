@@ -1,0 +1,364 @@
+//! The model bundle: one self-describing, streamable file per model, in the GGUF container
+//! (docs/bundle-format.md).
+//!
+//! The header holds the format version, every component's config, the tokenizer vocabulary,
+//! the marker, the scheduler config, the model card, the licence and a checksum (xxh3-64) per
+//! fixed-size chunk of the data section. Tensors are named `<component>.<reference key>`, stored
+//! in the reference layout, each aligned to 256 bytes, as f32, f16, Q8_0 or Q4_0.
+
+pub mod gguf;
+pub mod quant;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod write;
+
+use burn::tensor::TensorData;
+use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+use half::f16;
+
+use self::gguf::{GgmlType, Header, TensorInfo};
+use crate::error::{Error, Result};
+use crate::pipeline::{ModelConfig, ModelWeights, Part};
+use crate::weights::TensorSource;
+
+/// This crate's bundle format version (`fastcomposer.format_version`).
+pub const FORMAT_VERSION: u32 = 1;
+/// Tensor data alignment (WebGPU's `minStorageBufferOffsetAlignment`).
+pub const ALIGNMENT: u64 = 256;
+/// Default checksum chunk.
+pub const CHUNK_SIZE: u64 = 4 << 20;
+
+pub mod keys {
+    pub const ARCHITECTURE: &str = "general.architecture";
+    pub const ALIGNMENT: &str = "general.alignment";
+    pub const NAME: &str = "general.name";
+    pub const LICENSE: &str = "general.license";
+    pub const DESCRIPTION: &str = "general.description";
+    pub const FORMAT_VERSION: &str = "fastcomposer.format_version";
+    pub const CONFIG: &str = "fastcomposer.config";
+    pub const QUANTIZATION: &str = "fastcomposer.quantization";
+    pub const TOKENIZER_BPE: &str = "fastcomposer.tokenizer.bpe_gz";
+    pub const CHUNK_SIZE: &str = "fastcomposer.chunk_size";
+    pub const CHUNK_HASHES: &str = "fastcomposer.chunk_xxh3";
+}
+
+/// The checksum of one chunk.
+pub fn chunk_hash(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// What the header says, checked: enough to plan downloads and verify chunks.
+#[derive(Debug, Clone)]
+pub struct BundleInfo {
+    pub header: Header,
+    pub config: ModelConfig,
+    pub name: String,
+    pub license: String,
+    pub description: String,
+    pub quantization: String,
+    pub chunk_size: u64,
+    pub chunk_hashes: Vec<u64>,
+    /// The tokenizer vocabulary (gzip of `bpe_simple_vocab_16e6.txt`).
+    pub tokenizer_bpe_gz: Vec<u8>,
+}
+
+impl BundleInfo {
+    /// Parse and check a header from the first bytes of a bundle.
+    pub fn parse(prefix: &[u8]) -> Result<Self> {
+        let header = gguf::parse_header(prefix)?;
+        let m = &header.metadata;
+        let get_str = |k: &str| m.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        let need_str = |k: &str| {
+            get_str(k).ok_or_else(|| Error::weights(format!("bundle header: missing `{k}`")))
+        };
+        if get_str(keys::ARCHITECTURE).as_deref() != Some("fastcomposer") {
+            return Err(Error::weights(
+                "not a fastcomposer bundle (general.architecture is not \"fastcomposer\")",
+            ));
+        }
+        match m.get(keys::FORMAT_VERSION).and_then(|v| v.as_u64()) {
+            Some(v) if v == FORMAT_VERSION as u64 => {}
+            Some(v) => {
+                return Err(Error::weights(format!(
+                    "bundle format version {v} is not supported by this build (it reads version {FORMAT_VERSION})"
+                )));
+            }
+            None => {
+                return Err(Error::weights(format!(
+                    "bundle header: missing `{}`",
+                    keys::FORMAT_VERSION
+                )));
+            }
+        }
+        let config: ModelConfig = serde_json::from_str(&need_str(keys::CONFIG)?)
+            .map_err(|e| Error::weights(format!("bundle header: bad model config ({e})")))?;
+        let chunk_size = m
+            .get(keys::CHUNK_SIZE)
+            .and_then(|v| v.as_u64())
+            .filter(|&c| c >= 4096 && c % ALIGNMENT == 0)
+            .ok_or_else(|| {
+                Error::weights(format!(
+                    "bundle header: missing or bad `{}`",
+                    keys::CHUNK_SIZE
+                ))
+            })?;
+        let chunk_hashes = match m.get(keys::CHUNK_HASHES) {
+            Some(gguf::Value::Array(v)) => v
+                .iter()
+                .map(|x| match x {
+                    gguf::Value::U64(h) => Ok(*h),
+                    _ => Err(Error::weights("bundle header: chunk checksums must be u64")),
+                })
+                .collect::<Result<Vec<_>>>()?,
+            _ => {
+                return Err(Error::weights(format!(
+                    "bundle header: missing `{}`",
+                    keys::CHUNK_HASHES
+                )));
+            }
+        };
+        let n_chunks = header.data_len.div_ceil(chunk_size) as usize;
+        if chunk_hashes.len() != n_chunks {
+            return Err(Error::weights(format!(
+                "bundle header: {} chunk checksums for {n_chunks} chunks",
+                chunk_hashes.len()
+            )));
+        }
+        let tokenizer_bpe_gz = match m.get(keys::TOKENIZER_BPE) {
+            Some(gguf::Value::Bytes(b)) => b.clone(),
+            _ => {
+                return Err(Error::weights(format!(
+                    "bundle header: missing `{}`",
+                    keys::TOKENIZER_BPE
+                )));
+            }
+        };
+        Ok(Self {
+            config,
+            name: get_str(keys::NAME).unwrap_or_default(),
+            license: get_str(keys::LICENSE).unwrap_or_default(),
+            description: get_str(keys::DESCRIPTION).unwrap_or_default(),
+            quantization: get_str(keys::QUANTIZATION).unwrap_or_default(),
+            chunk_size,
+            chunk_hashes,
+            tokenizer_bpe_gz,
+            header,
+        })
+    }
+
+    /// Total file size the header implies.
+    pub fn file_len(&self) -> u64 {
+        self.header.data_start + self.header.data_len
+    }
+
+    pub fn n_chunks(&self) -> usize {
+        self.chunk_hashes.len()
+    }
+
+    /// File byte range of chunk `i`.
+    pub fn chunk_range(&self, i: usize) -> (u64, u64) {
+        let start = self.header.data_start + i as u64 * self.chunk_size;
+        let end = (start + self.chunk_size).min(self.file_len());
+        (start, end)
+    }
+
+    /// Check chunk `i`'s bytes against its checksum.
+    pub fn verify_chunk(&self, i: usize, bytes: &[u8]) -> Result<()> {
+        let (a, b) = self.chunk_range(i);
+        if bytes.len() as u64 != b - a {
+            return Err(Error::weights(format!(
+                "bundle chunk {i} has {} bytes, expected {}",
+                bytes.len(),
+                b - a
+            )));
+        }
+        if chunk_hash(bytes) != self.chunk_hashes[i] {
+            return Err(Error::weights(format!(
+                "bundle chunk {i} (bytes {a}..{b}) is corrupt: checksum mismatch"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tensor names that belong to a component.
+    pub fn part_tensors(&self, part: Part) -> impl Iterator<Item = &TensorInfo> {
+        let p = format!("{}.", part.name());
+        self.header
+            .tensors
+            .iter()
+            .filter(move |t| t.name.starts_with(&p))
+    }
+}
+
+/// A whole bundle in memory, every chunk verified.
+pub struct Bundle {
+    pub info: BundleInfo,
+    bytes: Vec<u8>,
+    index: std::collections::HashMap<String, usize>,
+}
+
+impl Bundle {
+    /// Parse and verify a complete bundle file.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self> {
+        let info = BundleInfo::parse(&bytes)?;
+        if (bytes.len() as u64) < info.file_len() {
+            return Err(Error::weights(format!(
+                "the bundle is truncated: {} bytes, the header needs {}",
+                bytes.len(),
+                info.file_len()
+            )));
+        }
+        for i in 0..info.n_chunks() {
+            let (a, b) = info.chunk_range(i);
+            info.verify_chunk(i, &bytes[a as usize..b as usize])?;
+        }
+        for part in Part::ALL {
+            if info.part_tensors(part).next().is_none() {
+                return Err(Error::weights(format!(
+                    "the bundle has no `{}` component",
+                    part.name()
+                )));
+            }
+        }
+        let index = info
+            .header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(Self { info, bytes, index })
+    }
+
+    /// Read a bundle file from disk (native).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        Self::from_bytes(bytes).map_err(|e| match e {
+            Error::Weights(m) => Error::Weights(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.info.config
+    }
+
+    fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {
+        let a = (self.info.header.data_start + t.offset) as usize;
+        &self.bytes[a..a + t.size as usize]
+    }
+}
+
+/// burn's scheme for a GGUF block type: blocks of 32 along the last dimension, f16 scales.
+pub fn quant_scheme(ty: GgmlType) -> Option<QuantScheme> {
+    let value = match ty {
+        GgmlType::Q8_0 => QuantValue::Q8S,
+        GgmlType::Q4_0 => QuantValue::Q4F,
+        _ => return None,
+    };
+    Some(
+        QuantScheme::default()
+            .with_value(value)
+            .with_store(QuantStore::PackedU32(0))
+            .per_block([32], ScaleDtype::F16),
+    )
+}
+
+/// burn's quantized layout for `PackedU32` storage: the values packed into little-endian u32
+/// words (4 × 8 bits or 8 × 4 bits, two's complement, first value in the lowest bits), then the
+/// block scales as f16. (burn's own `TensorData::quantized` does not pack sub-byte values.)
+pub fn burn_quantized(q: &[i8], scales: &[f32], shape: [usize; 2], ty: GgmlType) -> TensorData {
+    let scheme = quant_scheme(ty).expect("block type");
+    let bits = if ty == GgmlType::Q4_0 { 4 } else { 8 };
+    let per_word = 32 / bits;
+    let mask = (1u32 << bits) - 1;
+    let mut bytes = Vec::with_capacity(q.len() * bits / 8 + scales.len() * 2);
+    for word in q.chunks(per_word) {
+        let w = word
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &v)| acc | ((v as u32) & mask) << (i * bits));
+        bytes.extend_from_slice(&w.to_le_bytes());
+    }
+    for s in scales {
+        bytes.extend_from_slice(&f16::from_f32(*s).to_le_bytes());
+    }
+    TensorData::from_bytes_vec(bytes, shape, burn::tensor::DType::QFloat(scheme))
+}
+
+/// One stored tensor as host data: f32 values, or burn quantized data `[rows, cols]`.
+pub fn tensor_data(t: &TensorInfo, bytes: &[u8]) -> Result<TensorData> {
+    let shape = t.shape.clone();
+    Ok(match t.ty {
+        GgmlType::F32 => TensorData::new(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect::<Vec<f32>>(),
+            shape,
+        ),
+        GgmlType::F16 => TensorData::new(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect::<Vec<f32>>(),
+            shape,
+        ),
+        GgmlType::Q8_0 | GgmlType::Q4_0 => {
+            let rows = shape[0];
+            let cols: usize = shape[1..].iter().product();
+            if shape.len() < 2 || cols % quant::BLOCK != 0 {
+                return Err(Error::weights(format!(
+                    "tensor `{}` is {} but its rows ({cols} values) are not whole blocks of 32",
+                    t.name,
+                    t.ty.name()
+                )));
+            }
+            let (q, d) = if t.ty == GgmlType::Q8_0 {
+                quant::unpack_q8_0(bytes)
+            } else {
+                quant::unpack_q4_0(bytes)
+            };
+            if d.iter().any(|s| !s.is_finite()) {
+                return Err(Error::weights(format!(
+                    "tensor `{}` has non-finite scales",
+                    t.name
+                )));
+            }
+            burn_quantized(&q, &d, [rows, cols], t.ty)
+        }
+    })
+}
+
+impl TensorSource for Bundle {
+    fn names(&self) -> Vec<String> {
+        self.info
+            .header
+            .tensors
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.index
+            .get(name)
+            .map(|&i| self.info.header.tensors[i].shape.clone())
+    }
+
+    fn read(&self, name: &str) -> Result<TensorData> {
+        let t = self
+            .index
+            .get(name)
+            .map(|&i| &self.info.header.tensors[i])
+            .ok_or_else(|| Error::weights(format!("missing tensor `{name}`")))?;
+        tensor_data(t, self.tensor_bytes(t))
+    }
+}
+
+impl ModelWeights for Bundle {
+    fn part(&self, part: Part) -> Result<(&dyn TensorSource, String)> {
+        Ok((self as &dyn TensorSource, format!("{}.", part.name())))
+    }
+}

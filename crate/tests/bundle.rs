@@ -1,0 +1,311 @@
+//! Bundles: round trip through `convert` in every quantization mode (error per component and
+//! end to end vs the f32 model), the PyTorch `.bin` path, and every kind of bad file.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use burn::tensor::Tensor;
+use common::{fixtures, test_device};
+use fastcomposer::Error;
+use fastcomposer::attention::AttentionKernel;
+use fastcomposer::bundle::write::QuantMode;
+use fastcomposer::bundle::{Bundle, BundleInfo};
+use fastcomposer::convert::{ConvertOptions, convert};
+use fastcomposer::model_dir::ModelDir;
+use fastcomposer::pipeline::{FastComposer, GenerateOptions, RgbImage, SubjectEmbedding};
+use fastcomposer::preprocess::decode_image;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fastcomposer-bundle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn model_dir() -> PathBuf {
+    fixtures().join("pipeline/model")
+}
+
+fn convert_to(from: &Path, configs: Option<&Path>, quant: &str, name: &str) -> PathBuf {
+    let out = tmp(name);
+    convert(&ConvertOptions {
+        from: from.to_path_buf(),
+        configs: configs.map(Path::to_path_buf),
+        quant: quant.parse::<QuantMode>().unwrap(),
+        out: out.clone(),
+        name: None,
+        license: Some("MIT".into()),
+        card: None,
+    })
+    .unwrap_or_else(|e| panic!("convert {quant}: {e}"));
+    out
+}
+
+fn reference() -> &'static FastComposer {
+    static M: OnceLock<FastComposer> = OnceLock::new();
+    M.get_or_init(|| {
+        let dir = ModelDir::open(&model_dir()).unwrap();
+        FastComposer::load(
+            &dir.config,
+            &dir,
+            &test_device(),
+            AttentionKernel::default(),
+        )
+        .unwrap()
+    })
+}
+
+fn load(path: &Path) -> FastComposer {
+    FastComposer::load_bundle(
+        &Bundle::open(path).unwrap(),
+        &test_device(),
+        AttentionKernel::default(),
+    )
+    .unwrap()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f32 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-20)).sqrt()
+}
+
+fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
+    let mse: f64 = a
+        .pixels
+        .iter()
+        .zip(&b.pixels)
+        .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+        .sum::<f64>()
+        / a.pixels.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0f64.powi(2) / mse).log10()
+    }
+}
+
+fn photo(name: &str) -> image::RgbImage {
+    decode_image(
+        &std::fs::read(fixtures().join(format!("pipeline/photos/{name}.png"))).unwrap(),
+        name,
+    )
+    .unwrap()
+}
+
+/// Per-component relative errors and the end-to-end PSNR of `m` against the f32 reference.
+fn compare(m: &FastComposer) -> (Vec<(&'static str, f32)>, f64) {
+    let r = reference();
+    let prompt = "a woman and a cat in the snow";
+    let text = rel_err(
+        &values(m.text_embeddings(prompt).unwrap()),
+        &values(r.text_embeddings(prompt).unwrap()),
+    );
+    let img = rel_err(
+        &m.encode_subject(&photo("astronaut"), None).unwrap().values,
+        &r.encode_subject(&photo("astronaut"), None).unwrap().values,
+    );
+    let opts = GenerateOptions {
+        prompt: "a woman <|image|> and a cat <|image|> in the snow".into(),
+        steps: 6,
+        guidance: 5.0,
+        alpha: 0.5,
+        seed: 3,
+        width: Some(64),
+        height: Some(64),
+        ..Default::default()
+    };
+    let subjects = |m: &FastComposer| -> Vec<SubjectEmbedding> {
+        ["astronaut", "chelsea"]
+            .iter()
+            .map(|p| m.encode_subject(&photo(p), None).unwrap())
+            .collect()
+    };
+    let run = |m: &FastComposer| {
+        let mut d = m.start(&opts, &subjects(m), None).unwrap();
+        while !d.is_done() {
+            d.step().unwrap();
+        }
+        (d.latents(), d.decode_rgb().unwrap())
+    };
+    let (lr, ir) = run(r);
+    let (lm, im) = run(m);
+    let lat = rel_err(&values(lm), &values(lr.clone()));
+    let vae = rel_err(
+        &values(m.decode_latents(lr.clone()).unwrap()),
+        &values(r.decode_latents(lr).unwrap()),
+    );
+    (
+        vec![
+            ("text encoder", text),
+            ("image encoder", img),
+            ("final latents (unet+fuser)", lat),
+            ("vae decoder", vae),
+        ],
+        psnr(&im, &ir),
+    )
+}
+
+#[test]
+fn round_trip_every_mode() {
+    for (mode, bar) in [
+        ("f16", 40.0),
+        ("int8", 30.0),
+        ("int4", 20.0),
+        ("mixed", 20.0),
+    ] {
+        let path = convert_to(&model_dir(), None, mode, &format!("rt_{mode}.gguf"));
+        let (errs, p) = compare(&load(&path));
+        let size = std::fs::metadata(&path).unwrap().len();
+        println!(
+            "{mode:>5}: {size} bytes, end-to-end PSNR {p:.1} dB; relative errors: {}",
+            errs.iter()
+                .map(|(k, e)| format!("{k} {e:.2e}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        assert!(p >= bar, "{mode}: PSNR {p:.1} dB < {bar} dB");
+    }
+}
+
+#[test]
+fn pytorch_bin_checkpoint_converts() {
+    // Mixed fp32/bf16, prefixes as published, `text_model.` keys and a position_ids buffer.
+    let bin = fixtures().join("pipeline/fastcomposer_tiny.bin");
+    let path = convert_to(&bin, Some(&model_dir()), "f16", "bin_f16.gguf");
+    let (errs, p) = compare(&load(&path));
+    println!("bin f16: PSNR {p:.1} dB, {errs:?}");
+    // bf16 storage of the UNet and text encoder rounds their weights (8-bit mantissa).
+    assert!(p >= 25.0, "PSNR {p}");
+    assert!(
+        errs[1].1 < 1e-3,
+        "image encoder was fp32 in the checkpoint: {errs:?}"
+    );
+}
+
+fn weights_err<T>(r: Result<T, Error>) -> String {
+    match r {
+        Err(Error::Weights(m)) => m,
+        Err(e) => panic!("expected a weights error, got {e}"),
+        Ok(_) => panic!("expected a weights error, got Ok"),
+    }
+}
+
+fn good_bytes() -> &'static Vec<u8> {
+    static B: OnceLock<Vec<u8>> = OnceLock::new();
+    B.get_or_init(|| std::fs::read(convert_to(&model_dir(), None, "int8", "good.gguf")).unwrap())
+}
+
+#[test]
+fn truncated_file() {
+    let b = good_bytes();
+    for cut in [3, 100, b.len() / 2, b.len() - 1] {
+        let m = weights_err(Bundle::from_bytes(b[..cut].to_vec()));
+        assert!(m.contains("truncated"), "cut {cut}: {m}");
+    }
+}
+
+#[test]
+fn wrong_magic_or_version() {
+    let mut b = good_bytes().clone();
+    b[0] = b'X';
+    assert!(weights_err(Bundle::from_bytes(b)).contains("not a model bundle"));
+    let mut b = good_bytes().clone();
+    b[4] = 2;
+    assert!(weights_err(Bundle::from_bytes(b)).contains("version"));
+}
+
+#[test]
+fn checksum_mismatch_names_the_chunk() {
+    let mut b = good_bytes().clone();
+    let info = BundleInfo::parse(&b).unwrap();
+    let (a, _) = info.chunk_range(0);
+    b[a as usize + 1000] ^= 0xFF;
+    let m = weights_err(Bundle::from_bytes(b));
+    assert!(m.contains("chunk 0") && m.contains("checksum"), "{m}");
+}
+
+/// Position of a tensor's info (its name) in the header.
+fn find(b: &[u8], needle: &[u8]) -> usize {
+    b.windows(needle.len()).position(|w| w == needle).unwrap()
+}
+
+#[test]
+fn unknown_dtype() {
+    let mut b = good_bytes().clone();
+    let name = b"unet.conv_in.bias";
+    let at = find(&b, name) + name.len();
+    // n_dims (u32) = 1, one u64 dim, then the type code.
+    let ty = at + 4 + 8;
+    b[ty..ty + 4].copy_from_slice(&99u32.to_le_bytes());
+    let m = weights_err(Bundle::from_bytes(b));
+    assert!(
+        m.contains("unknown dtype 99") && m.contains("unet.conv_in.bias"),
+        "{m}"
+    );
+}
+
+#[test]
+fn missing_component() {
+    let mut b = good_bytes().clone();
+    // Rename every `fuser.` tensor: the bundle then has no fuser.
+    let mut i = 0;
+    while let Some(p) = b[i..].windows(6).position(|w| w == b"fuser.") {
+        b[i + p] = b'g';
+        i += p + 6;
+    }
+    let m = weights_err(Bundle::from_bytes(b));
+    assert!(m.contains("no `fuser` component"), "{m}");
+}
+
+#[test]
+fn tensor_shape_not_matching_the_config() {
+    // The bundle's config says 2 UNet layers per block; the tensors have 1.
+    let dir = ModelDir::open(&model_dir()).unwrap();
+    let mut config = dir.config.clone();
+    config.unet.cross_attention_dim =
+        fastcomposer::models::unet::PerLevel::One(config.unet.context_dim());
+    config.unet.block_out_channels = vec![32, 48];
+    let bundle = Bundle::from_bytes(good_bytes().clone()).unwrap();
+    let m = weights_err(FastComposer::load(
+        &config,
+        &bundle,
+        &test_device(),
+        AttentionKernel::default(),
+    ));
+    assert!(m.contains("unet.") && m.contains("has shape"), "{m}");
+}
+
+#[test]
+fn pickle_with_unsupported_opcodes_is_refused() {
+    // A zip checkpoint whose pickle calls os.system: refused by name, nothing executed.
+    let path = tmp("evil.bin");
+    {
+        let f = std::fs::File::create(&path).unwrap();
+        let mut z = zip::ZipWriter::new(f);
+        z.start_file("archive/data.pkl", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        std::io::Write::write_all(
+            &mut z,
+            b"\x80\x02cos\nsystem\nq\x00X\x05\x00\x00\x00touchq\x01\x85q\x02Rq\x03.",
+        )
+        .unwrap();
+        z.finish().unwrap();
+    }
+    let r = convert(&ConvertOptions {
+        from: path,
+        configs: None,
+        quant: QuantMode::Int8,
+        out: tmp("evil.gguf"),
+        name: None,
+        license: None,
+        card: None,
+    });
+    let m = weights_err(r);
+    assert!(m.contains("unsupported global os.system"), "{m}");
+}
