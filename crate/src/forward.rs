@@ -150,3 +150,10 @@ pub fn read<const D: usize>(t: Tensor<D>) -> Result<TensorData> {
     t.try_into_data()
         .map_err(|e| Error::Device(format!("reading the result back failed: {e:?}")))
 }
+
+/// Read a tensor back to the host without blocking (required for WebGPU in a browser).
+pub async fn read_async<const D: usize>(t: Tensor<D>) -> Result<TensorData> {
+    t.into_data_async()
+        .await
+        .map_err(|e| Error::Device(format!("reading the result back failed: {e:?}")))
+}

@@ -26,6 +26,8 @@ pub mod preprocess;
 pub mod rng;
 pub mod scheduler;
 pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 pub mod weights;
 
 pub use error::{Error, Result};

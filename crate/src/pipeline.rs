@@ -351,8 +351,8 @@ impl FastComposer {
         vae.forward(latents / vae.config.scaling_factor)
     }
 
-    /// Step 2 for one photo already preprocessed to `[3, S, S]`.
-    pub fn encode_subject_pixels(&self, pixel_values: &[f32]) -> Result<SubjectEmbedding> {
+    /// Step 2 for one photo already preprocessed to `[3, S, S]`: the embedding on the device.
+    pub fn subject_tensor(&self, pixel_values: &[f32]) -> Result<Tensor<2>> {
         let s = self.subject_size();
         if pixel_values.len() != 3 * s * s || pixel_values.iter().any(|v| !v.is_finite()) {
             return Err(Error::invalid(format!(
@@ -363,11 +363,19 @@ impl FastComposer {
             TensorData::new(pixel_values.to_vec(), [1, 3, s, s]),
             &self.inner.device,
         );
-        let emb = self.inner.image_encoder.forward(px)?;
-        let values = crate::forward::read(emb)?
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Device(format!("{e:?}")))?;
-        Ok(SubjectEmbedding { values })
+        self.inner.image_encoder.forward(px)
+    }
+
+    /// Step 2 for one photo already preprocessed to `[3, S, S]`.
+    pub fn encode_subject_pixels(&self, pixel_values: &[f32]) -> Result<SubjectEmbedding> {
+        let data = crate::forward::read(self.subject_tensor(pixel_values)?)?;
+        embedding_from(data)
+    }
+
+    /// [`Self::encode_subject_pixels`] without blocking (WebGPU in a browser).
+    pub async fn encode_subject_pixels_async(&self, pixel_values: &[f32]) -> Result<SubjectEmbedding> {
+        let data = crate::forward::read_async(self.subject_tensor(pixel_values)?).await?;
+        embedding_from(data)
     }
 
     /// Step 2 for a decoded photo (and an optional mask: background replaced by noise).
@@ -655,6 +663,59 @@ impl Denoiser {
             .map_err(|e| Error::Device(format!("{e:?}")))?;
         Ok(to_rgb(&v, w, h))
     }
+
+    /// [`Self::decode_rgb`] without blocking (WebGPU in a browser).
+    pub async fn decode_rgb_async(&self) -> Result<RgbImage> {
+        let img = self.decode()?;
+        let [_, _, h, w] = img.dims();
+        let v = crate::forward::read_async(img)
+            .await?
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Device(format!("{e:?}")))?;
+        Ok(to_rgb(&v, w, h))
+    }
+
+    /// Wait until the device has finished the steps queued so far (a one-value read back).
+    pub async fn settle(&self) -> Result<()> {
+        let one = self.latents.clone().slice([0..1, 0..1, 0..1, 0..1]);
+        crate::forward::read_async(one).await.map(|_| ())
+    }
+
+    /// A cheap preview of the current latents: the latents' first three channels mapped to RGB
+    /// through a fixed linear approximation of the SD1.5 VAE, at latent resolution.
+    pub async fn preview_async(&self) -> Result<RgbImage> {
+        let [_, c, h, w] = self.latents.dims();
+        let v = crate::forward::read_async(self.latents.clone())
+            .await?
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Device(format!("{e:?}")))?;
+        Ok(latent_preview(&v, c, w, h))
+    }
+}
+
+fn embedding_from(data: TensorData) -> Result<SubjectEmbedding> {
+    let values = data.try_into_vec::<f32>().map_err(|e| Error::Device(format!("{e:?}")))?;
+    Ok(SubjectEmbedding { values })
+}
+
+/// Latents `[C, h, w]` to RGB with the widely used linear approximation of the SD1.5 VAE
+/// decoder (a preview, not a decode).
+pub fn latent_preview(latents: &[f32], channels: usize, width: usize, height: usize) -> RgbImage {
+    const M: [[f32; 3]; 4] = [
+        [0.298, 0.207, 0.208],
+        [0.187, 0.286, 0.173],
+        [-0.158, 0.189, 0.264],
+        [-0.184, -0.271, -0.473],
+    ];
+    let plane = width * height;
+    let mut pixels = vec![0u8; 3 * plane];
+    for i in 0..plane {
+        for (o, px) in pixels[i * 3..i * 3 + 3].iter_mut().enumerate() {
+            let v: f32 = (0..channels.min(4)).map(|c| latents[c * plane + i] * M[c][o]).sum();
+            *px = ((v + 1.0) * 127.5).clamp(0.0, 255.0) as u8;
+        }
+    }
+    RgbImage { width, height, pixels }
 }
 
 /// Planar `[3, H, W]` values in [-1, 1] to interleaved 8-bit RGB.

@@ -1,0 +1,270 @@
+//! The JavaScript API (wasm-bindgen). Nothing else in the crate is wasm-only.
+//!
+//! The npm package's worker (`web/pkg-src/worker.js`) is the only caller: it owns the model and
+//! talks to the page in messages. Every error is a JS `Error` whose `name` is the category
+//! (`InvalidInput`, `WeightsError`, `DeviceError`, `Cancelled`, `IoError`); inputs are checked
+//! before they reach anything that could panic.
+
+use burn::tensor::Device;
+use js_sys::{Float32Array, Object, Reflect, Uint8Array};
+use serde::Deserialize;
+use wasm_bindgen::prelude::*;
+
+use crate::attention::AttentionKernel;
+use crate::bundle::{Bundle, BundleInfo};
+use crate::error::Error;
+use crate::pipeline::{Denoiser, FastComposer, GenerateOptions, RgbImage, SubjectEmbedding};
+use crate::scheduler::SchedulerKind;
+
+fn js_error(e: Error) -> JsValue {
+    let err = js_sys::Error::new(&e.to_string());
+    err.set_name(e.name());
+    err.into()
+}
+
+type JsResult<T> = Result<T, JsValue>;
+
+#[wasm_bindgen(start)]
+pub fn start() {
+    console_error_panic_hook::set_once();
+}
+
+/// The crate's version.
+#[wasm_bindgen]
+pub fn version() -> String {
+    env!("CARGO_PKG_VERSION").to_string()
+}
+
+/// Parse a bundle header from the first bytes of the file. Returns
+/// `{ headerBytes, fileBytes, chunkSize, chunks: [[start, end], ...], name, license, description,
+/// quantization, imageSize }` or throws `WeightsError` (bad magic, version, truncated header...).
+#[wasm_bindgen(js_name = parseBundleHeader)]
+pub fn parse_bundle_header(prefix: &[u8]) -> JsResult<JsValue> {
+    let info = BundleInfo::parse(prefix).map_err(js_error)?;
+    let o = Object::new();
+    let set = |k: &str, v: JsValue| Reflect::set(&o, &k.into(), &v).map(|_| ());
+    set("headerBytes", (info.header.data_start as f64).into())?;
+    set("fileBytes", (info.file_len() as f64).into())?;
+    set("chunkSize", (info.chunk_size as f64).into())?;
+    let chunks = js_sys::Array::new();
+    for i in 0..info.n_chunks() {
+        let (a, b) = info.chunk_range(i);
+        chunks.push(&js_sys::Array::of2(&(a as f64).into(), &(b as f64).into()));
+    }
+    set("chunks", chunks.into())?;
+    set("name", info.name.clone().into())?;
+    set("license", info.license.clone().into())?;
+    set("description", info.description.clone().into())?;
+    set("quantization", info.quantization.clone().into())?;
+    set("imageSize", (info.config.native_size() as f64).into())?;
+    set("marker", info.config.marker.clone().into())?;
+    Ok(o.into())
+}
+
+/// Check one chunk of a bundle against the checksum in its header (throws `WeightsError`
+/// naming the chunk on a mismatch).
+#[wasm_bindgen(js_name = verifyBundleChunk)]
+pub fn verify_bundle_chunk(header: &[u8], index: usize, bytes: &[u8]) -> JsResult<()> {
+    let info = BundleInfo::parse(header).map_err(js_error)?;
+    if index >= info.n_chunks() {
+        return Err(js_error(Error::invalid(format!("chunk {index} does not exist"))));
+    }
+    info.verify_chunk(index, bytes).map_err(js_error)
+}
+
+/// Options of `startDenoise` / `generate`, as the JS API names them.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct JsOptions {
+    prompt: String,
+    negative_prompt: Option<String>,
+    steps: Option<usize>,
+    guidance: Option<f64>,
+    alpha: Option<f64>,
+    seed: Option<f64>,
+    width: Option<usize>,
+    height: Option<usize>,
+    scheduler: Option<String>,
+}
+
+impl JsOptions {
+    fn into_options(self) -> Result<GenerateOptions, Error> {
+        let d = GenerateOptions::default();
+        let seed = match self.seed {
+            None => 0,
+            Some(s) if s.is_finite() && s >= 0.0 && s.fract() == 0.0 && s <= 9007199254740991.0 => s as u64,
+            Some(s) => return Err(Error::invalid(format!("seed must be a non-negative integer, got {s}"))),
+        };
+        Ok(GenerateOptions {
+            prompt: self.prompt,
+            negative_prompt: self.negative_prompt.unwrap_or_default(),
+            steps: self.steps.unwrap_or(d.steps),
+            guidance: self.guidance.unwrap_or(d.guidance),
+            alpha: self.alpha.unwrap_or(d.alpha),
+            seed,
+            width: self.width,
+            height: self.height,
+            scheduler: match self.scheduler {
+                Some(s) => s.parse()?,
+                None => SchedulerKind::Ddim,
+            },
+        })
+    }
+}
+
+fn image_object(img: &RgbImage) -> JsResult<JsValue> {
+    let mut rgba = Vec::with_capacity(img.width * img.height * 4);
+    for p in img.pixels.chunks_exact(3) {
+        rgba.extend_from_slice(&[p[0], p[1], p[2], 255]);
+    }
+    let o = Object::new();
+    Reflect::set(&o, &"width".into(), &(img.width as f64).into())?;
+    Reflect::set(&o, &"height".into(), &(img.height as f64).into())?;
+    Reflect::set(&o, &"rgba".into(), &Uint8Array::from(&rgba[..]).into())?;
+    Ok(o.into())
+}
+
+/// A loaded model on one device.
+#[wasm_bindgen]
+pub struct Generator {
+    model: FastComposer,
+    device_name: String,
+}
+
+#[wasm_bindgen]
+impl Generator {
+    /// Load a complete bundle (every chunk verified) on `device`: `"cpu"` or `"webgpu"`. The
+    /// caller checks that WebGPU exists before asking for it.
+    pub async fn load(bundle: Vec<u8>, device: String) -> JsResult<Generator> {
+        let dev = match device.as_str() {
+            "cpu" => Device::flex(),
+            "webgpu" => Device::wgpu_options()
+                .init_async()
+                .await
+                .map_err(|e| js_error(Error::Device(format!("cannot initialise WebGPU: {e}"))))?,
+            other => return Err(js_error(Error::invalid(format!("unknown device `{other}` (expected cpu or webgpu)")))),
+        };
+        let bundle = Bundle::from_bytes(bundle).map_err(js_error)?;
+        let model = FastComposer::load_bundle(&bundle, &dev, AttentionKernel::default()).map_err(js_error)?;
+        Ok(Generator { model, device_name: device })
+    }
+
+    /// `"cpu"` or `"webgpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn device(&self) -> String {
+        self.device_name.clone()
+    }
+
+    /// The model's native image size in pixels.
+    #[wasm_bindgen(getter, js_name = imageSize)]
+    pub fn image_size(&self) -> usize {
+        self.model.config().native_size()
+    }
+
+    /// The subject marker.
+    #[wasm_bindgen(getter)]
+    pub fn marker(&self) -> String {
+        self.model.config().marker.clone()
+    }
+
+    /// Encode one subject photo given as RGBA pixels (`width × height × 4` bytes), with an
+    /// optional mask of the same size (one byte per pixel, >= 128 = subject). Returns the
+    /// subject embedding (reusable across generations).
+    #[wasm_bindgen(js_name = encodeSubject)]
+    pub async fn encode_subject(&self, rgba: Vec<u8>, width: u32, height: u32, mask: Option<Vec<u8>>) -> JsResult<Float32Array> {
+        let img = rgba_to_rgb(&rgba, width, height).map_err(js_error)?;
+        let img = match mask {
+            Some(m) => {
+                if m.len() != (width as usize) * (height as usize) {
+                    return Err(js_error(Error::invalid(format!(
+                        "the mask has {} values for a {width}x{height} photo",
+                        m.len()
+                    ))));
+                }
+                let mask = image::GrayImage::from_raw(width, height, m)
+                    .ok_or_else(|| js_error(Error::invalid("bad mask")))?;
+                crate::preprocess::apply_mask(&img, &mask).map_err(js_error)?
+            }
+            None => img,
+        };
+        let px = crate::preprocess::subject_pixel_values(&img, self.model.subject_size()).map_err(js_error)?;
+        let e = self.model.encode_subject_pixels_async(&px).await.map_err(js_error)?;
+        Ok(Float32Array::from(&e.values[..]))
+    }
+
+    /// Check the options and set up a denoising session. `subjects` holds the embeddings from
+    /// `encodeSubject`, in marker order.
+    #[wasm_bindgen(js_name = startDenoise)]
+    pub fn start_denoise(&self, options: JsValue, subjects: Vec<Float32Array>) -> JsResult<DenoiseSession> {
+        let o: JsOptions = serde_wasm_bindgen::from_value(options)
+            .map_err(|e| js_error(Error::invalid(format!("bad options: {e}"))))?;
+        let opts = o.into_options().map_err(js_error)?;
+        let subjects: Vec<SubjectEmbedding> = subjects.iter().map(|a| SubjectEmbedding { values: a.to_vec() }).collect();
+        let d = self.model.start(&opts, &subjects, None).map_err(js_error)?;
+        Ok(DenoiseSession { inner: d })
+    }
+}
+
+fn rgba_to_rgb(rgba: &[u8], width: u32, height: u32) -> Result<image::RgbImage, Error> {
+    crate::preprocess::check_dimensions(width, height, "subject photo")?;
+    let n = width as usize * height as usize;
+    if rgba.len() != n * 4 {
+        return Err(Error::invalid(format!(
+            "subject photo: {} bytes of RGBA for {width}x{height} (expected {})",
+            rgba.len(),
+            n * 4
+        )));
+    }
+    let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| Error::invalid("subject photo: bad size"))
+}
+
+/// One generation, advanced a step at a time from JS.
+#[wasm_bindgen]
+pub struct DenoiseSession {
+    inner: Denoiser,
+}
+
+#[wasm_bindgen]
+impl DenoiseSession {
+    /// Model evaluations in total.
+    #[wasm_bindgen(getter)]
+    pub fn total(&self) -> usize {
+        self.inner.total()
+    }
+
+    /// Steps done.
+    #[wasm_bindgen(getter)]
+    pub fn done(&self) -> usize {
+        self.inner.done()
+    }
+
+    /// Warnings for the user (e.g. a truncated prompt).
+    #[wasm_bindgen(getter)]
+    pub fn warnings(&self) -> Vec<String> {
+        self.inner.warnings.clone()
+    }
+
+    /// One denoising step; resolves when the device has finished it.
+    pub async fn step(&mut self) -> JsResult<()> {
+        self.inner.step().map_err(js_error)?;
+        self.inner.settle().await.map_err(js_error)
+    }
+
+    /// The current latents `[1, C, h, w]` as a flat array.
+    pub async fn latents(&self) -> JsResult<Float32Array> {
+        let d = crate::forward::read_async(self.inner.latents()).await.map_err(js_error)?;
+        let v = d.try_into_vec::<f32>().map_err(|e| js_error(Error::Device(format!("{e:?}"))))?;
+        Ok(Float32Array::from(&v[..]))
+    }
+
+    /// A cheap preview `{ width, height, rgba }` at latent resolution.
+    pub async fn preview(&self) -> JsResult<JsValue> {
+        image_object(&self.inner.preview_async().await.map_err(js_error)?)
+    }
+
+    /// Decode the current latents: `{ width, height, rgba }`.
+    pub async fn decode(&self) -> JsResult<JsValue> {
+        image_object(&self.inner.decode_rgb_async().await.map_err(js_error)?)
+    }
+}

@@ -1,0 +1,325 @@
+// End-to-end tests of the web demo and the npm package in Debian Chromium (headless), driven by
+// playwright-core. Every test fails on any page error or wasm trap, not only on a wrong result.
+//   cd tests/browser && npm test        (needs pkg/ built, models/default.gguf, target/release/fastcomposer)
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CLI = path.join(ROOT, 'target', 'release', 'fastcomposer');
+const PHOTO = path.join(ROOT, 'crate', 'tests', 'fixtures', 'pipeline', 'photos', 'chelsea.png');
+const MODEL = path.join(ROOT, 'models', 'default.gguf');
+const STEPS = Number(process.env.E2E_STEPS || 4);
+const GPU_STEPS = Number(process.env.E2E_GPU_STEPS || 2);
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+const FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'];
+
+// ------------------------------------------------------------------ server
+function startServer(port = 0) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts', 'serve.mjs'), '--root', path.join(ROOT, 'web'),
+      '--map', `/pkg/=${path.join(ROOT, 'pkg')}`, '--map', `/models/=${path.join(ROOT, 'models')}`,
+      '--map', `/fixtures/=${path.join(ROOT, 'crate', 'tests', 'fixtures')}`, '--port', String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    p.stdout.on('data', (d) => {
+      const m = /http:\/\/127\.0\.0\.1:(\d+)\//.exec(String(d));
+      if (m) resolve({ proc: p, url: `http://127.0.0.1:${m[1]}/`, port: Number(m[1]) });
+    });
+    p.on('exit', (c) => reject(new Error(`server exited ${c}`)));
+  });
+}
+
+let server;
+let browser;
+let userDir;
+
+before(async () => {
+  assert.ok(fs.existsSync(path.join(ROOT, 'pkg', 'fastcomposer_bg.wasm')), 'pkg/ is not built: pkg-scripts/build-wasm.sh');
+  assert.ok(fs.existsSync(MODEL), 'models/default.gguf is missing');
+  server = await startServer();
+  userDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-chromium-'));
+  browser = await chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: FLAGS });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) server.proc.kill();
+});
+
+// A page that records every page error, wasm trap and failed request.
+async function openPage(ctx, url) {
+  const page = await ctx.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
+  page.on('console', (m) => {
+    const t = m.text();
+    if (m.type() === 'error' && !/favicon/.test(t)) problems.push(`console.error: ${t}`);
+    if (/RuntimeError|unreachable|panicked/.test(t)) problems.push(`trap: ${t}`);
+  });
+  page.on('worker', (w) => w.on('console', (m) => {
+    const t = m.text();
+    if (m.type() === 'error' || /RuntimeError|unreachable|panicked/.test(t)) problems.push(`worker: ${t}`);
+  }));
+  if (url) await page.goto(url);
+  return { page, problems };
+}
+
+function assertClean(problems) {
+  assert.deepEqual(problems, [], `page errors: ${problems.join('\n')}`);
+}
+
+// Native CLI output for the same options, as RGB bytes.
+function nativeImage({ prompt, steps, guidance, alpha, seed }) {
+  const out = path.join(os.tmpdir(), `fc-native-${process.pid}-${seed}-${steps}.png`);
+  execFileSync(CLI, ['generate', '--model', MODEL, '--prompt', prompt, '--subject', PHOTO, '--steps', String(steps),
+    '--guidance', String(guidance), '--alpha', String(alpha), '--seed', String(seed), '--out', out], { stdio: 'pipe' });
+  return out;
+}
+
+// Decode a PNG to RGBA in the page (the browser's decoder, same for both images).
+async function pngPixels(page, bytes) {
+  return page.evaluate(async (b64) => {
+    const blob = await (await fetch(`data:image/png;base64,${b64}`)).blob();
+    const bmp = await createImageBitmap(blob);
+    const c = new OffscreenCanvas(bmp.width, bmp.height);
+    c.getContext('2d').drawImage(bmp, 0, 0);
+    return Array.from(c.getContext('2d').getImageData(0, 0, bmp.width, bmp.height).data);
+  }, Buffer.from(bytes).toString('base64'));
+}
+
+async function galleryPixels(page) {
+  return page.evaluate(async () => {
+    const img = document.querySelector('#gallery img');
+    const blob = await (await fetch(img.src)).blob();
+    const bmp = await createImageBitmap(blob);
+    const c = new OffscreenCanvas(bmp.width, bmp.height);
+    c.getContext('2d').drawImage(bmp, 0, 0);
+    return Array.from(c.getContext('2d').getImageData(0, 0, bmp.width, bmp.height).data);
+  });
+}
+
+function diffStats(a, b) {
+  assert.equal(a.length, b.length, 'image sizes differ');
+  let max = 0;
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = Math.abs(a[i] - b[i]);
+    max = Math.max(max, d);
+    sum += d;
+  }
+  return { max, mean: sum / a.length };
+}
+
+function notBlank(px) {
+  let min = 255;
+  let maxv = 0;
+  for (let i = 0; i < px.length; i += 4) {
+    for (let c = 0; c < 3; c++) { min = Math.min(min, px[i + c]); maxv = Math.max(maxv, px[i + c]); }
+  }
+  return maxv - min > 16;
+}
+
+async function setRange(page, id, value) {
+  await page.$eval(`#${id}`, (el, v) => { el.value = String(v); el.dispatchEvent(new Event('input')); }, value);
+}
+
+// Load the model on `device` through the demo's controls and generate from a real photo.
+async function demoGenerate(page, { device, steps, seed, guidance = 5, alpha = 0.7, prompt = 'a cat <|image|> on the beach' }) {
+  await page.getByLabel('Device').selectOption(device);
+  await page.getByRole('button', { name: 'Load model' }).click();
+  await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  await page.getByLabel('Subject photos').setInputFiles(PHOTO);
+  await page.getByLabel('Prompt', { exact: true }).fill(prompt);
+  await setRange(page, 'steps', steps);
+  await setRange(page, 'guidance', guidance);
+  await setRange(page, 'alpha', alpha);
+  await page.getByLabel('Seed').fill(String(seed));
+  const before = await page.locator('#gallery img').count();
+  await page.getByRole('button', { name: 'Generate' }).click();
+  await page.waitForFunction((n) => document.querySelectorAll('#gallery img').length > n
+    || document.querySelector('[role=alert]').textContent.length > 0, before, { timeout: 600_000 });
+  const alertText = await page.getByRole('alert').textContent();
+  assert.equal(alertText, '', `error shown: ${alertText}`);
+  const alt = await page.locator('#gallery img').first().getAttribute('alt');
+  assert.match(alt, /^Generated/);
+  return { prompt, steps, guidance, alpha, seed };
+}
+
+test('CPU path: a real photo, a non-blank image equal to the native CLI output', async () => {
+  const { page, problems } = await openPage(browser, server.url);
+  const opts = await demoGenerate(page, { device: 'cpu', steps: STEPS, seed: 11 });
+  const web = await galleryPixels(page);
+  assert.ok(notBlank(web), 'the image is blank');
+  const native = await pngPixels(page, fs.readFileSync(nativeImage(opts)));
+  const d = diffStats(web, native);
+  console.log(`cpu wasm vs native: max |diff| ${d.max}, mean ${d.mean.toFixed(3)} (8-bit levels)`);
+  // Tolerance (CPU, wasm SIMD vs native AVX-512 kernels): mean <= 1 level, max <= 24 levels.
+  assert.ok(d.mean <= 1 && d.max <= 24, JSON.stringify(d));
+  assertClean(problems);
+  await page.close();
+});
+
+test('WebGPU path (software adapter): non-blank image close to the native CLI output', async () => {
+  const { page, problems } = await openPage(browser, server.url);
+  const hasGpu = await page.evaluate(async () => !!(navigator.gpu && (await navigator.gpu.requestAdapter())));
+  assert.ok(hasGpu, 'no WebGPU adapter (Chromium needs --enable-unsafe-webgpu)');
+  const opts = await demoGenerate(page, { device: 'webgpu', steps: GPU_STEPS, seed: 12 });
+  const web = await galleryPixels(page);
+  assert.ok(notBlank(web), 'the image is blank');
+  const native = await pngPixels(page, fs.readFileSync(nativeImage(opts)));
+  const d = diffStats(web, native);
+  console.log(`webgpu vs native: max |diff| ${d.max}, mean ${d.mean.toFixed(3)} (8-bit levels)`);
+  // Tolerance (different kernels and accumulation order on the GPU): mean <= 2, max <= 48 levels.
+  assert.ok(d.mean <= 2 && d.max <= 48, JSON.stringify(d));
+  assertClean(problems);
+  await page.close();
+});
+
+// The package API straight from a page (as a user of the npm package would).
+async function apiPage() {
+  const o = await openPage(browser, `${server.url}index.html?noop`);
+  await o.page.waitForFunction(() => /Ready on|Not loaded/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  return o;
+}
+
+test('privacy: after the model is loaded a whole generation makes no network request', async () => {
+  const { page, problems } = await apiPage();
+  await page.evaluate(async () => {
+    const { createGenerator } = await import('./pkg/index.js');
+    window.gen = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
+    const photo = await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob();
+    window.subject = await window.gen.encodeSubject(photo);
+  });
+  const requests = [];
+  const onReq = (r) => requests.push(r.url());
+  browser.on('request', onReq);
+  const ok = await page.evaluate(async (steps) => {
+    const r = await window.gen.generate({ prompt: 'a cat <|image|> in the snow', subjects: [window.subject], steps, seed: 5 });
+    return r.image.width > 0;
+  }, STEPS);
+  browser.off('request', onReq);
+  assert.ok(ok);
+  assert.deepEqual(requests, [], `requests during generation: ${requests.join(', ')}`);
+  assertClean(problems);
+  await page.close();
+});
+
+test('abort mid-generation gives Cancelled, and the next generate works', async () => {
+  const { page, problems } = await apiPage();
+  const r = await page.evaluate(async () => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const gen = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
+    const photo = await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob();
+    const s = await gen.encodeSubject(photo);
+    const ac = new AbortController();
+    let name = null;
+    try {
+      await gen.generate({ prompt: 'a cat <|image|>', subjects: [s], steps: 30, seed: 1 }, {
+        signal: ac.signal,
+        onStep: ({ step }) => { if (step === 2) ac.abort(); },
+      });
+    } catch (e) {
+      name = e.name;
+    }
+    const again = await gen.generate({ prompt: 'a cat <|image|>', subjects: [s], steps: 2, seed: 1 });
+    await gen.dispose();
+    return { name, width: again.image.width };
+  });
+  assert.equal(r.name, 'Cancelled');
+  assert.ok(r.width > 0);
+  assertClean(problems);
+  await page.close();
+});
+
+test('two generate calls at once are queued, results uncorrupted; bad input is a typed error', async () => {
+  const { page, problems } = await apiPage();
+  const r = await page.evaluate(async (steps) => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const gen = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
+    const photo = await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob();
+    const s = await gen.encodeSubject(photo);
+    const opts = (seed) => ({ prompt: 'a cat <|image|> in space', subjects: [s], steps, seed });
+    const sum = (img) => Array.from(img.data).reduce((a, b) => (a * 31 + b) % 1000000007, 7);
+    const [a, b] = await Promise.all([gen.generate(opts(1)), gen.generate(opts(2))]);
+    const a2 = await gen.generate(opts(1));
+    const errors = {};
+    for (const [k, f] of Object.entries({
+      markers: () => gen.generate({ prompt: 'a cat <|image|> and a dog <|image|>', subjects: [s], steps: 1 }),
+      steps: () => gen.generate({ prompt: 'a cat <|image|>', subjects: [s], steps: 0 }),
+      alpha: () => gen.generate({ prompt: 'a cat <|image|>', subjects: [s], alpha: 2 }),
+      guidance: () => gen.generate({ prompt: 'a cat <|image|>', subjects: [s], guidance: NaN }),
+      width: () => gen.generate({ prompt: 'a cat <|image|>', subjects: [s], width: 100 }),
+      image: () => gen.encodeSubject(new Blob([new Uint8Array([1, 2, 3])], { type: 'image/png' })),
+      tiny: () => gen.encodeSubject(new ImageData(1, 200)),
+    })) {
+      try { await f(); errors[k] = 'no error'; } catch (e) { errors[k] = e.name; }
+    }
+    const after = await gen.generate(opts(3));
+    await gen.dispose();
+    return { same: sum(a.image) === sum(a2.image), differ: sum(a.image) !== sum(b.image), errors, afterOk: after.image.width > 0 };
+  }, STEPS);
+  assert.ok(r.same, 'the queued call gave a different image than the same call alone');
+  assert.ok(r.differ, 'different seeds gave the same image');
+  assert.deepEqual(r.errors, { markers: 'InvalidInput', steps: 'InvalidInput', alpha: 'InvalidInput', guidance: 'InvalidInput', width: 'InvalidInput', image: 'InvalidInput', tiny: 'InvalidInput' });
+  assert.ok(r.afterOk);
+  assertClean(problems);
+  await page.close();
+});
+
+test('a truncated or corrupted cached bundle is detected and fetched again', async () => {
+  const { page, problems } = await apiPage();
+  const r = await page.evaluate(async () => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const url = new URL('models/default.gguf', location.href).href;
+    const good = new Uint8Array(await (await fetch(url)).arrayBuffer());
+    const out = {};
+    for (const [name, bad] of [['truncated', good.slice(0, good.length - 100)], ['corrupted', (() => { const c = good.slice(); c[c.length - 5000] ^= 0xff; return c; })()]]) {
+      const cache = await caches.open('fastcomposer-models-v1');
+      await cache.put(url, new Response(bad));
+      const events = [];
+      const gen = await createGenerator({ model: url, device: 'cpu', onProgress: (p) => events.push(p.status) });
+      const cached = await (await cache.match(url)).arrayBuffer();
+      out[name] = { events: [...new Set(events)], restored: cached.byteLength === good.length, source: gen.source };
+      await gen.dispose();
+    }
+    return out;
+  });
+  for (const k of ['truncated', 'corrupted']) {
+    assert.ok(r[k].events.includes('cache-invalid'), `${k}: ${JSON.stringify(r[k])}`);
+    assert.ok(r[k].restored, `${k}: the cache was not repaired`);
+  }
+  assertClean(problems);
+  await page.close();
+});
+
+test('a second page load works with the server stopped (offline, from the cache)', async () => {
+  const { page } = await openPage(browser, server.url);
+  await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  await page.waitForFunction(async () => !!(await navigator.serviceWorker.ready), null, { timeout: 60_000 });
+  await page.reload(); // now controlled by the service worker, which caches the page's files
+  await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  await page.close();
+  server.proc.kill();
+  await new Promise((r) => setTimeout(r, 300));
+  try {
+    const { page: p2, problems } = await openPage(browser, server.url);
+    await p2.getByLabel('Device').selectOption('cpu');
+    await p2.getByRole('button', { name: 'Load model' }).click();
+    await p2.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+    await p2.getByLabel('Subject photos').setInputFiles(PHOTO);
+    await setRange(p2, 'steps', 2);
+    await p2.getByRole('button', { name: 'Generate' }).click();
+    await p2.waitForFunction(() => document.querySelectorAll('#gallery img').length > 0, null, { timeout: 300_000 });
+    assert.equal(await p2.getByRole('alert').textContent(), '');
+    assertClean(problems.filter((p) => !/Failed to load resource|ERR_CONNECTION_REFUSED/.test(p)));
+    await p2.close();
+  } finally {
+    server = await startServer(server.port);
+  }
+});

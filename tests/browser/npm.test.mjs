@@ -1,0 +1,98 @@
+// The npm package as a user gets it: `npm pack` output installed into a fresh folder, imported
+// from a test page in Chromium, and its TypeScript declarations type-checking an example.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(HERE, '..', '..');
+const FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
+  '--disable-component-update', '--disable-sync'];
+
+function packAndInstall() {
+  const dist = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-pack-'));
+  const out = execFileSync('npm', ['pack', '--pack-destination', dist, '--json'], { cwd: path.join(ROOT, 'pkg') });
+  const file = path.join(dist, JSON.parse(String(out))[0].filename);
+  const app = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-app-'));
+  fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }));
+  execFileSync('npm', ['install', '--no-audit', '--no-fund', '--offline', file], { cwd: app, stdio: 'pipe' });
+  return app;
+}
+
+test('npm pack installs into a fresh folder and works from a page', async () => {
+  const app = packAndInstall();
+  const pkgDir = path.join(app, 'node_modules', 'fastcomposer-web');
+  for (const f of ['index.js', 'index.d.ts', 'worker.js', 'fastcomposer.js', 'fastcomposer_bg.wasm', 'package.json']) {
+    assert.ok(fs.existsSync(path.join(pkgDir, f)), `the package lacks ${f}`);
+  }
+  fs.copyFileSync(path.join(ROOT, 'models', 'default.gguf'), path.join(app, 'model.gguf'));
+  fs.copyFileSync(path.join(ROOT, 'crate', 'tests', 'fixtures', 'pipeline', 'photos', 'astronaut.png'), path.join(app, 'photo.png'));
+  fs.writeFileSync(path.join(app, 'index.html'), `<!doctype html><script type="module">
+    import { createGenerator, detect } from './node_modules/fastcomposer-web/index.js';
+    window.result = (async () => {
+      const caps = await detect();
+      const gen = await createGenerator({ model: 'model.gguf', device: 'cpu' });
+      const s = await gen.encodeSubject(await (await fetch('photo.png')).blob());
+      const r = await gen.generate({ prompt: 'a woman <|image|> on the beach', subjects: [s], steps: 2, seed: 3 });
+      await gen.dispose();
+      return { caps, width: r.image.width, png: r.blob && r.blob.type };
+    })();
+  </script>`);
+  const server = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts', 'serve.mjs'), '--root', app, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const url = await new Promise((resolve) => server.stdout.on('data', (d) => {
+    const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(String(d));
+    if (m) resolve(m[0]);
+  }));
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: FLAGS });
+  try {
+    const page = await browser.newPage();
+    const problems = [];
+    page.on('pageerror', (e) => problems.push(e.message));
+    await page.goto(url);
+    const r = await page.evaluate(() => window.result);
+    assert.equal(typeof r.caps.webgpu, 'boolean');
+    assert.ok(r.width > 0);
+    assert.equal(r.png, 'image/png');
+    assert.deepEqual(problems, []);
+  } finally {
+    await browser.close();
+    server.kill();
+  }
+});
+
+test('the TypeScript declarations type-check an example', () => {
+  const app = packAndInstall();
+  fs.writeFileSync(path.join(app, 'example.ts'), `
+import { createGenerator, detect, purgeCache, type GenerateResult, type Capabilities } from 'fastcomposer-web';
+
+async function main(photo: Blob): Promise<GenerateResult> {
+  const caps: Capabilities = await detect();
+  const gen = await createGenerator({ model: '/model.gguf', device: caps.webgpu ? 'webgpu' : 'cpu', onProgress: (p) => {
+    if (p.status === 'download') console.log(p.loaded / p.total);
+  } });
+  const cat = await gen.encodeSubject(photo);
+  const ac = new AbortController();
+  const r = await gen.generate({ prompt: 'a cat <|image|>', subjects: [cat], steps: 20, guidance: 5, alpha: 0.7, seed: 1, scheduler: 'ddim' },
+    { signal: ac.signal, onStep: ({ step, steps, preview }) => console.log(step, steps, preview?.width) });
+  const s = await gen.startDenoise({ prompt: 'a cat <|image|>', subjects: [cat] });
+  while (s.done < s.total) await s.step();
+  const out = await s.decode();
+  console.log(out.image.width, r.timings.perStepMs);
+  await gen.dispose();
+  await purgeCache();
+  return r;
+}
+main(new Blob());
+`);
+  fs.writeFileSync(path.join(app, 'tsconfig.json'), JSON.stringify({
+    compilerOptions: { strict: true, noEmit: true, target: 'ES2022', module: 'ES2022', moduleResolution: 'bundler', lib: ['ES2022', 'DOM'] },
+    files: ['example.ts'],
+  }));
+  const tsc = path.join(HERE, 'node_modules', 'typescript', 'bin', 'tsc');
+  execFileSync(process.execPath, [tsc, '-p', app], { stdio: 'inherit' });
+});

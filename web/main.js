@@ -1,0 +1,197 @@
+// The demo page: uses the npm package exactly as a user would.
+import { createGenerator, detect } from './pkg/index.js';
+
+const $ = (id) => document.getElementById(id);
+const state = { gen: null, photos: [], subjects: new Map(), abort: null, count: 0 };
+
+function showError(e) {
+  const name = e && e.name ? e.name : 'Error';
+  const msg = e && e.message ? e.message : String(e);
+  $('error').textContent = name === 'Cancelled' ? 'Cancelled.' : `${name}: ${msg}`;
+}
+
+function clearError() { $('error').textContent = ''; }
+
+// ------------------------------------------------------------------ capabilities
+detect().then((c) => {
+  const gpu = c.webgpu ? `WebGPU${c.adapterInfo && c.adapterInfo.isFallbackAdapter ? ' (software adapter)' : ''}${c.shaderF16 ? ', f16' : ''}` : 'no WebGPU';
+  $('caps').textContent = `This browser: ${gpu}; wasm SIMD ${c.wasmSimd ? 'yes' : 'no'}; threads ${c.threads ? 'yes' : 'no'}.`;
+});
+
+// ------------------------------------------------------------------ model
+async function loadModel() {
+  clearError();
+  $('load').disabled = true;
+  $('generate').disabled = true;
+  state.subjects.clear();
+  try {
+    if (state.gen) { await state.gen.dispose(); state.gen = null; }
+    const url = $('model-url').value.trim();
+    state.gen = await createGenerator({
+      model: url,
+      device: $('device').value,
+      onProgress: (p) => {
+        if (p.status === 'download') {
+          $('load-progress').max = p.total || 1;
+          $('load-progress').value = p.loaded;
+          $('load-status').textContent = p.cached ? 'From cache' : `Downloading ${(p.loaded / 1e6).toFixed(1)} / ${(p.total / 1e6).toFixed(1)} MB`;
+        } else if (p.status === 'cache-invalid') {
+          $('load-status').textContent = 'Cached copy was damaged; downloading again';
+        } else if (p.status === 'loading') {
+          $('load-status').textContent = `Loading on ${p.device}…`;
+        }
+      },
+    });
+    $('load-status').textContent = `Ready on ${state.gen.device} (${state.gen.imageSize}×${state.gen.imageSize} px)`;
+    $('generate').disabled = false;
+  } catch (e) {
+    $('load-status').textContent = 'Not loaded';
+    showError(e);
+  } finally {
+    $('load').disabled = false;
+  }
+}
+$('load').addEventListener('click', loadModel);
+
+// ------------------------------------------------------------------ subjects
+function insertMarker() {
+  const marker = (state.gen && state.gen.marker) || '<|image|>';
+  const ta = $('prompt');
+  const at = ta.selectionStart ?? ta.value.length;
+  const before = ta.value.slice(0, at);
+  const pad = before && !before.endsWith(' ') ? ' ' : '';
+  ta.value = `${before}${pad}${marker} ${ta.value.slice(at)}`.replace(/\s+$/, '');
+  const pos = (before + pad + marker + ' ').length;
+  ta.setSelectionRange(pos, pos);
+}
+
+function renderThumbs() {
+  const ol = $('thumbs');
+  ol.textContent = '';
+  state.photos.forEach((p, i) => {
+    const li = document.createElement('li');
+    const img = document.createElement('img');
+    img.src = p.url;
+    img.alt = `Subject ${i + 1}: ${p.file.name}`;
+    const rm = document.createElement('button');
+    rm.type = 'button';
+    rm.textContent = '×';
+    rm.setAttribute('aria-label', `Remove subject ${i + 1}`);
+    rm.addEventListener('click', () => {
+      URL.revokeObjectURL(p.url);
+      state.photos.splice(i, 1);
+      renderThumbs();
+    });
+    li.append(img, rm);
+    ol.append(li);
+  });
+}
+
+function addFiles(files) {
+  clearError();
+  for (const file of files) {
+    if (state.photos.length >= 4) { showError({ name: 'InvalidInput', message: 'at most 4 subject photos' }); break; }
+    if (!file.type.startsWith('image/')) { showError({ name: 'InvalidInput', message: `${file.name} is not an image` }); continue; }
+    state.photos.push({ file, url: URL.createObjectURL(file) });
+    insertMarker();
+  }
+  renderThumbs();
+}
+
+$('subject-photos').addEventListener('change', (e) => { addFiles(e.target.files); e.target.value = ''; });
+const drop = $('drop');
+drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
+drop.addEventListener('dragleave', () => drop.classList.remove('over'));
+drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); addFiles(e.dataTransfer.files); });
+drop.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('subject-photos').click(); } });
+
+// ------------------------------------------------------------------ sliders
+for (const id of ['steps', 'guidance', 'alpha']) {
+  $(id).addEventListener('input', () => { $(`${id}-out`).textContent = $(id).value; });
+}
+
+// ------------------------------------------------------------------ generate
+function drawPreview(imageData) {
+  const c = $('preview');
+  c.width = imageData.width;
+  c.height = imageData.height;
+  c.getContext('2d').putImageData(imageData, 0, 0);
+}
+
+async function generate() {
+  clearError();
+  if (!state.gen) { showError({ name: 'InvalidInput', message: 'load a model first' }); return; }
+  $('generate').disabled = true;
+  $('cancel').disabled = false;
+  state.abort = new AbortController();
+  try {
+    const subjects = [];
+    for (const p of state.photos) {
+      if (!state.subjects.has(p.file)) state.subjects.set(p.file, await state.gen.encodeSubject(p.file));
+      subjects.push(state.subjects.get(p.file));
+    }
+    const prompt = $('prompt').value;
+    const steps = Number($('steps').value);
+    $('step-progress').value = 0;
+    $('step-status').textContent = 'Starting…';
+    const result = await state.gen.generate({
+      prompt,
+      subjects,
+      negativePrompt: $('negative').value,
+      steps,
+      guidance: Number($('guidance').value),
+      alpha: Number($('alpha').value),
+      seed: Number($('seed').value),
+    }, {
+      signal: state.abort.signal,
+      previewEvery: 1,
+      onStep: ({ step, steps: total, preview }) => {
+        $('step-progress').max = total;
+        $('step-progress').value = step;
+        $('step-status').textContent = `Step ${step} / ${total}`;
+        if (preview) drawPreview(preview);
+      },
+    });
+    drawPreview(result.image);
+    addResult(result, prompt);
+    $('step-status').textContent = `Done in ${(result.timings.totalMs / 1000).toFixed(1)} s`;
+    if (result.warnings.length) $('error').textContent = `Note: ${result.warnings.join('; ')}`;
+  } catch (e) {
+    $('step-status').textContent = '';
+    showError(e);
+  } finally {
+    $('generate').disabled = false;
+    $('cancel').disabled = true;
+    state.abort = null;
+  }
+}
+
+function addResult(result, prompt) {
+  state.count++;
+  const li = document.createElement('li');
+  const fig = document.createElement('figure');
+  const img = document.createElement('img');
+  const url = URL.createObjectURL(result.blob);
+  img.src = url;
+  img.alt = `Generated image ${state.count}: ${prompt}`;
+  const cap = document.createElement('figcaption');
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = `fastcomposer-${state.count}.png`;
+  a.textContent = 'Download PNG';
+  cap.append(a);
+  fig.append(img, cap);
+  li.append(fig);
+  $('gallery').prepend(li);
+}
+
+$('generate').addEventListener('click', generate);
+$('cancel').addEventListener('click', () => state.abort && state.abort.abort());
+
+// Offline: the page itself comes from a service worker's cache on later visits.
+if ('serviceWorker' in navigator) {
+  navigator.serviceWorker.register('sw.js').catch(() => {});
+}
+
+// Load the default model right away.
+loadModel();

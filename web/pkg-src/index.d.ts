@@ -1,0 +1,110 @@
+/** What the browser offers. */
+export interface Capabilities {
+  webgpu: boolean;
+  shaderF16: boolean;
+  adapterInfo: { vendor: string; architecture: string; device: string; description: string; isFallbackAdapter: boolean } | null;
+  wasmSimd: boolean;
+  threads: boolean;
+}
+export function detect(): Promise<Capabilities>;
+
+/** Delete every cached model. */
+export function purgeCache(): Promise<void>;
+
+/** Progress while loading a model. */
+export type LoadProgress =
+  | { status: 'download'; file: string; loaded: number; total: number; cached?: boolean }
+  | { status: 'cache-invalid'; file: string; reason: string }
+  | { status: 'loading'; device: 'webgpu' | 'cpu' }
+  | { status: 'ready'; device: 'webgpu' | 'cpu' };
+
+export interface CreateGeneratorOptions {
+  /** A bundle URL (streamed, verified, cached) or its bytes. */
+  model: string | URL | ArrayBuffer | Uint8Array;
+  /** 'auto' = WebGPU if available, else CPU. */
+  device?: 'auto' | 'webgpu' | 'cpu';
+  onProgress?: (p: LoadProgress) => void;
+  /** Where the .wasm file is, if not next to the package. */
+  wasmUrl?: string | URL;
+}
+
+/** A subject photo, encoded once; reuse it across generations. */
+export class Subject {
+  readonly values: Float32Array;
+}
+
+export interface GenerateOptions {
+  /** The prompt, with the marker right after each subject's class noun: "a cat <|image|> on the beach". */
+  prompt: string;
+  /** Subjects from `encodeSubject`, in marker order (1 to 4). */
+  subjects?: Subject[];
+  negativePrompt?: string;
+  /** 1..1000; default 50. */
+  steps?: number;
+  /** Classifier-free guidance scale, finite and >= 0; default 5. */
+  guidance?: number;
+  /** Fraction of the (last) steps conditioned on the subjects, 0..1; default 0.7. */
+  alpha?: number;
+  /** Non-negative integer; same seed, same image. */
+  seed?: number;
+  /** Multiples of the model's size step; default the model's native size. */
+  width?: number;
+  height?: number;
+  scheduler?: 'ddim' | 'pndm';
+}
+
+export interface StepEvent {
+  step: number;
+  steps: number;
+  preview?: ImageData;
+}
+
+export interface GenerateCallbacks {
+  onStep?: (e: StepEvent) => void;
+  /** Aborting rejects the call with an Error named "Cancelled". */
+  signal?: AbortSignal;
+  /** Send a cheap preview every this many steps (0 = never). */
+  previewEvery?: number;
+}
+
+export interface Timings {
+  setupMs: number;
+  stepsMs: number;
+  perStepMs: number;
+  decodeMs: number;
+  totalMs: number;
+}
+
+export interface GenerateResult {
+  image: ImageData;
+  /** PNG. */
+  blob: Blob | null;
+  timings: Timings;
+  warnings: string[];
+}
+
+export interface DenoiseSession {
+  readonly total: number;
+  readonly done: number;
+  readonly warnings: string[];
+  step(): Promise<{ done: number; total: number }>;
+  latents(): Promise<Float32Array>;
+  decode(): Promise<{ image: ImageData; blob: Blob | null }>;
+  end(): Promise<void>;
+}
+
+/**
+ * A loaded model. Errors are `Error`s whose `name` is one of "InvalidInput", "WeightsError",
+ * "DeviceError", "Cancelled", "IoError". Calls are queued: a second `generate` waits for the first.
+ */
+export interface Generator {
+  readonly device: 'webgpu' | 'cpu';
+  readonly imageSize: number;
+  readonly marker: string;
+  encodeSubject(image: ImageBitmap | ImageData | Blob, options?: { mask?: ImageBitmap | ImageData | Blob }): Promise<Subject>;
+  generate(options: GenerateOptions, callbacks?: GenerateCallbacks): Promise<GenerateResult>;
+  startDenoise(options: GenerateOptions): Promise<DenoiseSession>;
+  dispose(): Promise<void>;
+}
+
+export function createGenerator(options: CreateGeneratorOptions): Promise<Generator>;

@@ -1,0 +1,251 @@
+// fastcomposer-web: subject-driven image generation in the browser.
+// The model lives in a Web Worker (worker.js); this module is the page-side API.
+
+const WORKER_URL = new URL('./worker.js', import.meta.url);
+const WASM_URL = new URL('./fastcomposer_bg.wasm', import.meta.url);
+
+function makeError(info) {
+  const e = new Error(info && info.message ? info.message : String(info));
+  e.name = (info && info.name) || 'DeviceError';
+  return e;
+}
+
+/** What this browser offers. */
+export async function detect() {
+  const out = { webgpu: false, shaderF16: false, adapterInfo: null, wasmSimd: false, threads: false };
+  try {
+    if (typeof navigator !== 'undefined' && navigator.gpu) {
+      const adapter = await navigator.gpu.requestAdapter();
+      if (adapter) {
+        out.webgpu = true;
+        out.shaderF16 = adapter.features.has('shader-f16');
+        const info = adapter.info || {};
+        out.adapterInfo = {
+          vendor: info.vendor || '', architecture: info.architecture || '', device: info.device || '',
+          description: info.description || '', isFallbackAdapter: !!(info.isFallbackAdapter || adapter.isFallbackAdapter),
+        };
+      }
+    }
+  } catch { /* no WebGPU */ }
+  try {
+    // (module (func (result v128) (v128.const i32x4 0 0 0 0)))
+    out.wasmSimd = WebAssembly.validate(new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 22, 1, 20, 0, 253, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 11]));
+  } catch { /* old engine */ }
+  out.threads = typeof SharedArrayBuffer !== 'undefined' && (typeof crossOriginIsolated === 'undefined' || crossOriginIsolated);
+  return out;
+}
+
+/** Delete every cached model. */
+export async function purgeCache() {
+  try {
+    if (typeof caches !== 'undefined') await caches.delete('fastcomposer-models-v1');
+  } catch { /* private mode */ }
+}
+
+class WorkerClient {
+  constructor() {
+    this.worker = new Worker(WORKER_URL, { type: 'module' });
+    this.next = 1;
+    this.pending = new Map();
+    this.dead = null;
+    this.worker.onmessage = (ev) => {
+      const { id, ok, value, error, progress } = ev.data || {};
+      const p = this.pending.get(id);
+      if (!p) return;
+      if (progress) { if (p.onProgress) p.onProgress(progress); return; }
+      this.pending.delete(id);
+      if (ok) p.resolve(value); else p.reject(makeError(error));
+    };
+    // A wasm trap or any uncaught error kills this worker's state: fail everything pending.
+    this.worker.onerror = (ev) => {
+      ev.preventDefault();
+      this.dead = makeError({ name: 'DeviceError', message: `the worker failed: ${ev.message || 'unknown error'}` });
+      for (const p of this.pending.values()) p.reject(this.dead);
+      this.pending.clear();
+    };
+  }
+
+  call(op, args = {}, onProgress, transfer = []) {
+    if (this.dead) return Promise.reject(this.dead);
+    const id = this.next++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, onProgress });
+      this.worker.postMessage({ id, op, ...args }, transfer);
+    });
+  }
+
+  post(msg) { this.worker.postMessage(msg); }
+
+  terminate() { this.worker.terminate(); }
+}
+
+async function toRgba(image) {
+  if (typeof ImageData !== 'undefined' && image instanceof ImageData) {
+    return { rgba: new Uint8Array(image.data.buffer.slice(0)), width: image.width, height: image.height };
+  }
+  let bitmap = image;
+  if (typeof Blob !== 'undefined' && image instanceof Blob) {
+    try {
+      bitmap = await createImageBitmap(image);
+    } catch {
+      throw makeError({ name: 'InvalidInput', message: 'the file is not an image the browser can decode' });
+    }
+  }
+  if (typeof ImageBitmap === 'undefined' || !(bitmap instanceof ImageBitmap)) {
+    throw makeError({ name: 'InvalidInput', message: 'expected an ImageBitmap, ImageData or Blob' });
+  }
+  if (!bitmap.width || !bitmap.height) throw makeError({ name: 'InvalidInput', message: 'the image is empty' });
+  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
+  const ctx = canvas.getContext('2d');
+  ctx.drawImage(bitmap, 0, 0);
+  const d = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
+  return { rgba: new Uint8Array(d.data.buffer), width: d.width, height: d.height };
+}
+
+async function toImage({ width, height, rgba }) {
+  const imageData = new ImageData(new Uint8ClampedArray(rgba.buffer, rgba.byteOffset, rgba.byteLength), width, height);
+  let blob = null;
+  if (typeof OffscreenCanvas !== 'undefined') {
+    const canvas = new OffscreenCanvas(width, height);
+    canvas.getContext('2d').putImageData(imageData, 0, 0);
+    blob = await canvas.convertToBlob({ type: 'image/png' });
+  }
+  return { imageData, blob };
+}
+
+/** A subject photo, encoded once and reusable across generations. */
+export class Subject {
+  constructor(values) { this.values = values; }
+}
+
+/** A denoising session for custom loops. */
+class DenoiseSession {
+  constructor(gen, id, total, warnings) {
+    this.gen = gen; this.id = id; this.total = total; this.done = 0; this.warnings = warnings;
+  }
+  async step() {
+    const r = await this.gen._call('step', { session: this.id });
+    this.done = r.done;
+    return r;
+  }
+  async latents() { return (await this.gen._call('latents', { session: this.id })).latents; }
+  async decode() {
+    const img = await this.gen._call('decode', { session: this.id });
+    const { imageData, blob } = await toImage(img);
+    return { image: imageData, blob };
+  }
+  async end() { await this.gen._call('endSession', { session: this.id }); }
+}
+
+/**
+ * The generator. Calls are queued: a second `generate` waits for the first (documented
+ * behaviour); an aborted call rejects with an Error named "Cancelled".
+ */
+class Generator {
+  constructor(opts) {
+    this._opts = opts;
+    this._queue = Promise.resolve();
+    this._runs = 0;
+  }
+
+  async _start() {
+    const { model, device, onProgress, wasmUrl } = this._opts;
+    this._client = new WorkerClient();
+    await this._client.call('init', { wasmUrl: String(wasmUrl || WASM_URL) });
+    const info = await this._client.call('load', { model, device }, onProgress);
+    this.device = info.device;
+    this.imageSize = info.imageSize;
+    this.marker = info.marker;
+    this.source = info.source;
+  }
+
+  // Run `op` after earlier calls; after a device loss or a worker failure, restart the worker
+  // and reload the model (from the cache: no download) first.
+  _call(op, args, onProgress) {
+    const run = async () => {
+      if (this._disposed) throw makeError({ name: 'InvalidInput', message: 'the generator was disposed' });
+      if (this._client.dead || this._lost) {
+        this._client.terminate();
+        this._lost = false;
+        await this._start();
+      }
+      try {
+        return await this._client.call(op, args, onProgress);
+      } catch (e) {
+        if (e.name === 'DeviceError') this._lost = true;
+        throw e;
+      }
+    };
+    const p = this._queue.then(run, run);
+    this._queue = p.catch(() => {});
+    return p;
+  }
+
+  /** Encode a subject photo (ImageBitmap, ImageData or Blob), optionally with a mask image. */
+  async encodeSubject(image, { mask } = {}) {
+    const px = await toRgba(image);
+    let maskBytes;
+    if (mask) {
+      const m = await toRgba(mask);
+      if (m.width !== px.width || m.height !== px.height) {
+        throw makeError({ name: 'InvalidInput', message: `the mask is ${m.width}x${m.height} but the photo is ${px.width}x${px.height}` });
+      }
+      maskBytes = new Uint8Array(m.width * m.height);
+      for (let i = 0; i < maskBytes.length; i++) maskBytes[i] = m.rgba[i * 4];
+    }
+    const r = await this._call('encodeSubject', { rgba: px.rgba, width: px.width, height: px.height, mask: maskBytes });
+    return new Subject(r.values);
+  }
+
+  /**
+   * Generate an image. `subjects` are `Subject`s from `encodeSubject`, in marker order.
+   * Returns `{ image: ImageData, blob: Blob (PNG), timings, warnings }`.
+   */
+  async generate({ subjects = [], ...options } = {}, { onStep, signal, previewEvery } = {}) {
+    if (signal && signal.aborted) throw makeError({ name: 'Cancelled', message: 'the generation was cancelled' });
+    const runId = ++this._runs;
+    const onAbort = () => this._client && this._client.post({ op: 'cancel', runId });
+    if (signal) signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      const values = subjects.map((s) => (s instanceof Subject ? s.values : s));
+      const r = await this._call('generate', { options, subjects: values, previewEvery: previewEvery || 0, runId }, (p) => {
+        if (p.status !== 'step' || !onStep) return;
+        const ev = { step: p.step, steps: p.steps };
+        if (p.preview) ev.preview = new ImageData(new Uint8ClampedArray(p.preview.rgba), p.preview.width, p.preview.height);
+        onStep(ev);
+      });
+      const { imageData, blob } = await toImage(r.image);
+      return { image: imageData, blob, timings: r.timings, warnings: r.warnings };
+    } finally {
+      if (signal) signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Step-level API: a session with `step()`, `latents()`, `decode()`, `end()`. */
+  async startDenoise({ subjects = [], ...options } = {}) {
+    const values = subjects.map((s) => (s instanceof Subject ? s.values : s));
+    const r = await this._call('startDenoise', { options, subjects: values });
+    return new DenoiseSession(this, r.session, r.total, r.warnings);
+  }
+
+  /** Free the model and stop the worker. */
+  async dispose() {
+    if (this._disposed) return;
+    try { await this._call('dispose', {}); } catch { /* already gone */ }
+    this._disposed = true;
+    this._client.terminate();
+  }
+}
+
+/**
+ * Load a model: `model` is a URL (streamed with byte progress, verified chunk by chunk, cached
+ * for offline use) or an ArrayBuffer. `device`: 'auto' (WebGPU if available, else CPU),
+ * 'webgpu' or 'cpu'. `onProgress` receives `{status:'download', file, loaded, total}`,
+ * `{status:'loading', device}`, `{status:'ready', device}`.
+ */
+export async function createGenerator({ model, device = 'auto', onProgress, wasmUrl } = {}) {
+  if (!model) throw makeError({ name: 'InvalidInput', message: 'createGenerator needs a model (URL or ArrayBuffer)' });
+  const g = new Generator({ model, device, onProgress, wasmUrl });
+  await g._start();
+  return g;
+}

@@ -1,0 +1,310 @@
+// The worker that owns the model. The page never blocks: every call is a message.
+// Requests: { id, op, ...args }; replies: { id, ok, value } | { id, ok: false, error: { name, message } };
+// progress events: { id, progress: {...} }.
+import init, {
+  Generator,
+  parseBundleHeader,
+  verifyBundleChunk,
+  version,
+} from './fastcomposer.js';
+
+const CACHE_NAME = 'fastcomposer-models-v1';
+let ready = null;          // the wasm module's init promise
+let generator = null;      // the loaded Generator
+let busy = false;          // one generation at a time
+const sessions = new Map(); // session id -> { session, cancelled }
+let nextSession = 1;
+
+function fail(name, message) {
+  const e = new Error(message);
+  e.name = name;
+  return e;
+}
+
+function errorInfo(e) {
+  if (e && typeof e === 'object' && 'name' in e && 'message' in e) {
+    return { name: String(e.name), message: String(e.message) };
+  }
+  return { name: 'DeviceError', message: String(e) };
+}
+
+// ---------------------------------------------------------------- cache (wrapped: private modes throw)
+async function openCache() {
+  try {
+    if (typeof caches === 'undefined') return null;
+    return await caches.open(CACHE_NAME);
+  } catch {
+    return null;
+  }
+}
+
+async function cacheGet(key) {
+  const c = await openCache();
+  if (!c) return null;
+  try {
+    const r = await c.match(key);
+    return r ? new Uint8Array(await r.arrayBuffer()) : null;
+  } catch {
+    return null;
+  }
+}
+
+async function cachePut(key, bytes) {
+  const c = await openCache();
+  if (!c) return false;
+  try {
+    await c.put(key, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function cacheDelete(key) {
+  const c = await openCache();
+  if (!c) return;
+  try { await c.delete(key); } catch { /* ignore */ }
+}
+
+// ---------------------------------------------------------------- bundle download
+// Verify every chunk of a complete bundle; returns null if good, else the error.
+function verifyAll(bytes) {
+  let info;
+  try {
+    info = parseBundleHeader(bytes);
+  } catch (e) {
+    return e;
+  }
+  if (bytes.length < info.fileBytes) {
+    return fail('WeightsError', `the bundle is truncated: ${bytes.length} of ${info.fileBytes} bytes`);
+  }
+  const header = bytes.subarray(0, info.headerBytes);
+  for (let i = 0; i < info.chunks.length; i++) {
+    const [a, b] = info.chunks[i];
+    try {
+      verifyBundleChunk(header, i, bytes.subarray(a, b));
+    } catch (e) {
+      return e;
+    }
+  }
+  return null;
+}
+
+// Stream the bundle with byte progress; chunks are verified as soon as they are complete.
+async function download(url, report) {
+  let response;
+  try {
+    response = await fetch(url, { cache: 'no-store' });
+  } catch (e) {
+    throw fail('IoError', `cannot download the model from ${url}: ${e.message || e}`);
+  }
+  if (!response.ok) throw fail('IoError', `cannot download the model from ${url}: HTTP ${response.status}`);
+  const total = Number(response.headers.get('content-length')) || 0;
+  const reader = response.body.getReader();
+  let buf = new Uint8Array(total || 1 << 20);
+  let loaded = 0;
+  let info = null;
+  let verified = 0;
+  report({ status: 'download', file: url, loaded: 0, total });
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    if (loaded + value.length > buf.length) {
+      const bigger = new Uint8Array(Math.max(buf.length * 2, loaded + value.length));
+      bigger.set(buf.subarray(0, loaded));
+      buf = bigger;
+    }
+    buf.set(value, loaded);
+    loaded += value.length;
+    if (!info) {
+      try {
+        info = parseBundleHeader(buf.subarray(0, loaded));
+      } catch (e) {
+        // Not enough bytes yet for the header: keep reading; anything else is fatal.
+        if (!(e && /truncated/.test(e.message))) throw e;
+      }
+    }
+    if (info) {
+      const header = buf.subarray(0, info.headerBytes);
+      while (verified < info.chunks.length && info.chunks[verified][1] <= loaded) {
+        const [a, b] = info.chunks[verified];
+        verifyBundleChunk(header, verified, buf.subarray(a, b));
+        verified++;
+      }
+    }
+    report({ status: 'download', file: url, loaded, total: total || (info ? info.fileBytes : 0) });
+  }
+  const bytes = buf.subarray(0, loaded);
+  const bad = verifyAll(bytes);
+  if (bad) throw bad;
+  return bytes;
+}
+
+async function obtainBundle(model, report) {
+  if (model instanceof ArrayBuffer || ArrayBuffer.isView(model)) {
+    const bytes = model instanceof ArrayBuffer ? new Uint8Array(model) : new Uint8Array(model.buffer, model.byteOffset, model.byteLength);
+    const bad = verifyAll(bytes);
+    if (bad) throw bad;
+    return { bytes, source: 'buffer' };
+  }
+  const url = new URL(String(model), self.location.href).href;
+  const cached = await cacheGet(url);
+  if (cached) {
+    const bad = verifyAll(cached);
+    if (!bad) {
+      report({ status: 'download', file: url, loaded: cached.length, total: cached.length, cached: true });
+      return { bytes: cached, source: 'cache' };
+    }
+    // A truncated or corrupt cached copy is never used: drop it and fetch again.
+    await cacheDelete(url);
+    report({ status: 'cache-invalid', file: url, reason: bad.message });
+  }
+  const bytes = await download(url, report);
+  const stored = await cachePut(url, bytes);
+  return { bytes, source: stored ? 'network+cached' : 'network' };
+}
+
+// ---------------------------------------------------------------- ops
+async function hasWebGPU() {
+  try {
+    if (!self.navigator || !navigator.gpu) return false;
+    const adapter = await navigator.gpu.requestAdapter();
+    return !!adapter;
+  } catch {
+    return false;
+  }
+}
+
+const ops = {
+  async init({ wasmUrl }) {
+    if (!ready) ready = init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+    await ready;
+    return { version: version() };
+  },
+
+  async load({ model, device }, report) {
+    await ready;
+    if (generator) { generator.free(); generator = null; }
+    let dev = device || 'auto';
+    if (dev === 'auto') dev = (await hasWebGPU()) ? 'webgpu' : 'cpu';
+    if (dev === 'webgpu' && !(await hasWebGPU())) {
+      throw fail('DeviceError', 'WebGPU is not available in this browser (no adapter); use device "cpu"');
+    }
+    if (dev !== 'cpu' && dev !== 'webgpu') throw fail('InvalidInput', `unknown device "${dev}" (expected auto, webgpu or cpu)`);
+    const { bytes, source } = await obtainBundle(model, report);
+    report({ status: 'loading', device: dev });
+    // The wasm side copies the bytes in; drop our copy right after.
+    generator = await Generator.load(bytes, dev);
+    report({ status: 'ready', device: dev });
+    return { device: dev, imageSize: generator.imageSize, marker: generator.marker, source };
+  },
+
+  async encodeSubject({ rgba, width, height, mask }) {
+    if (!generator) throw fail('InvalidInput', 'no model is loaded');
+    const data = rgba instanceof Uint8Array ? rgba : new Uint8Array(rgba);
+    const values = await generator.encodeSubject(data, width, height, mask ? new Uint8Array(mask) : undefined);
+    return { values };
+  },
+
+  async startDenoise({ options, subjects }) {
+    if (!generator) throw fail('InvalidInput', 'no model is loaded');
+    const session = generator.startDenoise(options || {}, (subjects || []).map((s) => new Float32Array(s)));
+    const id = nextSession++;
+    sessions.set(id, { session });
+    return { session: id, total: session.total, warnings: session.warnings };
+  },
+
+  async step({ session }) {
+    const s = sessions.get(session);
+    if (!s) throw fail('InvalidInput', `no denoising session ${session}`);
+    await s.session.step();
+    return { done: s.session.done, total: s.session.total };
+  },
+
+  async latents({ session }) {
+    const s = sessions.get(session);
+    if (!s) throw fail('InvalidInput', `no denoising session ${session}`);
+    return { latents: await s.session.latents() };
+  },
+
+  async decode({ session }) {
+    const s = sessions.get(session);
+    if (!s) throw fail('InvalidInput', `no denoising session ${session}`);
+    return await s.session.decode();
+  },
+
+  async endSession({ session }) {
+    const s = sessions.get(session);
+    if (s) { s.session.free(); sessions.delete(session); }
+    return {};
+  },
+
+  // A whole generation. Cancellation arrives as a separate 'cancel' message between steps.
+  async generate({ options, subjects, previewEvery, runId }, report) {
+    if (!generator) throw fail('InvalidInput', 'no model is loaded');
+    if (busy) throw fail('Busy', 'a generation is already running; wait for it or abort it');
+    busy = true;
+    const t0 = performance.now();
+    let session;
+    try {
+      session = generator.startDenoise(options || {}, (subjects || []).map((s) => new Float32Array(s)));
+      const total = session.total;
+      const tStart = performance.now();
+      for (let i = 0; i < total; i++) {
+        if (cancelled.has(runId)) throw fail('Cancelled', 'the generation was cancelled');
+        await session.step();
+        const p = { status: 'step', step: i + 1, steps: total };
+        if (previewEvery && (i + 1) % previewEvery === 0 && i + 1 < total) p.preview = await session.preview();
+        report(p);
+        // Let the cancel message in.
+        await new Promise((r) => setTimeout(r, 0));
+      }
+      if (cancelled.has(runId)) throw fail('Cancelled', 'the generation was cancelled');
+      const tLoop = performance.now();
+      const image = await session.decode();
+      const tEnd = performance.now();
+      return {
+        image,
+        warnings: session.warnings,
+        timings: { setupMs: tStart - t0, stepsMs: tLoop - tStart, perStepMs: (tLoop - tStart) / total, decodeMs: tEnd - tLoop, totalMs: tEnd - t0 },
+      };
+    } finally {
+      cancelled.delete(runId);
+      if (session) session.free();
+      busy = false;
+    }
+  },
+
+  async dispose() {
+    for (const s of sessions.values()) s.session.free();
+    sessions.clear();
+    if (generator) { generator.free(); generator = null; }
+    return {};
+  },
+
+  async purgeCache() {
+    try {
+      if (typeof caches !== 'undefined') await caches.delete(CACHE_NAME);
+    } catch { /* private mode */ }
+    return {};
+  },
+};
+
+const cancelled = new Set();
+
+self.onmessage = async (ev) => {
+  const { id, op, ...args } = ev.data || {};
+  if (op === 'cancel') { cancelled.add(args.runId); return; }
+  const report = (progress) => self.postMessage({ id, progress });
+  const fn = ops[op];
+  if (!fn) { self.postMessage({ id, ok: false, error: { name: 'InvalidInput', message: `unknown operation ${op}` } }); return; }
+  try {
+    const value = await fn(args, report);
+    const transfer = [];
+    if (value && value.image && value.image.rgba) transfer.push(value.image.rgba.buffer);
+    if (value && value.rgba) transfer.push(value.rgba.buffer);
+    self.postMessage({ id, ok: true, value }, transfer);
+  } catch (e) {
+    self.postMessage({ id, ok: false, error: errorInfo(e) });
+  }
+};
