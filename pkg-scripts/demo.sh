@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# Builds and serves the web demo. Until the web demo lands (issue 6), this builds the native
-# CLI and shows what it can do.
+# Builds the wasm package and serves the web demo with the embedded default model on
+# http://127.0.0.1:$PORT/ (default 8080). Installs what it needs: the wasm32 target and the
+# wasm-bindgen CLI matching Cargo.lock (from crates.io). Needs Node.js for the static server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin fastcomposer
-echo
-echo "The web demo is not built yet. The native CLI is at target/release/fastcomposer:"
-./target/release/fastcomposer --help
-echo
-./target/release/fastcomposer tokenize "a man <|image|> and a cat <|image|> on the beach"
+pkg-scripts/build-wasm.sh
+PORT="${PORT:-8080}"
+echo "demo: open http://127.0.0.1:${PORT}/ (Ctrl-C to stop)"
+exec node pkg-scripts/serve.mjs --root web --map /pkg/=pkg --map /models/=models --port "$PORT"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the project: the Rust tests (CPU device) and the wasm32 compile check.
-# Installs nothing system-wide except the wasm32 target (rustup).
+# Runs every test of the project: the Rust tests (CPU device; and wgpu where a Vulkan device
+# exists), then the wasm build and the browser tests (demo end to end, npm package) in Chromium.
+# Installs what it needs: the wasm32 target, wasm-bindgen-cli (pinned), npm dev dependencies, and
+# Debian's chromium when run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,10 +11,6 @@ cargo fmt --all -- --check
 
 echo "== rust: tests (release profile, CPU device)"
 cargo test --release --workspace
-
-echo "== wasm32: the crate compiles for wasm32-unknown-unknown"
-rustup target add wasm32-unknown-unknown >/dev/null
-cargo check --release --target wasm32-unknown-unknown -p fastcomposer --lib --no-default-features
 
 # The same parity tests on burn's wgpu device natively, where a Vulkan device exists
 # (`apt-get install mesa-vulkan-drivers` gives lavapipe, a software one; CI installs it).
@@ -27,4 +25,17 @@ elif [ "${FASTCOMPOSER_TEST_WGPU:-0}" = "1" ]; then
 else
   echo "== (skipping the wgpu parity tests: no Vulkan driver; apt-get install mesa-vulkan-drivers)"
 fi
+echo "== browser: the wasm package, the demo end to end and the npm package (Debian Chromium)"
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "Chromium is missing: apt-get install chromium" >&2
+    exit 1
+  fi
+fi
+pkg-scripts/build-wasm.sh
+(cd tests/browser && npm ci --no-audit --no-fund >/dev/null && npm test)
+
 echo "== all tests passed"
