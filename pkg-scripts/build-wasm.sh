@@ -12,11 +12,17 @@ if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]; then
 fi
 cargo build --profile wasm-release --target wasm32-unknown-unknown -p fastcomposer --lib --no-default-features
 rm -rf pkg && mkdir -p pkg
-wasm-bindgen --target web --no-typescript --remove-name-section --out-dir pkg --out-name fastcomposer \
-  target/wasm32-unknown-unknown/wasm-release/fastcomposer.wasm
+wasm=target/wasm32-unknown-unknown/wasm-release/fastcomposer.wasm
+# wasm-opt runs before wasm-bindgen: Debian's binaryen (108) breaks the externref table that
+# wasm-bindgen sets up when it runs after it.
 if command -v wasm-opt >/dev/null; then
-  wasm-opt -O2 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
-    --enable-mutable-globals pkg/fastcomposer_bg.wasm -o pkg/fastcomposer_bg.wasm || echo "(wasm-opt failed; keeping the unoptimised wasm)"
+  if wasm-opt -O2 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
+      --enable-mutable-globals --enable-reference-types --enable-multivalue "$wasm" -o target/fastcomposer.opt.wasm; then
+    wasm=target/fastcomposer.opt.wasm
+  else
+    echo "(wasm-opt failed; using the unoptimised wasm)"
+  fi
 fi
+wasm-bindgen --target web --no-typescript --remove-name-section --out-dir pkg --out-name fastcomposer "$wasm"
 cp web/pkg-src/package.json web/pkg-src/index.js web/pkg-src/index.d.ts web/pkg-src/worker.js web/pkg-src/README.md pkg/
 ls -l pkg/fastcomposer_bg.wasm | awk '{printf "wasm: %.1f MB\n", $5/1e6}'

@@ -373,7 +373,10 @@ impl FastComposer {
     }
 
     /// [`Self::encode_subject_pixels`] without blocking (WebGPU in a browser).
-    pub async fn encode_subject_pixels_async(&self, pixel_values: &[f32]) -> Result<SubjectEmbedding> {
+    pub async fn encode_subject_pixels_async(
+        &self,
+        pixel_values: &[f32],
+    ) -> Result<SubjectEmbedding> {
         let data = crate::forward::read_async(self.subject_tensor(pixel_values)?).await?;
         embedding_from(data)
     }
@@ -694,7 +697,9 @@ impl Denoiser {
 }
 
 fn embedding_from(data: TensorData) -> Result<SubjectEmbedding> {
-    let values = data.try_into_vec::<f32>().map_err(|e| Error::Device(format!("{e:?}")))?;
+    let values = data
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Device(format!("{e:?}")))?;
     Ok(SubjectEmbedding { values })
 }
 
@@ -711,11 +716,17 @@ pub fn latent_preview(latents: &[f32], channels: usize, width: usize, height: us
     let mut pixels = vec![0u8; 3 * plane];
     for i in 0..plane {
         for (o, px) in pixels[i * 3..i * 3 + 3].iter_mut().enumerate() {
-            let v: f32 = (0..channels.min(4)).map(|c| latents[c * plane + i] * M[c][o]).sum();
+            let v: f32 = (0..channels.min(4))
+                .map(|c| latents[c * plane + i] * M[c][o])
+                .sum();
             *px = ((v + 1.0) * 127.5).clamp(0.0, 255.0) as u8;
         }
     }
-    RgbImage { width, height, pixels }
+    RgbImage {
+        width,
+        height,
+        pixels,
+    }
 }
 
 /// Planar `[3, H, W]` values in [-1, 1] to interleaved 8-bit RGB.

@@ -245,6 +245,8 @@ class Generator {
  */
 export async function createGenerator({ model, device = 'auto', onProgress, wasmUrl } = {}) {
   if (!model) throw makeError({ name: 'InvalidInput', message: 'createGenerator needs a model (URL or ArrayBuffer)' });
+  // A relative URL means relative to the page, not to the worker.
+  if (typeof model === 'string' || model instanceof URL) model = new URL(String(model), globalThis.location && globalThis.location.href).href;
   const g = new Generator({ model, device, onProgress, wasmUrl });
   await g._start();
   return g;

@@ -8,6 +8,24 @@ import init, {
   version,
 } from './fastcomposer.js';
 
+// burn's GPU kernels use WGSL subgroup operations when the adapter offers the `subgroups`
+// feature. In a browser that fails twice: wgpu does not request the feature for the device
+// (so `enable subgroups;` is rejected), and some of the generated kernels call subgroupAdd
+// outside uniform control flow, which WGSL's uniformity analysis rejects. Either way the shader
+// is invalid and the runtime panics (a wasm trap). So the adapter is shown to wgpu without
+// `subgroups`; the kernels then use workgroup memory instead.
+if (typeof GPUAdapter !== 'undefined') {
+  const desc = Object.getOwnPropertyDescriptor(GPUAdapter.prototype, 'features');
+  if (desc && desc.get) {
+    Object.defineProperty(GPUAdapter.prototype, 'features', {
+      configurable: true,
+      get() {
+        return new Set([...desc.get.call(this)].filter((f) => f !== 'subgroups'));
+      },
+    });
+  }
+}
+
 const CACHE_NAME = 'fastcomposer-models-v1';
 let ready = null;          // the wasm module's init promise
 let generator = null;      // the loaded Generator

@@ -326,8 +326,13 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header> {
     }
     let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
     // Every tensor ends within data_start + data_len; that sum must be a valid file size.
-    if data_start.checked_add(data_len).is_none_or(|end| end > 1 << 50) {
-        return Err(Error::weights("bundle header: the tensors extend past any plausible file size"));
+    if data_start
+        .checked_add(data_len)
+        .is_none_or(|end| end > 1 << 50)
+    {
+        return Err(Error::weights(
+            "bundle header: the tensors extend past any plausible file size",
+        ));
     }
     // Tensors must not overlap.
     let mut spans: Vec<(u64, u64, &str)> = tensors

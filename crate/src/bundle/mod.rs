@@ -250,7 +250,8 @@ impl Bundle {
     }
 }
 
-/// burn's scheme for a GGUF block type: blocks of 32 along the last dimension, f16 scales.
+/// burn's scheme for a GGUF block type: blocks of 32 along the last dimension, f32 scales on
+/// the device (f16 scales would need WGSL's `shader-f16`, which many adapters lack).
 pub fn quant_scheme(ty: GgmlType) -> Option<QuantScheme> {
     let value = match ty {
         GgmlType::Q8_0 => QuantValue::Q8S,
@@ -261,19 +262,19 @@ pub fn quant_scheme(ty: GgmlType) -> Option<QuantScheme> {
         QuantScheme::default()
             .with_value(value)
             .with_store(QuantStore::PackedU32(0))
-            .per_block([32], ScaleDtype::F16),
+            .per_block([32], ScaleDtype::F32),
     )
 }
 
 /// burn's quantized layout for `PackedU32` storage: the values packed into little-endian u32
 /// words (4 × 8 bits or 8 × 4 bits, two's complement, first value in the lowest bits), then the
-/// block scales as f16. (burn's own `TensorData::quantized` does not pack sub-byte values.)
+/// block scales as f32. (burn's own `TensorData::quantized` does not pack sub-byte values.)
 pub fn burn_quantized(q: &[i8], scales: &[f32], shape: [usize; 2], ty: GgmlType) -> TensorData {
     let scheme = quant_scheme(ty).expect("block type");
     let bits = if ty == GgmlType::Q4_0 { 4 } else { 8 };
     let per_word = 32 / bits;
     let mask = (1u32 << bits) - 1;
-    let mut bytes = Vec::with_capacity(q.len() * bits / 8 + scales.len() * 2);
+    let mut bytes = Vec::with_capacity(q.len() * bits / 8 + scales.len() * 4);
     for word in q.chunks(per_word) {
         let w = word
             .iter()
@@ -282,7 +283,7 @@ pub fn burn_quantized(q: &[i8], scales: &[f32], shape: [usize; 2], ty: GgmlType)
         bytes.extend_from_slice(&w.to_le_bytes());
     }
     for s in scales {
-        bytes.extend_from_slice(&f16::from_f32(*s).to_le_bytes());
+        bytes.extend_from_slice(&s.to_le_bytes());
     }
     TensorData::from_bytes_vec(bytes, shape, burn::tensor::DType::QFloat(scheme))
 }

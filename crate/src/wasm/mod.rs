@@ -67,7 +67,9 @@ pub fn parse_bundle_header(prefix: &[u8]) -> JsResult<JsValue> {
 pub fn verify_bundle_chunk(header: &[u8], index: usize, bytes: &[u8]) -> JsResult<()> {
     let info = BundleInfo::parse(header).map_err(js_error)?;
     if index >= info.n_chunks() {
-        return Err(js_error(Error::invalid(format!("chunk {index} does not exist"))));
+        return Err(js_error(Error::invalid(format!(
+            "chunk {index} does not exist"
+        ))));
     }
     info.verify_chunk(index, bytes).map_err(js_error)
 }
@@ -92,8 +94,14 @@ impl JsOptions {
         let d = GenerateOptions::default();
         let seed = match self.seed {
             None => 0,
-            Some(s) if s.is_finite() && s >= 0.0 && s.fract() == 0.0 && s <= 9007199254740991.0 => s as u64,
-            Some(s) => return Err(Error::invalid(format!("seed must be a non-negative integer, got {s}"))),
+            Some(s) if s.is_finite() && s >= 0.0 && s.fract() == 0.0 && s <= 9007199254740991.0 => {
+                s as u64
+            }
+            Some(s) => {
+                return Err(Error::invalid(format!(
+                    "seed must be a non-negative integer, got {s}"
+                )));
+            }
         };
         Ok(GenerateOptions {
             prompt: self.prompt,
@@ -142,11 +150,19 @@ impl Generator {
                 .init_async()
                 .await
                 .map_err(|e| js_error(Error::Device(format!("cannot initialise WebGPU: {e}"))))?,
-            other => return Err(js_error(Error::invalid(format!("unknown device `{other}` (expected cpu or webgpu)")))),
+            other => {
+                return Err(js_error(Error::invalid(format!(
+                    "unknown device `{other}` (expected cpu or webgpu)"
+                ))));
+            }
         };
         let bundle = Bundle::from_bytes(bundle).map_err(js_error)?;
-        let model = FastComposer::load_bundle(&bundle, &dev, AttentionKernel::default()).map_err(js_error)?;
-        Ok(Generator { model, device_name: device })
+        let model = FastComposer::load_bundle(&bundle, &dev, AttentionKernel::default())
+            .map_err(js_error)?;
+        Ok(Generator {
+            model,
+            device_name: device,
+        })
     }
 
     /// `"cpu"` or `"webgpu"`.
@@ -171,7 +187,13 @@ impl Generator {
     /// optional mask of the same size (one byte per pixel, >= 128 = subject). Returns the
     /// subject embedding (reusable across generations).
     #[wasm_bindgen(js_name = encodeSubject)]
-    pub async fn encode_subject(&self, rgba: Vec<u8>, width: u32, height: u32, mask: Option<Vec<u8>>) -> JsResult<Float32Array> {
+    pub async fn encode_subject(
+        &self,
+        rgba: Vec<u8>,
+        width: u32,
+        height: u32,
+        mask: Option<Vec<u8>>,
+    ) -> JsResult<Float32Array> {
         let img = rgba_to_rgb(&rgba, width, height).map_err(js_error)?;
         let img = match mask {
             Some(m) => {
@@ -187,19 +209,31 @@ impl Generator {
             }
             None => img,
         };
-        let px = crate::preprocess::subject_pixel_values(&img, self.model.subject_size()).map_err(js_error)?;
-        let e = self.model.encode_subject_pixels_async(&px).await.map_err(js_error)?;
+        let px = crate::preprocess::subject_pixel_values(&img, self.model.subject_size())
+            .map_err(js_error)?;
+        let e = self
+            .model
+            .encode_subject_pixels_async(&px)
+            .await
+            .map_err(js_error)?;
         Ok(Float32Array::from(&e.values[..]))
     }
 
     /// Check the options and set up a denoising session. `subjects` holds the embeddings from
     /// `encodeSubject`, in marker order.
     #[wasm_bindgen(js_name = startDenoise)]
-    pub fn start_denoise(&self, options: JsValue, subjects: Vec<Float32Array>) -> JsResult<DenoiseSession> {
+    pub fn start_denoise(
+        &self,
+        options: JsValue,
+        subjects: Vec<Float32Array>,
+    ) -> JsResult<DenoiseSession> {
         let o: JsOptions = serde_wasm_bindgen::from_value(options)
             .map_err(|e| js_error(Error::invalid(format!("bad options: {e}"))))?;
         let opts = o.into_options().map_err(js_error)?;
-        let subjects: Vec<SubjectEmbedding> = subjects.iter().map(|a| SubjectEmbedding { values: a.to_vec() }).collect();
+        let subjects: Vec<SubjectEmbedding> = subjects
+            .iter()
+            .map(|a| SubjectEmbedding { values: a.to_vec() })
+            .collect();
         let d = self.model.start(&opts, &subjects, None).map_err(js_error)?;
         Ok(DenoiseSession { inner: d })
     }
@@ -215,8 +249,12 @@ fn rgba_to_rgb(rgba: &[u8], width: u32, height: u32) -> Result<image::RgbImage, 
             n * 4
         )));
     }
-    let rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-    image::RgbImage::from_raw(width, height, rgb).ok_or_else(|| Error::invalid("subject photo: bad size"))
+    let rgb: Vec<u8> = rgba
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    image::RgbImage::from_raw(width, height, rgb)
+        .ok_or_else(|| Error::invalid("subject photo: bad size"))
 }
 
 /// One generation, advanced a step at a time from JS.
@@ -253,8 +291,12 @@ impl DenoiseSession {
 
     /// The current latents `[1, C, h, w]` as a flat array.
     pub async fn latents(&self) -> JsResult<Float32Array> {
-        let d = crate::forward::read_async(self.inner.latents()).await.map_err(js_error)?;
-        let v = d.try_into_vec::<f32>().map_err(|e| js_error(Error::Device(format!("{e:?}"))))?;
+        let d = crate::forward::read_async(self.inner.latents())
+            .await
+            .map_err(js_error)?;
+        let v = d
+            .try_into_vec::<f32>()
+            .map_err(|e| js_error(Error::Device(format!("{e:?}"))))?;
         Ok(Float32Array::from(&v[..]))
     }
 
