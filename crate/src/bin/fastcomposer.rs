@@ -69,7 +69,7 @@ enum Command {
         attention_mib: usize,
     },
     /// Generate an image of the given subjects. Without --model it uses the built-in default
-    /// model, which in this build has RANDOM weights (wiring only: its images are noise).
+    /// model (small, trained here: cats, robots, birds and cups at 128x128).
     Generate {
         /// The prompt, with a marker right after each subject's class noun,
         /// e.g. "a man <|image|> on the beach".
