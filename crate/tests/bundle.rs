@@ -37,6 +37,7 @@ fn convert_to(from: &Path, configs: Option<&Path>, quant: &str, name: &str) -> P
         name: None,
         license: Some("MIT".into()),
         card: None,
+        keep_vae_encoder: false,
     })
     .unwrap_or_else(|e| panic!("convert {quant}: {e}"));
     out
@@ -173,6 +174,38 @@ fn round_trip_every_mode() {
     }
 }
 
+/// Generation only decodes: the VAE encoder stays out of a bundle unless asked for.
+#[test]
+fn vae_encoder_left_out_unless_kept() {
+    let names = |keep: bool| -> Vec<String> {
+        let out = tmp(&format!("enc_{keep}.gguf"));
+        convert(&ConvertOptions {
+            from: model_dir(),
+            configs: None,
+            quant: QuantMode::Int8,
+            out: out.clone(),
+            name: None,
+            license: None,
+            card: None,
+            keep_vae_encoder: keep,
+        })
+        .unwrap();
+        let bytes = std::fs::read(&out).unwrap();
+        let info = BundleInfo::parse(&bytes).unwrap();
+        info.header.tensors.iter().map(|t| t.name.clone()).collect()
+    };
+    let encoder = |n: &&String| n.starts_with("vae.encoder.") || n.starts_with("vae.quant_conv.");
+    let without = names(false);
+    let with = names(true);
+    assert_eq!(without.iter().filter(encoder).count(), 0);
+    assert!(with.iter().filter(encoder).count() > 0);
+    assert!(without.iter().any(|n| n.starts_with("vae.decoder.")));
+    assert_eq!(
+        with.len() - without.len(),
+        with.iter().filter(encoder).count()
+    );
+}
+
 #[test]
 fn pytorch_bin_checkpoint_converts() {
     // Mixed fp32/bf16, prefixes as published, `text_model.` keys and a position_ids buffer.
@@ -305,6 +338,7 @@ fn pickle_with_unsupported_opcodes_is_refused() {
         name: None,
         license: None,
         card: None,
+        keep_vae_encoder: false,
     });
     let m = weights_err(r);
     assert!(m.contains("unsupported global os.system"), "{m}");

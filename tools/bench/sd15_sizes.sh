@@ -6,7 +6,7 @@ cd "$(dirname "$0")/../.."
 dir=tools/.data/sd15_random
 [ -f "$dir/unet/diffusion_pytorch_model.safetensors" ] || tools/.venv/bin/python tools/reference/sd15_random.py "$dir"
 cargo build --release --bin fastcomposer >/dev/null
-echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores"
+echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc --all) cores"
 du -b -c "$dir"/*/*.safetensors | tail -1 | awk '{printf "source (f16 safetensors): %.3f GB\n", $1/1e9}'
 for q in int8 int4 mixed f16; do
   out=tools/.data/sd15_$q.gguf

@@ -139,7 +139,6 @@ def render_subject(ident: Identity, height: int, rng: random.Random, flip: bool 
     head = None
     if ident.cls == "cat":
         body = shape(lambda d: d.ellipse([0.15 * W, 0.45 * H, 0.85 * W, 0.98 * H], fill=255))
-        _fill_shape(img, mask, None, ident, rng) if False else None
         _fill_shape(img, mask, body, ident, rng)
         d = ImageDraw.Draw(img)
         d.arc([0.6 * W, 0.35 * H, 1.0 * W, 0.9 * H], 270, 90, fill=COLORS[ident.color] + (255,), width=max(2, W // 14))

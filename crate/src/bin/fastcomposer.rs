@@ -137,6 +137,9 @@ enum Command {
         /// A file with the model card (markdown) to store in the bundle.
         #[arg(long)]
         card: Option<PathBuf>,
+        /// Also store the VAE encoder (generation only decodes; left out by default).
+        #[arg(long)]
+        keep_vae_encoder: bool,
     },
     /// Print a bundle's components, dtypes, sizes and checksum status.
     Inspect { bundle: PathBuf },
@@ -300,6 +303,7 @@ fn run(cli: Cli) -> Result<()> {
             name,
             license,
             card,
+            keep_vae_encoder,
         } => {
             let opts = ConvertOptions {
                 from,
@@ -309,6 +313,7 @@ fn run(cli: Cli) -> Result<()> {
                 name,
                 license: license.as_deref().map(read_text).transpose()?,
                 card: card.as_deref().map(read_text).transpose()?,
+                keep_vae_encoder,
             };
             let r = convert(&opts)?;
             for (ty, n, bytes) in &r.by_type {

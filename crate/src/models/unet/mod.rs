@@ -49,6 +49,8 @@ impl<T: Clone> PerLevel<T> {
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(default)]
 pub struct UNet2DConditionConfig {
+    /// Latent size the model was trained at (`null` in a saved config reads as SD1.5's 64).
+    #[serde(deserialize_with = "crate::models::null_or::<_, 64>")]
     pub sample_size: usize,
     pub in_channels: usize,
     pub out_channels: usize,
@@ -427,5 +429,21 @@ impl UNet2DConditionModel {
         // 6. post-process
         let x = self.act.forward(self.conv_norm_out.forward(x));
         Ok(self.conv_out.forward(x))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UNet2DConditionConfig;
+
+    #[test]
+    fn config_null_sample_size_reads_as_sd15() {
+        // diffusers saves `"sample_size": null` for a UNet built without one.
+        let c: UNet2DConditionConfig =
+            serde_json::from_str(r#"{"sample_size": null, "cross_attention_dim": 768}"#).unwrap();
+        assert_eq!(c.sample_size, 64);
+        let c: UNet2DConditionConfig = serde_json::from_str(r#"{"sample_size": 32}"#).unwrap();
+        assert_eq!(c.sample_size, 32);
+        assert!(serde_json::from_str::<UNet2DConditionConfig>(r#"{"sample_size": "x"}"#).is_err());
     }
 }
