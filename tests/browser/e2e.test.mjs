@@ -181,6 +181,50 @@ test('WebGPU path (software adapter): non-blank image close to the native CLI ou
   await page.close();
 });
 
+// Device loss, forced by destroying the worker's GPUDevice while a generation runs (a hook added
+// to the first worker script served; a separate browser without service workers, so that the
+// route sees the request).
+test('WebGPU device loss: the interrupted call is a DeviceError and the next call works', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-chromium-loss-'));
+  const ctx = await chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args: FLAGS, serviceWorkers: 'block' });
+  try {
+    const { page, problems } = await openPage(ctx);
+    let served = 0;
+    await page.route('**/pkg/worker.js', async (route) => {
+      const res = await route.fetch();
+      let body = await res.text();
+      if (served++ === 0) {
+        body += `
+;(() => {
+  const rd = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (...a) { const d = await rd.apply(this, a); self.__device = d; return d; };
+  self.addEventListener('message', (e) => { if (e.data && e.data.op === 'generate') setTimeout(() => self.__device.destroy(), 50); });
+})();
+`;
+      }
+      await route.fulfill({ response: res, body });
+    });
+    await page.goto(`${server.url}sw.js`); // a same-origin page without the demo's own model load
+    const r = await page.evaluate(async () => {
+      const { createGenerator } = await import('/pkg/index.js');
+      const gen = await createGenerator({ model: '/models/default.gguf', device: 'webgpu' });
+      const s = await gen.encodeSubject(await (await fetch('/fixtures/pipeline/photos/chelsea.png')).blob());
+      const opts = { prompt: 'a cat <|image|> on the beach', subjects: [s], steps: 2, seed: 3 };
+      let first = 'no error';
+      try { await gen.generate(opts); } catch (e) { first = `${e.name}: ${e.message}`; }
+      const second = await gen.generate(opts);
+      return { first, width: second.image.width, device: gen.device };
+    });
+    assert.ok(served >= 2, `the worker was not restarted (${served} worker scripts served)`);
+    assert.match(r.first, /^DeviceError: .*lost/);
+    assert.equal(r.width, 128);
+    assert.equal(r.device, 'webgpu');
+    assertClean(problems);
+  } finally {
+    await ctx.close();
+  }
+});
+
 // The package API straight from a page (as a user of the npm package would).
 async function apiPage() {
   const o = await openPage(browser, `${server.url}index.html?noop`);

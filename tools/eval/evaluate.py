@@ -189,9 +189,56 @@ def main():
                    "guidance": a.guidance, "model": os.path.relpath(a.model, ROOT)}, f, indent=1, default=float)
     table = "\n".join(["| method | identity (1 subject) | prompt (1 subject) | identity (2 subjects) | prompt (2 subjects) |",
                        "|---|---|---|---|---|"] + rows)
+    chance = f"identity {CHANCE_ID:.3f} (colour 1/8, secondary 1/8, pattern 1/4, accessory 1/4); prompt: context 0.125, position / size 0.333"
     print(table)
-    print(f"chance: identity {CHANCE_ID:.3f}; prompt: context 0.125, position/size 0.333")
+    print(f"chance: {chance}")
     print(f"{len(futs)} images in {time.time() - t0:.0f}s; images in {work}")
+    write_report(a, table, chance, summary, len(futs), time.time() - t0)
+
+
+def write_report(a, table, chance, summary, n_images, seconds):
+    """docs/EVAL.md: the table, how it was made, and the judges' own accuracy on fresh renders."""
+    acc = judges.accuracy_table()
+    default = summary["alpha 0.7"]
+    bar_id, bar_prompt = default["identity_single"] >= 0.6, default["prompt_single"] >= 0.8
+    machine = f"{os.cpu_count()} CPU cores"
+    text = f"""# Evaluation of the default model
+
+Written by `tools/.venv/bin/python tools/eval/evaluate.py` (judges: `tools/eval/judges.py train`),
+{time.strftime('%Y-%m-%d', time.gmtime())}, {machine}, {n_images} generated images in {seconds / 60:.0f} min.
+Model: `{os.path.relpath(a.model, ROOT)}`; DDIM {a.steps} steps, guidance {a.guidance}; prompts, seeds and
+per-image settings in `eval_results.json`.
+
+**Held-out identities only** (never seen in training): 20 single-subject prompts (context, and
+position or size where the prompt says so) and 20 two-subject prompts (left / right), 2 seeds each.
+Images come from the project's own pipeline (`fastcomposer generate`).
+
+- *identity*: fraction of the reference identity's four attributes (colour, secondary colour,
+  pattern, accessory) that an attribute judge recovers in the region the prompt names; two
+  subjects: the minimum over the two, after matching.
+- *prompt*: fraction of the prompt's checks (context; position / size where stated) a context
+  judge confirms.
+- Judges: small CNNs trained only on ground-truth renders of `tools/dataset/scenes.py` (all
+  identities; never on generated images; no weights shared with the generator).
+- Baselines: "no subject image" (the prompt without markers: text only), "reference pasted" (the
+  reference photos pasted where the prompt puts them, on grey: identity without the scene).
+- Chance: {chance}.
+
+{table}
+
+Default alpha (0.7), single subject: identity {default['identity_single']:.3f} (bar 0.6: {'met' if bar_id else '**not met**'}),
+prompt {default['prompt_single']:.3f} (bar 0.8: {'met' if bar_prompt else '**not met**'}).
+
+Judges' accuracy on 600 fresh ground-truth scenes (how far the judges themselves can be trusted):
+
+{acc}
+
+Samples (`eval_grid.png`; first seed, held-out identities): reference | alpha 0.7 | alpha 0 (text only).
+
+![samples](eval_grid.png)
+"""
+    with open(os.path.join(a.out, "EVAL.md"), "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

@@ -142,17 +142,20 @@ def predict(net, images):
     return {k: v.argmax(1).tolist() for k, v in out.items()}
 
 
-def accuracy():
+def accuracy_table(n=600, seed=4242):
+    """Accuracy of each judge head on fresh ground-truth renders, as a markdown table."""
     attr, ctx = load()
-    ax, ay, cx, cy = make_data(600, seed=4242)
+    ax, ay, cx, cy = make_data(n, seed=seed)
     pa = predict(attr, ax)
     pc = predict(ctx, cx)
+    rows = ["| judge | head | accuracy | chance |", "|---|---|---|---|"]
     for k in HEADS:
         acc = np.mean([p == y[k] for p, y in zip(pa[k], ay)])
-        print(f"attribute {k}: {acc:.3f}")
+        rows.append(f"| attribute | {k} | {acc:.3f} | {1 / HEADS[k]:.3f} |")
     for k in CTX_HEADS:
         pairs = [(p, y[k]) for p, y in zip(pc[k], cy) if y[k] != -100]
-        print(f"context {k}: {np.mean([p == y for p, y in pairs]):.3f}")
+        rows.append(f"| context | {k} | {np.mean([p == y for p, y in pairs]):.3f} | {1 / CTX_HEADS[k]:.3f} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
@@ -164,4 +167,4 @@ if __name__ == "__main__":
     if a.cmd == "train":
         train(a.n, a.epochs)
     else:
-        accuracy()
+        print(accuracy_table())

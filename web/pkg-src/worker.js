@@ -26,6 +26,24 @@ if (typeof GPUAdapter !== 'undefined') {
   }
 }
 
+// WebGPU device loss (driver reset, GPU process crash, `device.destroy()`): remembered when
+// the device reports it; the call it interrupted and every later call then fail with a
+// DeviceError, and the JS API starts a fresh worker (a fresh device) before the next call.
+let deviceLost = null;
+let lostSignal = null; // resolves when the device reports its loss
+if (typeof GPUAdapter !== 'undefined') {
+  const requestDevice = GPUAdapter.prototype.requestDevice;
+  GPUAdapter.prototype.requestDevice = async function (...args) {
+    const device = await requestDevice.apply(this, args);
+    lostSignal = device.lost.then((info) => { deviceLost = `${info.reason || 'unknown'}: ${info.message || 'no message'}`; });
+    return device;
+  };
+}
+
+function lostError() {
+  return fail('DeviceError', `the WebGPU device was lost (${deviceLost}); the next call starts a fresh one`);
+}
+
 const CACHE_NAME = 'fastcomposer-models-v1';
 let ready = null;          // the wasm module's init promise
 let generator = null;      // the loaded Generator
@@ -270,6 +288,7 @@ const ops = {
       const tStart = performance.now();
       for (let i = 0; i < total; i++) {
         if (cancelled.has(runId)) throw fail('Cancelled', 'the generation was cancelled');
+        if (deviceLost) throw lostError();
         await session.step();
         const p = { status: 'step', step: i + 1, steps: total };
         if (previewEvery && (i + 1) % previewEvery === 0 && i + 1 < total) p.preview = await session.preview();
@@ -317,12 +336,20 @@ self.onmessage = async (ev) => {
   const fn = ops[op];
   if (!fn) { self.postMessage({ id, ok: false, error: { name: 'InvalidInput', message: `unknown operation ${op}` } }); return; }
   try {
+    if (deviceLost && op !== 'dispose') throw lostError();
     const value = await fn(args, report);
     const transfer = [];
     if (value && value.image && value.image.rgba) transfer.push(value.image.rgba.buffer);
     if (value && value.rgba) transfer.push(value.rgba.buffer);
     self.postMessage({ id, ok: true, value }, transfer);
   } catch (e) {
-    self.postMessage({ id, ok: false, error: errorInfo(e) });
+    // A device error may be the first sign of a loss the device has not reported yet: give it
+    // a moment, so the message says what happened. After a loss, whatever failed failed
+    // because of it.
+    if (e && e.name === 'DeviceError' && lostSignal && !deviceLost) {
+      await Promise.race([lostSignal, new Promise((r) => setTimeout(r, 500))]);
+    }
+    const err = deviceLost && !(e && e.name === 'Cancelled') ? errorInfo(lostError()) : errorInfo(e);
+    self.postMessage({ id, ok: false, error: err });
   }
 };
