@@ -59,9 +59,11 @@ function insertMarker() {
   const ta = $('prompt');
   const at = ta.selectionStart ?? ta.value.length;
   const before = ta.value.slice(0, at);
-  const pad = before && !before.endsWith(' ') ? ' ' : '';
-  ta.value = `${before}${pad}${marker} ${ta.value.slice(at)}`.replace(/\s+$/, '');
-  const pos = (before + pad + marker + ' ').length;
+  const after = ta.value.slice(at);
+  const pad = before && !/\s$/.test(before) ? ' ' : '';
+  const gap = /^\s/.test(after) ? '' : ' ';
+  ta.value = `${before}${pad}${marker}${gap}${after}`.replace(/\s+$/, '');
+  const pos = Math.min((before + pad + marker + gap).length, ta.value.length);
   ta.setSelectionRange(pos, pos);
 }
 
@@ -96,6 +98,24 @@ function addFiles(files) {
     insertMarker();
   }
   renderThumbs();
+}
+
+// Example subjects (renders of identities the built-in model never saw in training).
+for (const b of document.querySelectorAll('#examples button')) {
+  b.addEventListener('click', async () => {
+    try {
+      const res = await fetch(`examples/${b.dataset.example}.png`);
+      if (!res.ok) throw new Error(`examples/${b.dataset.example}.png: HTTP ${res.status}`);
+      const file = new File([await res.blob()], `${b.dataset.example}.png`, { type: 'image/png' });
+      if (state.photos.length === 0) $('prompt').value = `a ${b.dataset.noun} on the beach`;
+      const ta = $('prompt');
+      const at = ta.value.indexOf(b.dataset.noun);
+      if (state.photos.length === 0 && at >= 0) ta.setSelectionRange(at + b.dataset.noun.length, at + b.dataset.noun.length);
+      addFiles([file]);
+    } catch (e) {
+      showError({ name: 'IoError', message: String(e.message || e) });
+    }
+  });
 }
 
 $('subject-photos').addEventListener('change', (e) => { addFiles(e.target.files); e.target.value = ''; });

@@ -225,6 +225,17 @@ test('WebGPU device loss: the interrupted call is a DeviceError and the next cal
   }
 });
 
+test('example subjects add a photo and a marker after the noun', async () => {
+  const { page, problems } = await openPage(browser, server.url);
+  await page.getByRole('button', { name: 'green robot' }).click();
+  await page.waitForFunction(() => document.querySelectorAll('#thumbs img').length === 1);
+  assert.equal(await page.getByLabel('Prompt', { exact: true }).inputValue(), 'a robot <|image|> on the beach');
+  await page.waitForFunction(() => document.querySelector('#thumbs img').complete && document.querySelector('#thumbs img').naturalWidth > 0);
+  assert.equal(await page.getByRole('alert').textContent(), '');
+  assertClean(problems);
+  await page.close();
+});
+
 // The package API straight from a page (as a user of the npm package would).
 async function apiPage() {
   const o = await openPage(browser, `${server.url}index.html?noop`);
