@@ -1,5 +1,6 @@
 //! Choosing the compute device at run time.
 
+#[cfg(not(target_arch = "wasm32"))]
 use burn::tensor::Device;
 
 use crate::error::{Error, Result};
