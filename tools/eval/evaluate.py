@@ -84,7 +84,7 @@ def generate(cli, model, job):
 def pasted(job, refs_img):
     """Baseline: the reference photos pasted where the prompt puts the subjects, on grey."""
     canvas = Image.new("RGB", (scenes.SIZE, scenes.SIZE), (128, 128, 128))
-    for ref, region in zip(refs_img, job["regions"]):
+    for ref, region in zip(refs_img, job["item"]["regions"]):
         size = scenes.SIZE // 2 if len(refs_img) > 1 else int(scenes.SIZE * 0.7)
         r = Image.open(ref).resize((size, size))
         x = {"left": 0, "center": (scenes.SIZE - size) // 2, "right": scenes.SIZE - size}[region]
@@ -129,10 +129,11 @@ def main():
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=20, help="prompts per kind (20; fewer for a quick check)")
     a = ap.parse_args()
     attr, ctx = judges.load()
     _, held_out = scenes.split_identities()
-    single, double = prompts(held_out)
+    single, double = prompts(held_out, a.prompts)
     work = tempfile.mkdtemp(prefix="fc-eval-")
     refs = references([s for it in single + double for s in it["subjects"]], work)
     jobs = []
@@ -176,7 +177,7 @@ def main():
         rows.append(f"| {m} | {s[:, 0].mean():.3f} | {s[:, 1].mean():.3f} | {t[:, 0].mean():.3f} | {t[:, 1].mean():.3f} |")
     # Sample grid: reference | generated (alpha 0.7), first seed, 8 single-subject prompts.
     tiles = []
-    for k in range(8):
+    for k in range(min(8, len(single))):
         ref = Image.open(refs[single[k]["subjects"][0]]).resize((scenes.SIZE, scenes.SIZE))
         gen = Image.open(os.path.join(work, f"single{k}_s0_a0.7.png")).resize((scenes.SIZE, scenes.SIZE))
         txt = Image.open(os.path.join(work, f"single{k}_s0_a0.0.png")).resize((scenes.SIZE, scenes.SIZE))
@@ -209,8 +210,8 @@ Written by `tools/.venv/bin/python tools/eval/evaluate.py` (judges: `tools/eval/
 Model: `{os.path.relpath(a.model, ROOT)}`; DDIM {a.steps} steps, guidance {a.guidance}; prompts, seeds and
 per-image settings in `eval_results.json`.
 
-**Held-out identities only** (never seen in training): 20 single-subject prompts (context, and
-position or size where the prompt says so) and 20 two-subject prompts (left / right), 2 seeds each.
+**Held-out identities only** (never seen in training): {a.prompts} single-subject prompts (context, and
+position or size where the prompt says so) and {a.prompts} two-subject prompts (left / right), 2 seeds each.
 Images come from the project's own pipeline (`fastcomposer generate`).
 
 - *identity*: fraction of the reference identity's four attributes (colour, secondary colour,
