@@ -43,6 +43,8 @@ async function loadModel() {
       },
     });
     $('load-status').textContent = `Ready on ${state.gen.device} (${state.gen.imageSize}×${state.gen.imageSize} px)`;
+    const m = state.gen.model;
+    $('model-card').textContent = `Model: ${m.name} (${m.quantization}); licence: ${m.license.split('\n')[0]}`;
     $('generate').disabled = false;
   } catch (e) {
     $('load-status').textContent = 'Not loaded';

@@ -39,8 +39,9 @@ test('npm pack installs into a fresh folder and works from a page', async () => 
       const gen = await createGenerator({ model: 'model.gguf', device: 'cpu' });
       const s = await gen.encodeSubject(await (await fetch('photo.png')).blob());
       const r = await gen.generate({ prompt: 'a woman <|image|> on the beach', subjects: [s], steps: 2, seed: 3 });
+      const model = gen.model;
       await gen.dispose();
-      return { caps, width: r.image.width, png: r.blob && r.blob.type };
+      return { caps, width: r.image.width, png: r.blob && r.blob.type, model };
     })();
   </script>`);
   const server = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts', 'serve.mjs'), '--root', app, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -58,6 +59,7 @@ test('npm pack installs into a fresh folder and works from a page', async () => 
     assert.equal(typeof r.caps.webgpu, 'boolean');
     assert.ok(r.width > 0);
     assert.equal(r.png, 'image/png');
+    assert.ok(r.model.name.length > 0 && r.model.license.length > 0, JSON.stringify(r.model));
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();
@@ -82,7 +84,7 @@ async function main(photo: Blob): Promise<GenerateResult> {
   const s = await gen.startDenoise({ prompt: 'a cat <|image|>', subjects: [cat] });
   while (s.done < s.total) await s.step();
   const out = await s.decode();
-  console.log(out.image.width, r.timings.perStepMs);
+  console.log(out.image.width, r.timings.perStepMs, gen.model.name, gen.model.license, gen.source);
   await gen.dispose();
   await purgeCache();
   return r;

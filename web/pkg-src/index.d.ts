@@ -101,6 +101,10 @@ export interface Generator {
   readonly device: 'webgpu' | 'cpu';
   readonly imageSize: number;
   readonly marker: string;
+  /** Where the bundle came from: "network", "network+cached", "cache" or "buffer". */
+  readonly source: string;
+  /** What the bundle says about itself (its header). */
+  readonly model: { name: string; license: string; description: string; quantization: string };
   encodeSubject(image: ImageBitmap | ImageData | Blob, options?: { mask?: ImageBitmap | ImageData | Blob }): Promise<Subject>;
   generate(options: GenerateOptions, callbacks?: GenerateCallbacks): Promise<GenerateResult>;
   startDenoise(options: GenerateOptions): Promise<DenoiseSession>;

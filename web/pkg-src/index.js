@@ -157,6 +157,7 @@ class Generator {
     this.imageSize = info.imageSize;
     this.marker = info.marker;
     this.source = info.source;
+    this.model = info.model;
   }
 
   // Run `op` after earlier calls; after a device loss or a worker failure, restart the worker

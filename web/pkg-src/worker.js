@@ -228,11 +228,13 @@ const ops = {
     }
     if (dev !== 'cpu' && dev !== 'webgpu') throw fail('InvalidInput', `unknown device "${dev}" (expected auto, webgpu or cpu)`);
     const { bytes, source } = await obtainBundle(model, report);
+    const h = parseBundleHeader(bytes);
+    const about = { name: h.name, license: h.license, description: h.description, quantization: h.quantization };
     report({ status: 'loading', device: dev });
     // The wasm side copies the bytes in; drop our copy right after.
     generator = await Generator.load(bytes, dev);
     report({ status: 'ready', device: dev });
-    return { device: dev, imageSize: generator.imageSize, marker: generator.marker, source };
+    return { device: dev, imageSize: generator.imageSize, marker: generator.marker, source, model: about };
   },
 
   async encodeSubject({ rgba, width, height, mask }) {
