@@ -1,4 +1,4 @@
-//! DDIM and PNDM against diffusers: timesteps identical, `alphas_cumprod` and every step's
+//! DDIM, PNDM and Euler against diffusers: timesteps identical, `alphas_cumprod` and every step's
 //! output within 1e-6, for 1, 20 and 50 steps (fixtures from tools/reference/make_fixtures.py).
 
 mod common;
@@ -79,6 +79,77 @@ fn ddim_matches_diffusers() {
 fn pndm_matches_diffusers() {
     for steps in [1, 20, 50] {
         check(SchedulerKind::Pndm, "pndm", steps);
+    }
+}
+
+/// Euler: the same checks, plus the sigma table, the initial noise's sigma and the scaled model
+/// inputs.
+#[test]
+fn euler_matches_diffusers() {
+    let json = std::fs::read_to_string(fixtures().join("scheduler/euler_config.json")).unwrap();
+    let config: SchedulerConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(config, SchedulerConfig::default());
+    let device = test_device();
+    for steps in [1, 20, 50] {
+        let f = fixture(&format!("scheduler/euler_{steps}.safetensors"));
+        let mut sched = config.build(SchedulerKind::Euler, steps).unwrap();
+        let (_, want_t) = f.read_i64("timesteps").unwrap();
+        let got_t: Vec<i64> = sched.timesteps().iter().map(|&t| t as i64).collect();
+        assert_eq!(got_t, want_t, "euler {steps}: timesteps");
+        let (_, sigma0) = f.read_f32("init_noise_sigma").unwrap();
+        assert!(
+            (sched.init_noise_sigma() as f32 - sigma0[0]).abs() <= 1e-6 * sigma0[0],
+            "euler {steps}: init_noise_sigma {} vs {}",
+            sched.init_noise_sigma(),
+            sigma0[0]
+        );
+        let (shape, sample) = f.read_f32("sample").unwrap();
+        let (_, eps) = f.read_f32("eps").unwrap();
+        let (_, scaled) = f.read_f32("scaled").unwrap();
+        let (_, out) = f.read_f32("out").unwrap();
+        let n: usize = shape.iter().product();
+        let tensor =
+            |v: &[f32]| Tensor::<4>::from_data(TensorData::new(v.to_vec(), shape.clone()), &device);
+        let timesteps = sched.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let x_in = if i == 0 {
+                &sample[..]
+            } else {
+                &out[(i - 1) * n..i * n]
+            };
+            let s = sched.scale_model_input(tensor(x_in), t);
+            let got = s.to_data().try_into_vec::<f32>().unwrap();
+            let (err, _) = max_abs_diff(&got, &scaled[i * n..(i + 1) * n]);
+            assert!(err <= 1e-6, "euler {steps}: scaled input {i} error {err:e}");
+            let x = sched.step(tensor(&eps[i * n..(i + 1) * n]), t, tensor(x_in));
+            let got = x.to_data().try_into_vec::<f32>().unwrap();
+            // Samples start at sigma_max ~ 14.6: the bar is relative to their size.
+            let scale = out[i * n..(i + 1) * n]
+                .iter()
+                .fold(1f32, |m, v| m.max(v.abs()));
+            let (err, _) = max_abs_diff(&got, &out[i * n..(i + 1) * n]);
+            assert!(
+                err <= 1e-6 * scale,
+                "euler {steps}: step {i} (t={t}) error {err:e} (scale {scale})"
+            );
+        }
+    }
+}
+
+#[test]
+fn unsupported_scheduler_settings_are_refused_by_name() {
+    for (json, name) in [
+        (r#"{"use_karras_sigmas": true}"#, "use_karras_sigmas"),
+        (r#"{"timestep_spacing": "trailing"}"#, "timestep_spacing"),
+        (r#"{"final_sigmas_type": "sigma_min"}"#, "final_sigmas_type"),
+    ] {
+        let c: SchedulerConfig = serde_json::from_str(json).unwrap();
+        let e = c
+            .build(SchedulerKind::Euler, 10)
+            .err()
+            .expect(json)
+            .to_string();
+        assert!(e.contains(name), "{e}");
     }
 }
 

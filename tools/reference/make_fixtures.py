@@ -15,10 +15,11 @@ Run:  tools/.venv/bin/python tools/reference/make_fixtures.py
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from common import FIXTURES, randomize, save_json, save_tensors
@@ -190,12 +191,48 @@ def schedulers():
             })
         save_json(os.path.join(path, f"{kind}_config.json"), dict(s.config))
     print("schedulers: ddim, pndm x 1, 20, 50 steps")
+    euler(path)
+
+
+def euler(path):
+    """EulerDiscreteScheduler, "leading" spacing: also the scaled model inputs and the initial sigma."""
+    cfg = dict(SD15_SCHEDULER)
+    cfg.pop("skip_prk_steps")
+    cfg.pop("clip_sample")
+    cfg.pop("set_alpha_to_one")
+    cfg["timestep_spacing"] = "leading"
+    for steps in (1, 20, 50):
+        s = EulerDiscreteScheduler(**cfg)
+        s.set_timesteps(steps)
+        g = gen(200 + steps)
+        # The same kind of realistic trajectory, in sigma space: x = x0 + sigma * noise.
+        x0_true = torch.randn((1, 4, 8, 8), generator=g)
+        sample = torch.randn((1, 4, 8, 8), generator=g) * s.init_noise_sigma
+        x = sample
+        eps, scaled, outs = [], [], []
+        for i, t in enumerate(s.timesteps):
+            scaled.append(s.scale_model_input(x, t))
+            sigma = s.sigmas[i]
+            e = (x - x0_true) / sigma + 0.1 * torch.randn((1, 4, 8, 8), generator=g)
+            x = s.step(e, t, x).prev_sample
+            eps.append(e)
+            outs.append(x)
+        save_tensors(os.path.join(path, f"euler_{steps}.safetensors"), {
+            "timesteps": s.timesteps.round().to(torch.int64),
+            "sigmas": s.sigmas.float(),
+            "init_noise_sigma": torch.tensor([float(s.init_noise_sigma)]),
+            "alphas_cumprod": s.alphas_cumprod.float(),
+            "sample": sample,
+            "eps": torch.stack(eps),
+            "scaled": torch.stack(scaled),
+            "out": torch.stack(outs),
+        })
+    save_json(os.path.join(path, "euler_config.json"), dict(s.config))
+    print("schedulers: euler x 1, 20, 50 steps")
 
 
 if __name__ == "__main__":
-    text_encoder()
-    vision_encoder()
-    fuser()
-    unets()
-    vae()
-    schedulers()
+    # All parts, or the ones named: python make_fixtures.py [text_encoder vision_encoder fuser unets vae schedulers]
+    parts = {f.__name__: f for f in (text_encoder, vision_encoder, fuser, unets, vae, schedulers)}
+    for name in sys.argv[1:] or parts:
+        parts[name]()

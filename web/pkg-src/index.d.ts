@@ -50,7 +50,7 @@ export interface GenerateOptions {
   /** Multiples of the model's size step; default the model's native size. */
   width?: number;
   height?: number;
-  scheduler?: 'ddim' | 'pndm';
+  scheduler?: 'ddim' | 'pndm' | 'euler';
 }
 
 export interface StepEvent {

@@ -98,7 +98,7 @@ enum Command {
         width: Option<usize>,
         #[arg(long)]
         height: Option<usize>,
-        /// ddim | pndm
+        /// ddim | pndm | euler
         #[arg(long, default_value = "ddim")]
         scheduler: String,
         /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory

@@ -1,11 +1,12 @@
-//! Noise schedulers behind one small trait, matching diffusers' `DDIMScheduler` and
-//! `PNDMScheduler` (PLMS, `skip_prk_steps`).
+//! Noise schedulers behind one small trait, matching diffusers' `DDIMScheduler`,
+//! `PNDMScheduler` (PLMS, `skip_prk_steps`) and `EulerDiscreteScheduler`.
 //!
 //! The schedule is computed on the host exactly as diffusers computes it with torch: betas
 //! from an f32 `linspace`, `alphas_cumprod` from a cumulative product accumulated in f64 and
 //! stored as f32 (torch's CPU `cumprod`), step coefficients as f32 scalars.
 
 pub mod ddim;
+pub mod euler;
 pub mod pndm;
 
 use burn::tensor::Tensor;
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 pub use ddim::DdimScheduler;
+pub use euler::EulerScheduler;
 pub use pndm::PndmScheduler;
 
 /// diffusers' scheduler config (`scheduler/scheduler_config.json`). Defaults: SD1.5's.
@@ -30,6 +32,14 @@ pub struct SchedulerConfig {
     pub prediction_type: String,
     pub timestep_spacing: String,
     pub clip_sample: bool,
+    // Settings of other schedulers and variants, read so that they can be refused by name.
+    pub rescale_betas_zero_snr: bool,
+    pub use_karras_sigmas: bool,
+    pub use_exponential_sigmas: bool,
+    pub use_beta_sigmas: bool,
+    pub interpolation_type: String,
+    pub final_sigmas_type: String,
+    pub timestep_type: String,
 }
 
 impl Default for SchedulerConfig {
@@ -45,6 +55,13 @@ impl Default for SchedulerConfig {
             prediction_type: "epsilon".into(),
             timestep_spacing: "leading".into(),
             clip_sample: false,
+            rescale_betas_zero_snr: false,
+            use_karras_sigmas: false,
+            use_exponential_sigmas: false,
+            use_beta_sigmas: false,
+            interpolation_type: "linear".into(),
+            final_sigmas_type: "zero".into(),
+            timestep_type: "discrete".into(),
         }
     }
 }
@@ -56,6 +73,7 @@ pub enum SchedulerKind {
     #[default]
     Ddim,
     Pndm,
+    Euler,
 }
 
 impl std::str::FromStr for SchedulerKind {
@@ -64,8 +82,9 @@ impl std::str::FromStr for SchedulerKind {
         match s.to_ascii_lowercase().as_str() {
             "ddim" => Ok(SchedulerKind::Ddim),
             "pndm" | "plms" => Ok(SchedulerKind::Pndm),
+            "euler" => Ok(SchedulerKind::Euler),
             other => Err(Error::invalid(format!(
-                "unknown scheduler `{other}` (expected ddim or pndm)"
+                "unknown scheduler `{other}` (expected ddim, pndm or euler)"
             ))),
         }
     }
@@ -79,7 +98,8 @@ pub trait Scheduler {
     fn init_noise_sigma(&self) -> f64 {
         1.0
     }
-    /// Scale the model input for timestep `t` (identity for DDIM and PNDM).
+    /// Scale the model input for timestep `t` (identity for DDIM and PNDM; Euler divides by
+    /// sqrt(sigma² + 1)).
     fn scale_model_input(&self, sample: Tensor<4>, _t: usize) -> Tensor<4> {
         sample
     }
@@ -106,6 +126,25 @@ impl SchedulerConfig {
         }
         if self.clip_sample {
             return bad("clip_sample = true".into());
+        }
+        for (name, on) in [
+            ("rescale_betas_zero_snr", self.rescale_betas_zero_snr),
+            ("use_karras_sigmas", self.use_karras_sigmas),
+            ("use_exponential_sigmas", self.use_exponential_sigmas),
+            ("use_beta_sigmas", self.use_beta_sigmas),
+        ] {
+            if on {
+                return bad(format!("{name} = true"));
+            }
+        }
+        for (name, value, want) in [
+            ("interpolation_type", &self.interpolation_type, "linear"),
+            ("final_sigmas_type", &self.final_sigmas_type, "zero"),
+            ("timestep_type", &self.timestep_type, "discrete"),
+        ] {
+            if value != want {
+                return bad(format!("{name} = {value:?}"));
+            }
         }
         if self.num_train_timesteps < 2 {
             return bad(format!(
@@ -158,6 +197,7 @@ impl SchedulerConfig {
         Ok(match kind {
             SchedulerKind::Ddim => Box::new(DdimScheduler::new(self, steps)?),
             SchedulerKind::Pndm => Box::new(PndmScheduler::new(self, steps)?),
+            SchedulerKind::Euler => Box::new(EulerScheduler::new(self, steps)?),
         })
     }
 }
