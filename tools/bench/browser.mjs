@@ -5,6 +5,7 @@
 import { chromium } from '../../tests/browser/node_modules/playwright-core/index.mjs';
 import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import zlib from 'node:zlib';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,7 +20,7 @@ const srv = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts/serve.mjs'), '
   '--map', `/models/=${path.join(ROOT, 'models')}`, '--map', `/fixtures/=${path.join(ROOT, 'crate/tests/fixtures')}`, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
 const url = await new Promise((r) => srv.stdout.on('data', (d) => { const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(String(d)); if (m) r(m[0]); }));
 const wasmBytes = fs.statSync(path.join(ROOT, 'pkg/fastcomposer_bg.wasm')).size;
-const gz = execFileSync('gzip', ['-c', path.join(ROOT, 'pkg/fastcomposer_bg.wasm')]).length;
+const gz = zlib.gzipSync(fs.readFileSync(path.join(ROOT, 'pkg/fastcomposer_bg.wasm')), { level: 9 }).length;
 
 async function run(device, n) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-bench-'));
