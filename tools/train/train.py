@@ -79,6 +79,23 @@ def log_row(path, row):
         w.writerow(row)
 
 
+def resume(ck, model, opt, dev):
+    """Load a stage's checkpoint into `model` and `opt` if there is one; the step to go on from."""
+    if not os.path.exists(ck):
+        return 0
+    s = torch.load(ck, map_location=dev)
+    model.load_state_dict(s["model"])
+    opt.load_state_dict(s["opt"])
+    return s["step"]
+
+
+def checkpoint(ck, model, opt, step):
+    """Write a stage's checkpoint atomically (an interrupted write never replaces a good one)."""
+    tmp = ck + ".tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    os.replace(tmp, ck)
+
+
 # ----------------------------------------------------------------------------- data
 def stage_data():
     path = os.path.join(OUT, "scenes.npz")
@@ -135,11 +152,7 @@ def stage_vae(deadline):
     dev = device()
     vae = make_vae().to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=HP["vae_lr"], weight_decay=0.0)
-    step = 0
-    if os.path.exists(ck):
-        s = torch.load(ck, map_location=dev)
-        vae.load_state_dict(s["model"]), opt.load_state_dict(s["opt"])
-        step = s["step"]
+    step = resume(ck, vae, opt, dev)
     if step >= HP["vae_steps"]:
         return
     d, _ = load_data()
@@ -164,9 +177,9 @@ def stage_vae(deadline):
         if step % 25 == 0:
             log_row(os.path.join(OUT, "vae_log.csv"), {"step": step, "rec": f"{l_rec.item():.5f}", "kl_per_dim": f"{l_kl.item():.4f}", "s": f"{time.time() - t0:.0f}"})
         if step % 250 == 0 or step == HP["vae_steps"]:
-            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+            checkpoint(ck, vae, opt, step)
             print(f"vae: step {step} rec {l_rec.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
-    torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+    checkpoint(ck, vae, opt, step)
 
 
 def stage_latents():
@@ -202,11 +215,7 @@ def stage_decoder(deadline):
     vae.load_state_dict(torch.load(os.path.join(OUT, "vae.pt"), map_location=dev)["model"])
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     opt = torch.optim.AdamW(params, lr=HP["decoder_lr"], weight_decay=0.0)
-    step = 0
-    if os.path.exists(ck):
-        s = torch.load(ck, map_location=dev)
-        vae.load_state_dict(s["model"]), opt.load_state_dict(s["opt"])
-        step = s["step"]
+    step = resume(ck, vae, opt, dev)
     if step >= HP["decoder_steps"]:
         return
     d, _ = load_data()
@@ -231,9 +240,9 @@ def stage_decoder(deadline):
         if step % 25 == 0:
             log_row(os.path.join(OUT, "decoder_log.csv"), {"step": step, "rec": f"{loss.item():.5f}", "s": f"{time.time() - t0:.0f}"})
         if step % 250 == 0 or step == HP["decoder_steps"]:
-            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+            checkpoint(ck, vae, opt, step)
             print(f"decoder: step {step} rec {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
-    torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ck)
+    checkpoint(ck, vae, opt, step)
 
 
 # ----------------------------------------------------------------------------- FastComposer
