@@ -109,10 +109,13 @@ for (const b of document.querySelectorAll('#examples button')) {
       const res = await fetch(`examples/${b.dataset.example}.png`);
       if (!res.ok) throw new Error(`examples/${b.dataset.example}.png: HTTP ${res.status}`);
       const file = new File([await res.blob()], `${b.dataset.example}.png`, { type: 'image/png' });
-      if (state.photos.length === 0) $('prompt').value = `a ${b.dataset.noun} on the beach`;
-      const ta = $('prompt');
-      const at = ta.value.indexOf(b.dataset.noun);
-      if (state.photos.length === 0 && at >= 0) ta.setSelectionRange(at + b.dataset.noun.length, at + b.dataset.noun.length);
+      if (state.photos.length === 0) {
+        // A fresh prompt for this example, the cursor right after its noun (where the marker goes).
+        const ta = $('prompt');
+        ta.value = `a ${b.dataset.noun} on the beach`;
+        const end = 2 + b.dataset.noun.length;
+        ta.setSelectionRange(end, end);
+      }
       addFiles([file]);
     } catch (e) {
       showError({ name: 'IoError', message: String(e.message || e) });
