@@ -30,14 +30,34 @@ if (typeof GPUAdapter !== 'undefined') {
 // the device reports it; the call it interrupted and every later call then fail with a
 // DeviceError, and the JS API starts a fresh worker (a fresh device) before the next call.
 let deviceLost = null;
+let gpuDevice = null;  // the device the wasm module asked for
 let lostSignal = null; // resolves when the device reports its loss
 if (typeof GPUAdapter !== 'undefined') {
   const requestDevice = GPUAdapter.prototype.requestDevice;
   GPUAdapter.prototype.requestDevice = async function (...args) {
     const device = await requestDevice.apply(this, args);
+    gpuDevice = device;
     lostSignal = device.lost.then((info) => { deviceLost = `${info.reason || 'unknown'}: ${info.message || 'no message'}`; });
     return device;
   };
+}
+
+// After a device error, is the device still usable? Its `lost` report can come many seconds
+// late (Chromium answers only once the GPU process has finished the work already queued: 12 s
+// with a software adapter), so wait for it, but ask the device too: mapping a 4-byte buffer
+// answers as soon as a healthy device is idle, so a device error without a loss is not held
+// back for long.
+async function checkDevice() {
+  if (!gpuDevice || deviceLost) return;
+  const probe = (async () => {
+    try {
+      const b = gpuDevice.createBuffer({ size: 4, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+      try { await b.mapAsync(GPUMapMode.READ); b.unmap(); } finally { b.destroy(); }
+    } catch (e) {
+      if (!deviceLost) deviceLost = `unusable: ${(e && e.message) || e}`;
+    }
+  })();
+  await Promise.race([lostSignal, probe, new Promise((r) => setTimeout(r, 60000))]);
 }
 
 function lostError() {
@@ -345,12 +365,9 @@ self.onmessage = async (ev) => {
     if (value && value.rgba) transfer.push(value.rgba.buffer);
     self.postMessage({ id, ok: true, value }, transfer);
   } catch (e) {
-    // A device error may be the first sign of a loss the device has not reported yet: give it
-    // a moment, so the message says what happened. After a loss, whatever failed failed
-    // because of it.
-    if (e && e.name === 'DeviceError' && lostSignal && !deviceLost) {
-      await Promise.race([lostSignal, new Promise((r) => setTimeout(r, 500))]);
-    }
+    // A device error may be the first sign of a loss the device has not reported: check, so
+    // that the message says what happened. After a loss, whatever failed failed because of it.
+    if (e && e.name === 'DeviceError') await checkDevice();
     const err = deviceLost && !(e && e.name === 'Cancelled') ? errorInfo(lostError()) : errorInfo(e);
     self.postMessage({ id, ok: false, error: err });
   }
