@@ -8,12 +8,17 @@ Stages (each resumes from its checkpoint under tools/.data/train/):
   vae      train the AutoencoderKL (factor 8: 128 px -> 16x16x4 latents)
   latents  encode every scene once; the scaling factor is 1 / std of the latents
   decoder  fine-tune the VAE decoder alone on those fixed latents (sharper decoding)
+  vision   pretrain the image encoder on the reference photos (our stand-in for the pretrained
+           CLIP image encoder of the paper): linear heads on its projected embedding predict
+           the subject's class and attributes; the heads are thrown away
   fc       train text encoder, image encoder, fuser and UNet together with FastComposer's
            recipe: subject dropout 0.1, caption dropout 0.1, masked denoising loss (p 0.5),
            cross-attention localisation loss (1e-3) on the middle blocks
   export   EMA weights -> a diffusers-layout directory (tools/.data/train/model/)
 Losses go to tools/.data/train/<stage>_log.csv; hyper-parameters to hparams.json.
-No pretrained weights exist here, so unlike the paper the text encoder is trained too (jointly).
+No pretrained weights exist here, so unlike the paper the text encoder is trained too (jointly),
+and the image encoder is pretrained here; as in the paper, fc then trains only its last
+`vision_trainable_layers` layers (and projection).
 """
 
 import argparse
@@ -60,6 +65,7 @@ HP = {
                  down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
                  up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
                  cross_attention_dim=D, attention_head_dim=4, norm_num_groups=32),
+    "vision_steps": 1500, "vision_batch": 128, "vision_lr": 1e-3, "vision_trainable_layers": 2,
     "fc_batch": 32, "fc_lr": 3e-4, "fc_warmup": 300, "fc_weight_decay": 0.01, "ema": 0.999,
     "subject_dropout": 0.1, "caption_dropout": 0.1, "masked_loss_p": 0.5, "localization_weight": 1e-3,
     "grad_clip": 1.0,
@@ -245,6 +251,79 @@ def stage_decoder(deadline):
     checkpoint(ck, vae, opt, step)
 
 
+# ----------------------------------------------------------------------------- image encoder
+ATTRIBUTES = {"cls": scenes.CLASSES, "color": scenes.COLOR_NAMES, "secondary": scenes.COLOR_NAMES,
+              "pattern": scenes.PATTERNS, "accessory": scenes.ACCESSORIES}
+
+
+def attribute_labels(identity_indices):
+    """{attribute: LongTensor} of the identities' class and attributes."""
+    return {a: torch.tensor([vals.index(getattr(scenes.IDENTITIES[i], a)) for i in identity_indices])
+            for a, vals in ATTRIBUTES.items()}
+
+
+class VisionPretrain(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**HP["image_encoder"]))
+        self.heads = torch.nn.ModuleDict({a: torch.nn.Linear(D, len(v)) for a, v in ATTRIBUTES.items()})
+
+    def forward(self, px):
+        e = self.vision(pixel_values=px).image_embeds
+        return {a: h(e) for a, h in self.heads.items()}
+
+
+def stage_vision(deadline):
+    """Pretrain the image encoder: the paper starts from CLIP's, which already tells a red
+    striped cat from a blue plain one; ours learns that from the training identities'
+    reference photos. Accuracy on fresh references of held-out identities goes to the log."""
+    ck = os.path.join(OUT, "vision.pt")
+    dev = device()
+    torch.manual_seed(HP["seed"] + 7)
+    model = VisionPretrain().to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=HP["vision_lr"], weight_decay=0.01)
+    step = resume(ck, model, opt, dev)
+    if step >= HP["vision_steps"]:
+        return
+    d, c = load_data()
+    rows = [(i, k) for i in range(len(d["n_subj"])) for k in range(int(d["n_subj"][i]))]
+    refs = d["refs"]
+    labels = attribute_labels([c["meta"][i]["subjects"][k] for i, k in rows])
+    # Held-out identities, fresh references: never trained on.
+    rng = random.Random(99)
+    held = [rng.choice(c["held_out"]) for _ in range(512)]
+    val_px = ref_pixels(np.stack([scenes.render_reference(scenes.IDENTITIES[i], rng) for i in held])).to(dev)
+    val_y = attribute_labels(held)
+    g = torch.Generator().manual_seed(70_000 + step)
+    t0 = time.time()
+    B = HP["vision_batch"]
+    while step < HP["vision_steps"] and time.time() < deadline:
+        model.train()
+        sel = torch.randint(0, len(rows), (B,), generator=g)
+        px = ref_pixels(np.stack([refs[rows[j][0], rows[j][1]] for j in sel.tolist()])).to(dev)
+        out = model(px)
+        loss = sum(F.cross_entropy(out[a], labels[a][sel].to(dev)) for a in ATTRIBUTES)
+        lr = HP["vision_lr"] * min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * step / HP["vision_steps"]))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 100 == 0 or step == HP["vision_steps"]:
+            model.eval()
+            with torch.no_grad():
+                vo = model(val_px)
+            acc = {a: float((vo[a].argmax(1).cpu() == val_y[a]).float().mean()) for a in ATTRIBUTES}
+            log_row(os.path.join(OUT, "vision_log.csv"), {"step": step, "loss": f"{loss.item():.4f}",
+                    **{f"heldout_{a}": f"{v:.3f}" for a, v in acc.items()}, "s": f"{time.time() - t0:.0f}"})
+            print(f"vision: step {step} loss {loss.item():.3f} held-out acc "
+                  + " ".join(f"{a} {v:.2f}" for a, v in acc.items()) + f" ({time.time() - t0:.0f}s)", flush=True)
+            checkpoint(ck, model, opt, step)
+    checkpoint(ck, model, opt, step)
+
+
 # ----------------------------------------------------------------------------- FastComposer
 class Models(torch.nn.Module):
     def __init__(self):
@@ -330,16 +409,35 @@ def stage_fc(deadline, max_steps):
     torch.manual_seed(HP["seed"])
     models = Models().to(dev)
     ema = copy.deepcopy(models).eval().requires_grad_(False)
-    params = [p for p in models.parameters() if p.requires_grad]
+    params = list(models.parameters())
     opt = torch.optim.AdamW(params, lr=HP["fc_lr"], weight_decay=HP["fc_weight_decay"])
     ck = os.path.join(OUT, "fc.pt")
-    step = 0
+    step, vision_from = 0, None
     if os.path.exists(ck):
         s = torch.load(ck, map_location=dev)
         models.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
-        step = s["step"]
+        step, vision_from = s["step"], s.get("vision_from")
     if step >= max_steps:
         return
+    # The pretrained image encoder (stage `vision`), put in once: at the start, or into a run
+    # begun without it (the first default model's 4,400 steps were), resetting its optimiser state.
+    vck = os.path.join(OUT, "vision.pt")
+    if vision_from is None and os.path.exists(vck):
+        vs = torch.load(vck, map_location=dev)
+        enc = {k[len("vision."):]: v for k, v in vs["model"].items() if k.startswith("vision.")}
+        models.vision.load_state_dict(enc), ema.vision.load_state_dict(enc)
+        for p in models.vision.parameters():
+            opt.state.pop(p, None)
+        vision_from = step
+        print(f"fc: pretrained image encoder (vision step {vs['step']}) put in at fc step {step}", flush=True)
+    if vision_from is not None:
+        # As the paper: only the last layers of the image tower are trained (the frozen
+        # parameters get no gradient; AdamW skips them).
+        n = HP["image_encoder"]["num_hidden_layers"]
+        frozen = [models.vision.vision_model.embeddings, models.vision.vision_model.pre_layrnorm,
+                  *models.vision.vision_model.encoder.layers[: n - HP["vision_trainable_layers"]]]
+        for mod in frozen:
+            mod.requires_grad_(False)
     store = []
     localization_processors(models.unet, store)
     d, c = load_data()
@@ -404,14 +502,15 @@ def stage_fc(deadline, max_steps):
                 "localization": f"{float(l_loc.detach()):.4f}", "lr": f"{lr:.2e}", "s": f"{time.time() - t0:.0f}"})
         if step % 200 == 0:
             print(f"fc: step {step} denoise {l_diff.item():.4f} loc {float(l_loc):.3f} ({time.time() - t0:.0f}s)", flush=True)
-            save_fc(ck, models, ema, opt, step)
-    save_fc(ck, models, ema, opt, step)
+            save_fc(ck, models, ema, opt, step, vision_from)
+    save_fc(ck, models, ema, opt, step, vision_from)
 
 
-def save_fc(ck, models, ema, opt, step):
+def save_fc(ck, models, ema, opt, step, vision_from):
     # Processors hold no weights; state dicts are unaffected by them.
     tmp = ck + ".tmp"
-    torch.save({"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    torch.save({"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                "vision_from": vision_from}, tmp)
     os.replace(tmp, ck)
 
 
@@ -445,7 +544,7 @@ def stage_export():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["data", "vae", "latents", "decoder", "fc", "export", "all"])
+    ap.add_argument("stage", choices=["data", "vae", "latents", "decoder", "vision", "fc", "export", "all"])
     ap.add_argument("--minutes", type=float, default=120, help="stop (and checkpoint) after this long")
     ap.add_argument("--fc-steps", type=int, default=100000, help="stop fc training at this step")
     ap.add_argument("--threads", type=int, default=0)
@@ -456,7 +555,7 @@ def main():
     with open(os.path.join(OUT, "hparams.json"), "w") as f:
         json.dump(HP, f, indent=1)
     deadline = time.time() + a.minutes * 60
-    stages = ["data", "vae", "latents", "decoder", "fc", "export"] if a.stage == "all" else [a.stage]
+    stages = ["data", "vae", "latents", "decoder", "vision", "fc", "export"] if a.stage == "all" else [a.stage]
     for st in stages:
         if st == "data":
             stage_data()
@@ -466,6 +565,8 @@ def main():
             stage_latents()
         elif st == "decoder":
             stage_decoder(deadline)
+        elif st == "vision":
+            stage_vision(deadline)
         elif st == "fc":
             stage_fc(deadline, a.fc_steps)
         elif st == "export":
