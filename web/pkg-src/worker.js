@@ -45,8 +45,8 @@ if (typeof GPUAdapter !== 'undefined') {
 // After a device error, is the device still usable? Its `lost` report can come many seconds
 // late (Chromium answers only once the GPU process has finished the work already queued: 12 s
 // with a software adapter), so wait for it, but ask the device too: mapping a 4-byte buffer
-// answers as soon as a healthy device is idle, so a device error without a loss is not held
-// back for long.
+// answers as soon as the device is idle (2 ms in Chromium here; rejected on a lost device), so
+// a device error without a loss is not held back for long.
 async function checkDevice() {
   if (!gpuDevice || deviceLost) return;
   const probe = (async () => {
