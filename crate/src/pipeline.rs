@@ -484,7 +484,7 @@ impl FastComposer {
         }
 
         // 4. timesteps
-        let scheduler = c.scheduler.build(opts.scheduler, opts.steps)?;
+        let scheduler = c.scheduler.build(opts.scheduler, opts.steps, opts.seed)?;
 
         // 5. initial latents
         let f = c.vae.scale_factor();

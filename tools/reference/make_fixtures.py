@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, LCMScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from common import FIXTURES, randomize, save_json, save_tensors
@@ -229,6 +229,44 @@ def euler(path):
         })
     save_json(os.path.join(path, "euler_config.json"), dict(s.config))
     print("schedulers: euler x 1, 20, 50 steps")
+    lcm(path)
+
+
+def lcm(path):
+    """LCMScheduler made from SD1.5's scheduler config (as `LCMScheduler.from_config(pipe.scheduler.config)`
+    does for an LCM-LoRA). Its steps re-noise with fresh noise: the noise drawn is saved too."""
+    cfg = dict(SD15_SCHEDULER)
+    cfg.pop("skip_prk_steps")
+    for steps in (1, 2, 4, 8):
+        s = LCMScheduler(**cfg)
+        s.set_timesteps(steps)
+        g = gen(300 + steps)
+        x0_true = torch.randn((1, 4, 8, 8), generator=g)
+        sample = torch.randn((1, 4, 8, 8), generator=g)
+        x = sample
+        eps, noises, denoised, outs = [], [], [], []
+        for i, t in enumerate(s.timesteps):
+            a = s.alphas_cumprod[int(t)]
+            e = (x - a.sqrt() * x0_true) / (1 - a).sqrt() + 0.1 * torch.randn((1, 4, 8, 8), generator=g)
+            state = g.get_state()
+            noises.append(torch.randn((1, 4, 8, 8), generator=g))  # what step() draws next
+            g.set_state(state)
+            r = s.step(e, t, x, generator=g)
+            x = r.prev_sample
+            eps.append(e)
+            denoised.append(r.denoised)
+            outs.append(x)
+        save_tensors(os.path.join(path, f"lcm_{steps}.safetensors"), {
+            "timesteps": s.timesteps.to(torch.int64),
+            "alphas_cumprod": s.alphas_cumprod.float(),
+            "sample": sample,
+            "eps": torch.stack(eps),
+            "noise": torch.stack(noises),
+            "denoised": torch.stack(denoised),
+            "out": torch.stack(outs),
+        })
+    save_json(os.path.join(path, "lcm_config.json"), dict(s.config))
+    print("schedulers: lcm x 1, 2, 4, 8 steps")
 
 
 if __name__ == "__main__":

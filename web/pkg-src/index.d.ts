@@ -50,7 +50,8 @@ export interface GenerateOptions {
   /** Multiples of the model's size step; default the model's native size. */
   width?: number;
   height?: number;
-  scheduler?: 'ddim' | 'pndm' | 'euler';
+  /** 'lcm': few-step sampling (2–8 steps) for LCM-distilled UNets, best with guidance ≤ 1. */
+  scheduler?: 'ddim' | 'pndm' | 'euler' | 'lcm';
 }
 
 export interface StepEvent {

@@ -1,5 +1,6 @@
 //! Noise schedulers behind one small trait, matching diffusers' `DDIMScheduler`,
-//! `PNDMScheduler` (PLMS, `skip_prk_steps`) and `EulerDiscreteScheduler`.
+//! `PNDMScheduler` (PLMS, `skip_prk_steps`), `EulerDiscreteScheduler` and `LCMScheduler`
+//! (few-step).
 //!
 //! The schedule is computed on the host exactly as diffusers computes it with torch: betas
 //! from an f32 `linspace`, `alphas_cumprod` from a cumulative product accumulated in f64 and
@@ -7,6 +8,7 @@
 
 pub mod ddim;
 pub mod euler;
+pub mod lcm;
 pub mod pndm;
 
 use burn::tensor::Tensor;
@@ -16,6 +18,7 @@ use crate::error::{Error, Result};
 
 pub use ddim::DdimScheduler;
 pub use euler::EulerScheduler;
+pub use lcm::LcmScheduler;
 pub use pndm::PndmScheduler;
 
 /// diffusers' scheduler config (`scheduler/scheduler_config.json`). Defaults: SD1.5's.
@@ -32,6 +35,10 @@ pub struct SchedulerConfig {
     pub prediction_type: String,
     pub timestep_spacing: String,
     pub clip_sample: bool,
+    /// LCM: the distillation schedule's number of steps.
+    pub original_inference_steps: usize,
+    /// LCM: timesteps are multiplied by this in the boundary condition.
+    pub timestep_scaling: f64,
     // Settings of other schedulers and variants, read so that they can be refused by name.
     pub rescale_betas_zero_snr: bool,
     pub use_karras_sigmas: bool,
@@ -55,6 +62,8 @@ impl Default for SchedulerConfig {
             prediction_type: "epsilon".into(),
             timestep_spacing: "leading".into(),
             clip_sample: false,
+            original_inference_steps: 50,
+            timestep_scaling: 10.0,
             rescale_betas_zero_snr: false,
             use_karras_sigmas: false,
             use_exponential_sigmas: false,
@@ -74,6 +83,8 @@ pub enum SchedulerKind {
     Ddim,
     Pndm,
     Euler,
+    /// Latent consistency sampling: few steps, for LCM-distilled UNets.
+    Lcm,
 }
 
 impl std::str::FromStr for SchedulerKind {
@@ -83,8 +94,9 @@ impl std::str::FromStr for SchedulerKind {
             "ddim" => Ok(SchedulerKind::Ddim),
             "pndm" | "plms" => Ok(SchedulerKind::Pndm),
             "euler" => Ok(SchedulerKind::Euler),
+            "lcm" => Ok(SchedulerKind::Lcm),
             other => Err(Error::invalid(format!(
-                "unknown scheduler `{other}` (expected ddim, pndm or euler)"
+                "unknown scheduler `{other}` (expected ddim, pndm, euler or lcm)"
             ))),
         }
     }
@@ -191,13 +203,20 @@ impl SchedulerConfig {
         Ok((0..steps).map(|i| i * ratio + self.steps_offset).collect())
     }
 
-    /// Build the scheduler of `kind` for `steps` inference steps.
-    pub fn build(&self, kind: SchedulerKind, steps: usize) -> Result<Box<dyn Scheduler>> {
+    /// Build the scheduler of `kind` for `steps` inference steps. `seed` feeds the schedulers
+    /// that draw noise while stepping (LCM); the others ignore it.
+    pub fn build(
+        &self,
+        kind: SchedulerKind,
+        steps: usize,
+        seed: u64,
+    ) -> Result<Box<dyn Scheduler>> {
         self.check()?;
         Ok(match kind {
             SchedulerKind::Ddim => Box::new(DdimScheduler::new(self, steps)?),
             SchedulerKind::Pndm => Box::new(PndmScheduler::new(self, steps)?),
             SchedulerKind::Euler => Box::new(EulerScheduler::new(self, steps)?),
+            SchedulerKind::Lcm => Box::new(LcmScheduler::new(self, steps, seed)?),
         })
     }
 }
