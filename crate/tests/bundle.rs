@@ -283,6 +283,53 @@ fn unknown_dtype() {
     );
 }
 
+/// ggml's rule, which other GGUF readers (gguf-py, llama.cpp's) enforce: a block-quantized
+/// tensor's innermost dimension is a whole number of blocks. Convolution kernels are stored
+/// `[out, in·k·k]`, their 4-D shapes in `fastcomposer.tensor_shapes`, restored on reading.
+#[test]
+fn quantized_tensors_follow_the_ggml_layout() {
+    let b = good_bytes();
+    let stored = fastcomposer::bundle::gguf::parse_header(b).unwrap();
+    let blocks: Vec<_> = stored.tensors.iter().filter(|t| t.ty.is_block()).collect();
+    assert!(!blocks.is_empty());
+    for t in &blocks {
+        assert!(
+            t.shape.len() <= 2 && t.shape.last().unwrap() % 32 == 0,
+            "{} stored as {:?}",
+            t.name,
+            t.shape
+        );
+    }
+    let info = BundleInfo::parse(b).unwrap();
+    let convs: Vec<_> = info
+        .header
+        .tensors
+        .iter()
+        .filter(|t| t.ty.is_block() && t.shape.len() == 4)
+        .collect();
+    assert!(
+        !convs.is_empty(),
+        "quantized convolution kernels come back 4-D"
+    );
+    for t in convs {
+        let s = stored.tensors.iter().find(|x| x.name == t.name).unwrap();
+        assert_eq!(
+            s.shape,
+            vec![t.shape[0], t.shape[1] * t.shape[2] * t.shape[3]]
+        );
+    }
+}
+
+#[test]
+fn tensor_shapes_that_do_not_fit_the_stored_tensor_are_refused() {
+    let mut b = good_bytes().clone();
+    let at = find(&b, b"fastcomposer.tensor_shapes");
+    let k = at + find(&b[at..], b",3,3]");
+    b[k + 3] = b'5'; // [.., 3, 3] -> [.., 3, 5]: more elements than stored
+    let m = weights_err(Bundle::from_bytes(b));
+    assert!(m.contains("does not hold shape"), "{m}");
+}
+
 #[test]
 fn missing_component() {
     let mut b = good_bytes().clone();

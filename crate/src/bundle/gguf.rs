@@ -54,6 +54,11 @@ impl GgmlType {
         }
     }
 
+    /// Whether values are stored in blocks of 32 (Q4_0, Q8_0).
+    pub fn is_block(self) -> bool {
+        matches!(self, GgmlType::Q4_0 | GgmlType::Q8_0)
+    }
+
     /// Bytes for `n` elements (`None` if `n` is not a whole number of blocks).
     pub fn byte_size(self, n: u64) -> Option<u64> {
         match self {

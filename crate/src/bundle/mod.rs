@@ -20,8 +20,13 @@ use crate::error::{Error, Result};
 use crate::pipeline::{ModelConfig, ModelWeights, Part};
 use crate::weights::TensorSource;
 
-/// This crate's bundle format version (`fastcomposer.format_version`).
-pub const FORMAT_VERSION: u32 = 1;
+/// This crate's bundle format version (`fastcomposer.format_version`). Version 2 stores
+/// block-quantized tensors of more than two dimensions as ggml does (innermost dimension a
+/// whole number of blocks: `[out, in·k·k]`), their reference shapes in
+/// `fastcomposer.tensor_shapes`; version 1 (shapes as they are) is still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// Oldest format version this build reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Tensor data alignment (WebGPU's `minStorageBufferOffsetAlignment`).
 pub const ALIGNMENT: u64 = 256;
 /// Default checksum chunk.
@@ -39,6 +44,19 @@ pub mod keys {
     pub const TOKENIZER_BPE: &str = "fastcomposer.tokenizer.bpe_gz";
     pub const CHUNK_SIZE: &str = "fastcomposer.chunk_size";
     pub const CHUNK_HASHES: &str = "fastcomposer.chunk_xxh3";
+    pub const TENSOR_SHAPES: &str = "fastcomposer.tensor_shapes";
+}
+
+/// How a tensor of reference shape `shape` and stored type `ty` is laid out in the file: as
+/// it is, or, for block-quantized tensors of more than two dimensions, as `[out, rest]` so that
+/// the innermost dimension is a whole number of blocks (what ggml requires). The bytes are the
+/// same either way (row-major).
+pub fn stored_shape(shape: &[usize], ty: gguf::GgmlType) -> Vec<usize> {
+    if ty.is_block() && shape.len() > 2 {
+        vec![shape[0], shape[1..].iter().product()]
+    } else {
+        shape.to_vec()
+    }
 }
 
 /// The checksum of one chunk.
@@ -75,11 +93,11 @@ impl BundleInfo {
                 "not a fastcomposer bundle (general.architecture is not \"fastcomposer\")",
             ));
         }
-        match m.get(keys::FORMAT_VERSION).and_then(|v| v.as_u64()) {
-            Some(v) if v == FORMAT_VERSION as u64 => {}
+        let version = match m.get(keys::FORMAT_VERSION).and_then(|v| v.as_u64()) {
+            Some(v) if (MIN_FORMAT_VERSION as u64..=FORMAT_VERSION as u64).contains(&v) => v,
             Some(v) => {
                 return Err(Error::weights(format!(
-                    "bundle format version {v} is not supported by this build (it reads version {FORMAT_VERSION})"
+                    "bundle format version {v} is not supported by this build (it reads versions {MIN_FORMAT_VERSION} to {FORMAT_VERSION})"
                 )));
             }
             None => {
@@ -88,7 +106,8 @@ impl BundleInfo {
                     keys::FORMAT_VERSION
                 )));
             }
-        }
+        };
+        let shapes_json = get_str(keys::TENSOR_SHAPES);
         let config: ModelConfig = serde_json::from_str(&need_str(keys::CONFIG)?)
             .map_err(|e| Error::weights(format!("bundle header: bad model config ({e})")))?;
         let chunk_size = m
@@ -132,12 +151,66 @@ impl BundleInfo {
                 )));
             }
         };
+        let (name, license, description, quantization) = (
+            get_str(keys::NAME).unwrap_or_default(),
+            get_str(keys::LICENSE).unwrap_or_default(),
+            get_str(keys::DESCRIPTION).unwrap_or_default(),
+            get_str(keys::QUANTIZATION).unwrap_or_default(),
+        );
+        let mut header = header;
+        if version >= 2 {
+            // As ggml: a block-quantized tensor's innermost dimension is whole blocks.
+            if let Some(t) = header
+                .tensors
+                .iter()
+                .find(|t| t.ty.is_block() && t.shape.last().is_none_or(|&d| d % quant::BLOCK != 0))
+            {
+                return Err(Error::weights(format!(
+                    "bundle header: tensor `{}` is {} with shape {:?}: its innermost dimension is not a whole number of blocks",
+                    t.name,
+                    t.ty.name(),
+                    t.shape
+                )));
+            }
+        }
+        if let Some(json) = shapes_json {
+            let shapes: std::collections::BTreeMap<String, Vec<usize>> =
+                serde_json::from_str(&json).map_err(|e| {
+                    Error::weights(format!(
+                        "bundle header: bad `{}` ({e})",
+                        keys::TENSOR_SHAPES
+                    ))
+                })?;
+            for (name, shape) in shapes {
+                let t = header
+                    .tensors
+                    .iter_mut()
+                    .find(|t| t.name == name)
+                    .ok_or_else(|| {
+                        Error::weights(format!(
+                            "bundle header: `{}` names `{name}`, which is not in the bundle",
+                            keys::TENSOR_SHAPES
+                        ))
+                    })?;
+                let n = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+                if shape.is_empty()
+                    || n(&shape) != n(&t.shape)
+                    || stored_shape(&shape, t.ty) != t.shape
+                {
+                    return Err(Error::weights(format!(
+                        "bundle header: tensor `{name}` is stored as {:?}, which does not hold shape {shape:?}",
+                        t.shape
+                    )));
+                }
+                t.shape = shape;
+            }
+        }
         Ok(Self {
             config,
-            name: get_str(keys::NAME).unwrap_or_default(),
-            license: get_str(keys::LICENSE).unwrap_or_default(),
-            description: get_str(keys::DESCRIPTION).unwrap_or_default(),
-            quantization: get_str(keys::QUANTIZATION).unwrap_or_default(),
+            name,
+            license,
+            description,
+            quantization,
             chunk_size,
             chunk_hashes,
             tokenizer_bpe_gz,

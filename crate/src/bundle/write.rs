@@ -7,7 +7,7 @@ use std::path::Path;
 use half::f16;
 
 use super::gguf::{GgmlType, HeaderWriter};
-use super::{ALIGNMENT, CHUNK_SIZE, FORMAT_VERSION, chunk_hash, keys, quant};
+use super::{ALIGNMENT, CHUNK_SIZE, FORMAT_VERSION, chunk_hash, keys, quant, stored_shape};
 use crate::error::{Error, Result};
 use crate::pipeline::ModelConfig;
 
@@ -156,7 +156,14 @@ pub fn write_bundle(
     let n_chunks = data_len.div_ceil(CHUNK_SIZE) as usize;
     // 2. header, with placeholder checksums
     let config = serde_json::to_string(&meta.config).map_err(|e| Error::invalid(e.to_string()))?;
-    let mut h = HeaderWriter::new(tensors.len() as u64, 11);
+    // Reference shapes of the tensors stored flattened (see `stored_shape`).
+    let reshaped: std::collections::BTreeMap<&str, &[usize]> = tensors
+        .iter()
+        .filter(|t| stored_shape(&t.shape, t.ty) != t.shape)
+        .map(|t| (t.name.as_str(), t.shape.as_slice()))
+        .collect();
+    let shapes = serde_json::to_string(&reshaped).map_err(|e| Error::invalid(e.to_string()))?;
+    let mut h = HeaderWriter::new(tensors.len() as u64, 12);
     h.kv_string(keys::ARCHITECTURE, "fastcomposer");
     h.kv_u32(keys::ALIGNMENT, ALIGNMENT as u32);
     h.kv_string(keys::NAME, &meta.name);
@@ -167,9 +174,10 @@ pub fn write_bundle(
     h.kv_string(keys::QUANTIZATION, mode.name());
     h.kv_bytes(keys::TOKENIZER_BPE, &meta.tokenizer_bpe_gz);
     h.kv_u64(keys::CHUNK_SIZE, CHUNK_SIZE);
+    h.kv_string(keys::TENSOR_SHAPES, &shapes);
     let hashes_at = h.kv_u64_array(keys::CHUNK_HASHES, &vec![0; n_chunks]);
     for (t, &(off, _)) in tensors.iter().zip(&offsets) {
-        h.tensor(&t.name, &t.shape, t.ty, off);
+        h.tensor(&t.name, &stored_shape(&t.shape, t.ty), t.ty, off);
     }
     let header = h.finish(ALIGNMENT);
     let mut f = std::fs::File::create(path).map_err(io)?;
