@@ -98,9 +98,13 @@ enum Command {
         width: Option<usize>,
         #[arg(long)]
         height: Option<usize>,
-        /// ddim | pndm | euler
+        /// ddim | pndm | euler | lcm (few steps, for LCM-distilled UNets)
         #[arg(long, default_value = "ddim")]
         scheduler: String,
+        /// Report wgpu's device-memory peaks (with --device wgpu): reserved, allocated and the
+        /// largest buffer, after each stage.
+        #[arg(long)]
+        memory_report: bool,
         /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
         /// (text_encoder/, image_encoder/, fuser/, unet/, vae/, scheduler/). Default: the
         /// built-in model.
@@ -218,6 +222,7 @@ fn run(cli: Cli) -> Result<()> {
             model,
             device,
             out,
+            memory_report,
         } => {
             if masks.len() > subjects.len() {
                 return Err(Error::invalid(format!(
@@ -252,7 +257,30 @@ fn run(cli: Cli) -> Result<()> {
                     .into_luma8())
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let device = device::create(device.parse()?)?;
+            let choice: device::DeviceChoice = device.parse()?;
+            let device = device::create(choice)?;
+            let monitor = if memory_report {
+                let m = device::MemoryMonitor::start(std::time::Duration::from_millis(2));
+                if m.is_none() {
+                    return Err(Error::invalid(
+                        "--memory-report needs --device wgpu on a backend whose allocator reports (Vulkan, DX12)",
+                    ));
+                }
+                m
+            } else {
+                None
+            };
+            let report = |stage: &str| {
+                if let Some(m) = &monitor {
+                    let p = m.peak();
+                    eprintln!(
+                        "memory after {stage}: peak reserved {:.1} MiB, peak allocated {:.1} MiB, largest buffer {:.1} MiB",
+                        mib(p.reserved),
+                        mib(p.allocated),
+                        mib(p.largest_allocation)
+                    );
+                }
+            };
             let kernel = AttentionKernel::default();
             let model = match &model {
                 Some(path) if path.is_dir() => {
@@ -265,12 +293,14 @@ fn run(cli: Cli) -> Result<()> {
                     default_model::load(&device, kernel)?
                 }
             };
+            report("loading");
             let embeddings = photos
                 .iter()
                 .enumerate()
                 .map(|(i, p)| model.encode_subject(p, masks.get(i)))
                 .collect::<Result<Vec<_>>>()?;
             let mut d = model.start(&opts, &embeddings, None)?;
+            report("encoding the subjects and the prompt");
             for w in &d.warnings {
                 eprintln!("warning: {w}");
             }
@@ -287,7 +317,18 @@ fn run(cli: Cli) -> Result<()> {
                 bar.inc(1);
             }
             bar.finish_and_clear();
+            report("denoising");
             let img = d.decode_rgb()?;
+            if let Some(m) = monitor {
+                let p = m.finish();
+                eprintln!(
+                    "memory after decoding: peak reserved {:.1} MiB, peak allocated {:.1} MiB, largest buffer {:.1} MiB ({} reports)",
+                    mib(p.reserved),
+                    mib(p.allocated),
+                    mib(p.largest_allocation),
+                    p.samples
+                );
+            }
             let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels)
                 .ok_or_else(|| Error::Device("decoded image has the wrong size".into()))?;
             buf.save_with_format(&out, image::ImageFormat::Png)
@@ -500,4 +541,8 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
 }
