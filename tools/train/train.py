@@ -15,6 +15,9 @@ Stages (each resumes from its checkpoint under tools/.data/train/):
            recipe: subject dropout 0.1, caption dropout 0.1, masked denoising loss (p 0.5),
            cross-attention localisation loss (1e-3) on the middle blocks
   export   EMA weights -> a diffusers-layout directory (tools/.data/train/model/)
+  restore  (not part of `all`) rebuild the checkpoints from bundles when they are lost: the
+           models from a bundle's weights (EMA), the VAE encoder from a bundle written with
+           `--keep-vae-encoder`; the optimiser starts afresh, with a new warm-up
 Losses go to tools/.data/train/<stage>_log.csv; hyper-parameters to hparams.json.
 No pretrained weights exist here, so unlike the paper the text encoder is trained too (jointly),
 and the image encoder is pretrained here; as in the paper, fc then trains only its last
@@ -41,6 +44,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "reference"))
 
 import scenes  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
+from bundle_io import component, read_bundle  # noqa: E402
 from fastcomposer_ref import Fuser  # noqa: E402
 from tokenizer_corpus import MARKER, hf_tokenizer, marker_reference  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
@@ -206,6 +210,9 @@ def stage_latents():
             out.append(vae.encode(to_m11(images[i:i + 64]).to(dev)).latent_dist.mean.cpu())
     lat = torch.cat(out)
     scale = float(1.0 / lat.std())
+    if "scaling_factor" in s:  # restored: keep the factor the UNet was trained with
+        print(f"latents: 1 / std of the re-encoded latents {scale:.5f}; keeping {s['scaling_factor']:.5f}")
+        scale = s["scaling_factor"]
     torch.save({"latents": lat * scale, "scaling_factor": scale}, path)
     print(f"latents: {tuple(lat.shape)}, scaling factor {scale:.5f}")
 
@@ -412,11 +419,11 @@ def stage_fc(deadline, max_steps):
     params = list(models.parameters())
     opt = torch.optim.AdamW(params, lr=HP["fc_lr"], weight_decay=HP["fc_weight_decay"])
     ck = os.path.join(OUT, "fc.pt")
-    step, vision_from = 0, None
+    step, vision_from, warm_from = 0, None, 0  # warm_from: the optimiser's first step (warm-up)
     if os.path.exists(ck):
         s = torch.load(ck, map_location=dev)
         models.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
-        step, vision_from = s["step"], s.get("vision_from")
+        step, vision_from, warm_from = s["step"], s.get("vision_from"), s.get("opt_from", 0)
     if step >= max_steps:
         return
     # The pretrained image encoder (stage `vision`), put in once: at the start, or into a run
@@ -485,7 +492,7 @@ def stage_fc(deadline, max_steps):
         l_diff = ((pred - noise) ** 2 * w).sum() / (w.sum() * x0.shape[1] + 1e-8)
         l_loc = localization_loss(store, pos_b, masks[idx].to(dev), use_subjects.tolist())
         loss = l_diff + HP["localization_weight"] * l_loc
-        lr = HP["fc_lr"] * min(1.0, (step + 1) / HP["fc_warmup"])
+        lr = HP["fc_lr"] * min(1.0, (step - warm_from + 1) / HP["fc_warmup"])
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -502,16 +509,65 @@ def stage_fc(deadline, max_steps):
                 "localization": f"{float(l_loc.detach()):.4f}", "lr": f"{lr:.2e}", "s": f"{time.time() - t0:.0f}"})
         if step % 200 == 0:
             print(f"fc: step {step} denoise {l_diff.item():.4f} loc {float(l_loc):.3f} ({time.time() - t0:.0f}s)", flush=True)
-            save_fc(ck, models, ema, opt, step, vision_from)
-    save_fc(ck, models, ema, opt, step, vision_from)
+            save_fc(ck, models, ema, opt, step, vision_from, warm_from)
+    save_fc(ck, models, ema, opt, step, vision_from, warm_from)
 
 
-def save_fc(ck, models, ema, opt, step, vision_from):
+def save_fc(ck, models, ema, opt, step, vision_from, opt_from=0):
     # Processors hold no weights; state dicts are unaffected by them.
     tmp = ck + ".tmp"
     torch.save({"model": models.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                "vision_from": vision_from}, tmp)
+                "vision_from": vision_from, "opt_from": opt_from}, tmp)
     os.replace(tmp, ck)
+
+
+# ----------------------------------------------------------------------------- restore
+def load_into(module, weights, what, only=""):
+    """Load float arrays into a module; every parameter (whose name starts with `only`) must be
+    there (buffers may not be)."""
+    sd = {k: torch.from_numpy(v) for k, v in weights.items()}
+    own = module.state_dict()
+    if not any(k in own for k in sd):  # transformers 5 saves CLIPTextModel without `text_model.`
+        sd = {"text_model." + k: v for k, v in sd.items()}
+    missing, unexpected = module.load_state_dict(sd, strict=False)
+    params = {k for k, _ in module.named_parameters() if k.startswith(only)}
+    lost = [k for k in missing if k in params]
+    if lost or unexpected:
+        raise SystemExit(f"restore: {what}: missing {lost[:5]}, unexpected {unexpected[:5]}")
+
+
+def stage_restore(bundle, encoder_bundle, step, decoder_step):
+    """Checkpoints from bundles. `bundle`: the models and the (fine-tuned) VAE decoder;
+    `encoder_bundle`: a bundle that holds the VAE encoder the latents were made with (the
+    same file when it was written with --keep-vae-encoder)."""
+    meta, t = read_bundle(bundle)
+    cfg = json.loads(meta["fastcomposer.config"])
+    _, te = read_bundle(encoder_bundle) if encoder_bundle else (None, t)
+    if not any(k.startswith("vae.encoder.") for k in te):
+        raise SystemExit("restore: no VAE encoder in the bundle (write one with --keep-vae-encoder, or pass --encoder-bundle)")
+    models = Models()
+    load_into(models.text, component(t, "text_encoder"), "text encoder")
+    load_into(models.vision, component(t, "image_encoder"), "image encoder")
+    load_into(models.fuser, component(t, "fuser"), "fuser")
+    load_into(models.unet, component(t, "unet"), "unet")
+    opt = torch.optim.AdamW(models.parameters(), lr=HP["fc_lr"])
+    ema = copy.deepcopy(models)
+    save_fc(os.path.join(OUT, "fc.pt"), models, ema, opt, step, vision_from=step, opt_from=step)
+    # The original VAE (encoder and decoder as the latents were made), then the fine-tuned decoder.
+    vae = make_vae()
+    load_into(vae, component(te, "vae"), "vae (encoder bundle)")
+    sf = float(cfg["vae"]["scaling_factor"])
+    torch.save({"model": vae.state_dict(), "opt": torch.optim.AdamW(vae.parameters()).state_dict(),
+                "step": HP["vae_steps"], "scaling_factor": sf}, os.path.join(OUT, "vae.pt"))
+    dec = {k: v for k, v in component(t, "vae").items() if k.startswith(("decoder.", "post_quant_conv."))}
+    load_into(vae, dec, "vae decoder", only=("decoder.", "post_quant_conv."))
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    torch.save({"model": vae.state_dict(), "opt": torch.optim.AdamW(params).state_dict(), "step": decoder_step},
+               os.path.join(OUT, "vae_decoder.pt"))
+    for f in ("latents.pt",):  # made again from the restored encoder
+        if os.path.exists(os.path.join(OUT, f)):
+            os.remove(os.path.join(OUT, f))
+    print(f"restore: fc step {step} from {bundle}; VAE encoder from {encoder_bundle or bundle}; scaling factor {sf}")
 
 
 # ----------------------------------------------------------------------------- export
@@ -544,10 +600,14 @@ def stage_export():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["data", "vae", "latents", "decoder", "vision", "fc", "export", "all"])
+    ap.add_argument("stage", choices=["data", "vae", "latents", "decoder", "vision", "fc", "export", "all", "restore"])
     ap.add_argument("--minutes", type=float, default=120, help="stop (and checkpoint) after this long")
     ap.add_argument("--fc-steps", type=int, default=100000, help="stop fc training at this step")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--bundle", help="restore: the bundle to go on from")
+    ap.add_argument("--encoder-bundle", help="restore: a bundle holding the VAE encoder, if --bundle does not")
+    ap.add_argument("--step", type=int, help="restore: the fc step the bundle was exported at")
+    ap.add_argument("--decoder-step", type=int, default=0, help="restore: the decoder stage's step")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -571,6 +631,10 @@ def main():
             stage_fc(deadline, a.fc_steps)
         elif st == "export":
             stage_export()
+        elif st == "restore":
+            if not a.bundle or a.step is None:
+                raise SystemExit("restore needs --bundle and --step")
+            stage_restore(a.bundle, a.encoder_bundle, a.step, a.decoder_step)
 
 
 if __name__ == "__main__":
