@@ -9,6 +9,7 @@
 //! - [`weights`]: loading tensors by reference key names, with typed errors.
 
 pub mod attention;
+pub mod banded;
 pub mod bundle;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;

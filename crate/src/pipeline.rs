@@ -347,8 +347,7 @@ impl FastComposer {
 
     /// The VAE decoder on latents (before dividing by the scaling factor): `[B, 3, H, W]`.
     pub fn decode_latents(&self, latents: Tensor<4>) -> Result<Tensor<4>> {
-        let vae = &self.inner.vae;
-        vae.forward(latents / vae.config.scaling_factor)
+        decode_to_rgb_tensor(&self.inner.vae, latents)
     }
 
     /// Step 2 for one photo already preprocessed to `[3, S, S]`: the embedding on the device.
@@ -667,6 +666,18 @@ impl Denoiser {
         Ok(to_rgb(&v, w, h))
     }
 
+    /// Finish without the rest of the model: the VAE decoder alone and the final latents.
+    /// When nothing else shares the model, the text and image encoders, the fuser and the
+    /// UNet are freed here, so decoding reuses their device memory (a one-shot generation
+    /// on a device short of memory).
+    pub fn into_decoder(self) -> (VaeDecoder, Tensor<4>) {
+        let vae = match Arc::try_unwrap(self.model.inner) {
+            Ok(inner) => inner.vae,
+            Err(shared) => shared.vae.clone(),
+        };
+        (vae, self.latents)
+    }
+
     /// [`Self::decode_rgb`] without blocking (WebGPU in a browser).
     pub async fn decode_rgb_async(&self) -> Result<RgbImage> {
         let img = self.decode()?;
@@ -694,6 +705,22 @@ impl Denoiser {
             .map_err(|e| Error::Device(format!("{e:?}")))?;
         Ok(latent_preview(&v, c, w, h))
     }
+}
+
+/// The VAE decoder on latents before dividing by its scaling factor: `[B, 3, H, W]`.
+fn decode_to_rgb_tensor(vae: &VaeDecoder, latents: Tensor<4>) -> Result<Tensor<4>> {
+    vae.forward(latents / vae.config.scaling_factor)
+}
+
+/// Decode final latents `[1, C, h, w]` with a VAE decoder to 8-bit RGB (see
+/// [`Denoiser::into_decoder`]).
+pub fn decode_rgb_with(vae: &VaeDecoder, latents: Tensor<4>) -> Result<RgbImage> {
+    let img = decode_to_rgb_tensor(vae, latents)?;
+    let [_, _, h, w] = img.dims();
+    let v = crate::forward::read(img)?
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Device(format!("{e:?}")))?;
+    Ok(to_rgb(&v, w, h))
 }
 
 fn embedding_from(data: TensorData) -> Result<SubjectEmbedding> {

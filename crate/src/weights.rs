@@ -389,6 +389,14 @@ impl ConvWeight {
             ConvWeight::Quantized { matrix, shape } => matrix.clone().dequantize().reshape(*shape),
         }
     }
+
+    /// `[c_out, c_in, k, k]`.
+    pub fn dims(&self) -> [usize; 4] {
+        match self {
+            ConvWeight::Float(t) => t.dims(),
+            ConvWeight::Quantized { shape, .. } => *shape,
+        }
+    }
 }
 
 /// Upload host data to a device, keeping quantized data quantized.

@@ -81,6 +81,18 @@ fn vae_decoder_matches_diffusers() {
 }
 
 #[test]
+fn vae_decoder_on_row_bands_matches_diffusers() {
+    // A 2 KiB budget puts the up path on row bands of one or two rows each: halo rows,
+    // GroupNorm statistics over all bands and band-wise upsampling are all exercised.
+    check(
+        "vae",
+        Component::VaeDecoder,
+        "decode0",
+        AttentionKernel::Sliced { max_bytes: 2048 },
+    );
+}
+
+#[test]
 fn vae_encoder_matches_diffusers() {
     check("vae", Component::VaeEncoder, "encode0", sliced());
 }

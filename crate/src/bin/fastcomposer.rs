@@ -318,7 +318,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             bar.finish_and_clear();
             report("denoising");
-            let img = d.decode_rgb()?;
+            // One image: free everything but the VAE decoder before decoding.
+            drop(embeddings);
+            drop(model);
+            let (vae, latents) = d.into_decoder();
+            let img = fastcomposer::pipeline::decode_rgb_with(&vae, latents)?;
             if let Some(m) = monitor {
                 let p = m.finish();
                 eprintln!(

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use super::unet::blocks::{DownBlock, DownSpec, MidBlock, UpBlock, UpSpec};
 use super::unet::resnet::ResnetSettings;
 use crate::attention::AttentionKernel;
+use crate::banded::Bands;
 use crate::error::{Error, Result};
 use crate::nn::{Activation, Conv2d, GroupNorm};
 use crate::weights::Loader;
@@ -111,6 +112,9 @@ pub struct VaeDecoder {
     conv_out: Conv2d,
     act: Activation,
     pub config: AutoencoderKLConfig,
+    /// Largest activation buffer in bytes; above it the up blocks run on row bands
+    /// ([`crate::banded`]).
+    pub max_buffer_bytes: usize,
 }
 
 impl VaeDecoder {
@@ -187,7 +191,35 @@ impl VaeDecoder {
             )?,
             act: resnet.act,
             config: c.clone(),
+            // One budget for the largest buffer: attention scores and activations alike.
+            max_buffer_bytes: match kernel {
+                AttentionKernel::Sliced { max_bytes } => max_bytes,
+                AttentionKernel::Fused => crate::attention::DEFAULT_MAX_SCORES_BYTES,
+            },
         })
+    }
+
+    /// Bytes of the largest activation of the up path for latents `[b, _, h, w]` (f32).
+    pub fn largest_activation(&self, b: usize, h: usize, w: usize) -> usize {
+        let rev: Vec<usize> = self
+            .config
+            .block_out_channels
+            .iter()
+            .rev()
+            .copied()
+            .collect();
+        let mut largest = 0;
+        let (mut hh, mut ww, mut c_prev) = (h, w, rev[0]);
+        for (i, &c) in rev.iter().enumerate() {
+            largest = largest.max(c_prev.max(c) * hh * ww);
+            if i + 1 < rev.len() {
+                hh *= 2;
+                ww *= 2;
+                largest = largest.max(c * hh * ww); // the upsampler's output
+            }
+            c_prev = c;
+        }
+        b * largest * 4
     }
 
     /// `latents` `[B, latent_channels, h, w]`, already divided by the scaling factor ->
@@ -207,6 +239,20 @@ impl VaeDecoder {
         };
         x = self.conv_in.forward(x);
         x = self.mid_block.forward(x, None, None);
+        let [b, _, h, w] = x.dims();
+        if self.largest_activation(b, h, w) > self.max_buffer_bytes {
+            // Too large for one buffer: the up path on row bands of at most half the budget
+            // (a band and its halo rows, and the nearest upsampling, stay within it).
+            let mut bands = Bands::split(x, self.max_buffer_bytes / 2);
+            for block in &self.up_blocks {
+                bands = block.forward_banded(bands);
+            }
+            let bands = bands
+                .group_norm(&self.conv_norm_out)
+                .act(self.act)
+                .conv(&self.conv_out);
+            return Ok(bands.concat());
+        }
         for block in &self.up_blocks {
             x = block.forward(x, &mut Vec::new(), None, None, None);
         }

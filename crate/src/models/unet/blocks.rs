@@ -240,6 +240,19 @@ impl UpBlock {
         })
     }
 
+    /// [`forward`](Self::forward) on row bands, for blocks without skips, attention or time
+    /// embedding (the VAE decoder's).
+    pub fn forward_banded(&self, mut x: crate::banded::Bands) -> crate::banded::Bands {
+        debug_assert!(!self.skips && self.attentions.is_empty());
+        for resnet in &self.resnets {
+            x = resnet.forward_banded(x);
+        }
+        if let Some(up) = &self.upsampler {
+            x = up.forward_banded(x);
+        }
+        x
+    }
+
     /// How many skip states this block consumes.
     pub fn num_skips(&self) -> usize {
         if self.skips { self.resnets.len() } else { 0 }

@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
+use crate::banded::Bands;
 use crate::error::Result;
 use crate::nn::{Activation, Conv2d, GroupNorm, Linear};
 use crate::weights::Loader;
@@ -85,6 +86,29 @@ impl ResnetBlock2D {
     }
 }
 
+impl ResnetBlock2D {
+    /// [`forward`](Self::forward) on row bands (no time embedding: the VAE's resnets).
+    pub fn forward_banded(&self, x: Bands) -> Bands {
+        let h = x
+            .clone()
+            .group_norm(&self.norm1)
+            .act(self.act)
+            .conv(&self.conv1);
+        let h = h.group_norm(&self.norm2).act(self.act).conv(&self.conv2);
+        let x = match &self.conv_shortcut {
+            Some(conv) => x.conv(conv),
+            None => x,
+        };
+        let out = x.align(&h).add(h);
+        if self.output_scale_factor != 1.0 {
+            let s = self.output_scale_factor;
+            out.map(|t| t / s)
+        } else {
+            out
+        }
+    }
+}
+
 /// `Downsample2D` with a convolution: stride 2, kernel 3. `padding` 1 (UNet) or 0 (VAE
 /// encoder, which pads right/bottom by one instead).
 #[derive(Debug, Clone)]
@@ -130,5 +154,10 @@ impl Upsample2D {
             InterpolateOptions::new(InterpolateMode::Nearest).with_output_size(size),
         );
         self.conv.forward(x)
+    }
+
+    /// Nearest ×2 and the convolution, on row bands.
+    pub fn forward_banded(&self, x: Bands) -> Bands {
+        x.upsample_nearest2().conv(&self.conv)
     }
 }
