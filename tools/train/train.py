@@ -580,7 +580,9 @@ def stage_export():
     vae = make_vae()
     dec = os.path.join(OUT, "vae_decoder.pt")  # the fine-tuned decoder, when that stage ran
     vae.load_state_dict(torch.load(dec if os.path.exists(dec) else os.path.join(OUT, "vae.pt"), map_location="cpu")["model"])
-    vae.register_to_config(scaling_factor=torch.load(os.path.join(OUT, "latents.pt"))["scaling_factor"])
+    lat = os.path.join(OUT, "latents.pt")
+    sf = (torch.load(lat) if os.path.exists(lat) else torch.load(os.path.join(OUT, "vae.pt"), map_location="cpu"))["scaling_factor"]
+    vae.register_to_config(scaling_factor=sf)
     root = os.path.join(OUT, "model")
     models.text.save_pretrained(os.path.join(root, "text_encoder"))
     models.vision.save_pretrained(os.path.join(root, "image_encoder"))
