@@ -32,7 +32,8 @@ import scenes  # noqa: E402
 
 ALPHAS = [0.0, 0.3, 0.5, 0.7, 1.0]
 ATTRS = ["color", "secondary", "pattern", "accessory"]
-CHANCE_ID = float(np.mean([1 / 8, 1 / 8, 1 / 4, 1 / 4]))
+CHANCE_ATTRS = [1 / 8, 1 / 8, 1 / 4, 1 / 4]
+CHANCE_ID = float(np.mean(CHANCE_ATTRS))
 
 
 def prompts(held_out, n=20):
@@ -100,13 +101,18 @@ def score(attr, ctx, item, image_path):
     # identity: attributes recovered in the region the prompt names; two subjects: best matching, minimum
     preds = [judges.predict(attr, [judges.region(img, r)]) for r in item["regions"]]
 
-    def frac(sid, pred):
+    def hits(sid, pred):
         want = judges.attr_labels(scenes.IDENTITIES[sid])
-        return float(np.mean([pred[a][0] == want[a] for a in ATTRS]))
+        return [float(pred[a][0] == want[a]) for a in ATTRS]
+
+    def frac(sid, pred):
+        return float(np.mean(hits(sid, pred)))
 
     subj = item["subjects"]
+    per_attr = None  # which attributes were recovered (single subject only)
     if len(subj) == 1:
-        identity = frac(subj[0], preds[0])
+        per_attr = hits(subj[0], preds[0])
+        identity = float(np.mean(per_attr))
     else:
         straight = min(frac(subj[0], preds[0]), frac(subj[1], preds[1]))
         swapped = min(frac(subj[0], preds[1]), frac(subj[1], preds[0]))
@@ -118,7 +124,7 @@ def score(attr, ctx, item, image_path):
         checks.append(c["position"][0] == scenes.POSITIONS.index(item["position"]))
     if item["size"]:
         checks.append(c["size"][0] == scenes.SIZES.index(item["size"]))
-    return identity, float(np.mean(checks))
+    return identity, float(np.mean(checks)), per_attr
 
 
 def main():
@@ -162,10 +168,12 @@ def main():
             f.result()
             if i % 50 == 0:
                 print(f"{i}/{len(futs)} images, {time.time() - t0:.0f}s", flush=True)
-    results = {}
+    results, attrs = {}, {}
     for j in jobs:
-        ident, prompt = score(attr, ctx, j["item"], j["out"])
+        ident, prompt, per_attr = score(attr, ctx, j["item"], j["out"])
         results.setdefault((j["method"], j["kind"]), []).append((ident, prompt))
+        if per_attr is not None:
+            attrs.setdefault(j["method"], []).append(per_attr)
     methods = [f"alpha {x}" for x in ALPHAS] + ["no subject image", "reference pasted"]
     rows = []
     summary = {}
@@ -175,6 +183,11 @@ def main():
         summary[m] = dict(identity_single=s[:, 0].mean(), prompt_single=s[:, 1].mean(),
                           identity_two=t[:, 0].mean(), prompt_two=t[:, 1].mean())
         rows.append(f"| {m} | {s[:, 0].mean():.3f} | {s[:, 1].mean():.3f} | {t[:, 0].mean():.3f} | {t[:, 1].mean():.3f} |")
+        summary[m]["attributes_single"] = dict(zip(ATTRS, np.array(attrs[m]).mean(0)))
+    attr_rows = ["| method | " + " | ".join(ATTRS) + " |", "|---|" + "---|" * len(ATTRS)]
+    for m in methods:
+        attr_rows.append(f"| {m} | " + " | ".join(f"{summary[m]['attributes_single'][x]:.3f}" for x in ATTRS) + " |")
+    attr_rows.append("| chance | " + " | ".join(f"{c:.3f}" for c in CHANCE_ATTRS) + " |")
     # Sample grid: reference | generated (alpha 0.7), first seed, 8 single-subject prompts.
     tiles = []
     for k in range(min(8, len(single))):
@@ -191,13 +204,15 @@ def main():
     table = "\n".join(["| method | identity (1 subject) | prompt (1 subject) | identity (2 subjects) | prompt (2 subjects) |",
                        "|---|---|---|---|---|"] + rows)
     chance = f"identity {CHANCE_ID:.3f} (colour 1/8, secondary 1/8, pattern 1/4, accessory 1/4); prompt: context 0.125, position / size 0.333"
+    attr_table = "\n".join(attr_rows)
     print(table)
+    print(attr_table)
     print(f"chance: {chance}")
     print(f"{len(futs)} images in {time.time() - t0:.0f}s; images in {work}")
-    write_report(a, table, chance, summary, len(futs), time.time() - t0)
+    write_report(a, table, attr_table, chance, summary, len(futs), time.time() - t0)
 
 
-def write_report(a, table, chance, summary, n_images, seconds):
+def write_report(a, table, attr_table, chance, summary, n_images, seconds):
     """docs/EVAL.md: the table, how it was made, and the judges' own accuracy on fresh renders."""
     acc = judges.accuracy_table()
     default = summary["alpha 0.7"]
@@ -229,6 +244,11 @@ Images come from the project's own pipeline (`fastcomposer generate`).
 
 Default alpha (0.7), single subject: identity {default['identity_single']:.3f} (bar 0.6: {'met' if bar_id else '**not met**'}),
 prompt {default['prompt_single']:.3f} (bar 0.8: {'met' if bar_prompt else '**not met**'}).
+
+Identity by attribute (single subject: fraction of images whose subject region shows the
+reference's colour, secondary colour, pattern, accessory):
+
+{attr_table}
 
 Judges' accuracy on 600 fresh ground-truth scenes (how far the judges themselves can be trusted):
 

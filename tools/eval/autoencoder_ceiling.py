@@ -1,0 +1,69 @@
+"""How much identity survives the default model's autoencoder: fresh ground-truth scenes of
+held-out identities, scored by the attribute judge as rendered and after a VAE round trip
+(encode with the training VAE's encoder, decode with the fine-tuned decoder the bundle ships).
+No generator can keep more identity than its decoder can draw, so the round trip's score is a
+ceiling for the evaluation's identity column. A diagnostic for the training (it needs the
+training checkpoints), not part of the evaluation.
+
+    tools/.venv/bin/python tools/eval/autoencoder_ceiling.py [--n 600]
+"""
+
+import argparse
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "train"))
+sys.path.insert(0, HERE)
+
+import judges  # noqa: E402
+import train as T  # noqa: E402
+from evaluate import ATTRS  # noqa: E402
+
+import scenes  # noqa: E402  (on the path through train)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=600, help="scenes")
+    ap.add_argument("--seed", type=int, default=777)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    vae = T.make_vae().eval()
+    enc = torch.load(os.path.join(T.OUT, "vae.pt"), map_location="cpu")["model"]
+    dec = torch.load(os.path.join(T.OUT, "vae_decoder.pt"), map_location="cpu")["model"]
+    vae.load_state_dict({k: (dec[k] if k.startswith(("decoder.", "post_quant_conv.")) else v) for k, v in enc.items()})
+    _, held_out = scenes.split_identities()
+    rng = random.Random(a.seed)
+    scn = [scenes.make_scene(rng, held_out) for _ in range(a.n)]
+    images = np.stack([s.image for s in scn])
+    with torch.no_grad():
+        rec = []
+        for i in range(0, a.n, 50):
+            z = vae.encode(T.to_m11(images[i:i + 50])).latent_dist.mean
+            x = vae.decode(z).sample
+            rec.append(((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    rec = np.concatenate(rec)
+    mse = float(((rec.astype(np.float32) - images.astype(np.float32)) ** 2).mean())
+    psnr = 10 * np.log10(255.0 ** 2 / mse)
+    attr, _ = judges.load()
+    rows = ["| images | " + " | ".join(ATTRS) + " | identity |", "|---|" + "---|" * (len(ATTRS) + 1)]
+    for name, imgs in (("rendered", images), ("VAE round trip", rec)):
+        hits = []
+        for s, img in zip(scn, imgs):
+            for ident, pos in zip(s.subjects, s.positions):
+                p = judges.predict(attr, [judges.region(img, pos)])
+                want = judges.attr_labels(ident)
+                hits.append([float(p[x][0] == want[x]) for x in ATTRS])
+        h = np.array(hits).mean(0)
+        rows.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in h) + f" | {h.mean():.3f} |")
+    print(f"{a.n} scenes of held-out identities ({sum(len(s.subjects) for s in scn)} subjects); round-trip PSNR {psnr:.1f} dB")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
