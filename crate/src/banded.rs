@@ -262,3 +262,34 @@ impl Bands {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn ramp(shape: [usize; 4], device: &Device) -> Tensor<4> {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        Tensor::from_data(TensorData::new(v, shape), device)
+    }
+
+    fn values(x: Tensor<4>) -> Vec<f32> {
+        x.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    /// Bands split differently (as after a layer that widens the channels) are re-aligned
+    /// row for row, and adding them gives the plain sum.
+    #[test]
+    fn differently_split_bands_align_and_add() {
+        let device = Device::flex();
+        let x = ramp([1, 2, 10, 3], &device);
+        let row = 2 * 3 * 4; // bytes per row at 2 channels
+        let coarse = Bands::split(x.clone(), 4 * row); // bands of 4, 4, 2 rows
+        let fine = Bands::split(x.clone(), 3 * row); // bands of 3, 3, 3, 1 rows
+        assert_eq!(coarse.len(), 3);
+        assert_eq!(fine.len(), 4);
+        let sum = coarse.align(&fine).add(fine).concat();
+        assert_eq!(values(sum), values(x.clone() * 2.0));
+    }
+}

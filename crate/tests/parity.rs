@@ -82,14 +82,17 @@ fn vae_decoder_matches_diffusers() {
 
 #[test]
 fn vae_decoder_on_row_bands_matches_diffusers() {
-    // A 2 KiB budget puts the up path on row bands of one or two rows each: halo rows,
-    // GroupNorm statistics over all bands and band-wise upsampling are all exercised.
-    check(
-        "vae",
-        Component::VaeDecoder,
-        "decode0",
-        AttentionKernel::Sliced { max_bytes: 2048 },
-    );
+    // A 2 KiB budget puts the up path on row bands of one row each: halo rows, GroupNorm
+    // statistics over all bands and band-wise upsampling are all exercised. At 12 KiB bands
+    // hold several rows, and the bands of wider layers are split further than others.
+    for max_bytes in [2048, 12 << 10] {
+        check(
+            "vae",
+            Component::VaeDecoder,
+            "decode0",
+            AttentionKernel::Sliced { max_bytes },
+        );
+    }
 }
 
 #[test]
