@@ -127,6 +127,7 @@ fn euler_matches_diffusers() {
 fn unsupported_scheduler_settings_are_refused_by_name() {
     for (json, name) in [
         (r#"{"use_karras_sigmas": true}"#, "use_karras_sigmas"),
+        (r#"{"thresholding": true}"#, "thresholding"),
         (r#"{"timestep_spacing": "trailing"}"#, "timestep_spacing"),
         (r#"{"final_sigmas_type": "sigma_min"}"#, "final_sigmas_type"),
     ] {

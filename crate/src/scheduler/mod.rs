@@ -41,6 +41,7 @@ pub struct SchedulerConfig {
     pub timestep_scaling: f64,
     // Settings of other schedulers and variants, read so that they can be refused by name.
     pub rescale_betas_zero_snr: bool,
+    pub thresholding: bool,
     pub use_karras_sigmas: bool,
     pub use_exponential_sigmas: bool,
     pub use_beta_sigmas: bool,
@@ -65,6 +66,7 @@ impl Default for SchedulerConfig {
             original_inference_steps: 50,
             timestep_scaling: 10.0,
             rescale_betas_zero_snr: false,
+            thresholding: false,
             use_karras_sigmas: false,
             use_exponential_sigmas: false,
             use_beta_sigmas: false,
@@ -141,6 +143,7 @@ impl SchedulerConfig {
         }
         for (name, on) in [
             ("rescale_betas_zero_snr", self.rescale_betas_zero_snr),
+            ("thresholding", self.thresholding),
             ("use_karras_sigmas", self.use_karras_sigmas),
             ("use_exponential_sigmas", self.use_exponential_sigmas),
             ("use_beta_sigmas", self.use_beta_sigmas),
