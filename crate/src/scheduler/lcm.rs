@@ -104,12 +104,7 @@ impl LcmScheduler {
     }
 
     fn index_of(&self, t: usize) -> usize {
-        self.timesteps[self.index..]
-            .iter()
-            .position(|&x| x == t)
-            .map(|i| i + self.index)
-            .unwrap_or(self.index)
-            .min(self.timesteps.len() - 1)
+        super::step_index(&self.timesteps, self.index, t)
     }
 }
 

@@ -224,6 +224,18 @@ impl SchedulerConfig {
     }
 }
 
+/// Where timestep `t` is in `timesteps`, looking from `from` on (the current step); the
+/// current step if `t` is not found. For schedulers whose step needs its position in the
+/// schedule (diffusers' `index_for_timestep`).
+pub(crate) fn step_index(timesteps: &[usize], from: usize, t: usize) -> usize {
+    timesteps[from..]
+        .iter()
+        .position(|&x| x == t)
+        .map(|i| i + from)
+        .unwrap_or(from)
+        .min(timesteps.len() - 1)
+}
+
 /// torch's CPU `linspace` for f32: `start + step·i` for the first half, `end - step·(n-1-i)`
 /// for the second, with `step = (end - start) / (n - 1)` in f32 and a fused multiply-add
 /// (torch's vectorised kernel uses `fmadd`).
