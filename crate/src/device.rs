@@ -83,7 +83,8 @@ pub struct MemoryMonitor {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl MemoryMonitor {
-    /// `None` when wgpu was not initialised (the CPU device) or its backend gives no report.
+    /// `None` when wgpu cannot be initialised or its backend gives no report. Initialises wgpu
+    /// if nothing has yet: call it after choosing the wgpu device.
     pub fn start(interval: std::time::Duration) -> Option<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};

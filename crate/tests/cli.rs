@@ -214,6 +214,16 @@ fn generate_bad_input_exits_with_code_2() {
             "cannot read",
         ),
         (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--memory-report",
+            ],
+            "use it with --device wgpu",
+        ),
+        (
             vec!["--prompt", cat, "--subject", "PHOTOS/LICENSE.txt"],
             "not an image",
         ),

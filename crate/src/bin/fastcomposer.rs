@@ -260,6 +260,11 @@ fn run(cli: Cli) -> Result<()> {
             let choice: device::DeviceChoice = device.parse()?;
             let device = device::create(choice)?;
             let monitor = if memory_report {
+                if choice != device::DeviceChoice::Wgpu {
+                    return Err(Error::invalid(
+                        "--memory-report reports device memory: use it with --device wgpu",
+                    ));
+                }
                 let m = device::MemoryMonitor::start(std::time::Duration::from_millis(2));
                 if m.is_none() {
                     return Err(Error::invalid(
