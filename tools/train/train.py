@@ -564,9 +564,9 @@ def stage_restore(bundle, encoder_bundle, step, decoder_step):
     params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     torch.save({"model": vae.state_dict(), "opt": torch.optim.AdamW(params).state_dict(), "step": decoder_step},
                os.path.join(OUT, "vae_decoder.pt"))
-    for f in ("latents.pt",):  # made again from the restored encoder
-        if os.path.exists(os.path.join(OUT, f)):
-            os.remove(os.path.join(OUT, f))
+    lat = os.path.join(OUT, "latents.pt")  # made again (stage `latents`) from the restored encoder
+    if os.path.exists(lat):
+        os.remove(lat)
     print(f"restore: fc step {step} from {bundle}; VAE encoder from {encoder_bundle or bundle}; scaling factor {sf}")
 
 
