@@ -689,6 +689,13 @@ impl Denoiser {
         Ok(to_rgb(&v, w, h))
     }
 
+    /// Wait until the device has finished the work queued so far (a one-value read back;
+    /// blocking — natively only, never in a browser).
+    pub fn settle_blocking(&self) -> Result<()> {
+        let one = self.latents.clone().slice([0..1, 0..1, 0..1, 0..1]);
+        crate::forward::read(one).map(|_| ())
+    }
+
     /// Wait until the device has finished the steps queued so far (a one-value read back).
     pub async fn settle(&self) -> Result<()> {
         let one = self.latents.clone().slice([0..1, 0..1, 0..1, 0..1]);

@@ -195,6 +195,44 @@ fn generate_writes_a_png() {
 }
 
 #[test]
+fn generate_latents_out_writes_latents_and_subjects_without_decoding() {
+    let st = tmp("gen-latents.safetensors");
+    let run = || {
+        let o = generate(&[
+            "--prompt",
+            "a cat <|image|> on the beach",
+            "--subject",
+            "PHOTOS/chelsea.png",
+            "--latents-out",
+            st.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(&st).unwrap()
+    };
+    let bytes = run();
+    let f = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let latents = f.tensor("latents").unwrap();
+    assert_eq!(latents.shape()[0], 1);
+    assert_eq!(&latents.shape()[2..], &[8, 8]); // 64 px / factor 8
+    let subject = f.tensor("subject_0").unwrap();
+    assert_eq!(subject.shape().len(), 1);
+    assert!(subject.shape()[0] > 0);
+    let values: Vec<f32> = latents
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert!(values.iter().all(|v| v.is_finite()) && values.iter().any(|v| *v != 0.0));
+    // Same seed, same latents.
+    assert_eq!(run(), bytes);
+    // Neither --out nor --latents-out: refused before any work.
+    assert_fails(
+        generate(&["--prompt", "a cat <|image|>", "--subject", "PHOTOS/chelsea.png"]),
+        "nothing to write",
+    );
+}
+
+#[test]
 fn generate_bad_input_exits_with_code_2() {
     let out = tmp("bad.png");
     let o = out.to_str().unwrap();

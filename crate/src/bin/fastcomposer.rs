@@ -113,8 +113,13 @@ enum Command {
         /// cpu | wgpu
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// The image (PNG). Optional when --latents-out is given (then nothing is decoded).
         #[arg(long)]
-        out: PathBuf,
+        out: Option<PathBuf>,
+        /// Also write the final latents (`latents`, [1, C, h, w]) and each subject's embedding
+        /// (`subject_0`, ...) as f32 safetensors: for comparing runs (e.g. browser vs native).
+        #[arg(long)]
+        latents_out: Option<PathBuf>,
     },
     /// Convert a checkpoint to a model bundle: a diffusers-layout directory, or one FastComposer
     /// checkpoint (.safetensors or PyTorch .bin with text_encoder., image_encoder., vae., unet.,
@@ -222,8 +227,14 @@ fn run(cli: Cli) -> Result<()> {
             model,
             device,
             out,
+            latents_out,
             memory_report,
         } => {
+            if out.is_none() && latents_out.is_none() {
+                return Err(Error::invalid(
+                    "nothing to write: give --out (the image) and/or --latents-out",
+                ));
+            }
             if masks.len() > subjects.len() {
                 return Err(Error::invalid(format!(
                     "{} masks for {} subject photos; give at most one mask per subject",
@@ -287,6 +298,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             let kernel = AttentionKernel::default();
+            let t0 = std::time::Instant::now();
             let model = match &model {
                 Some(path) if path.is_dir() => {
                     let dir = ModelDir::open(path)?;
@@ -299,13 +311,19 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             report("loading");
+            let t_load = t0.elapsed().as_secs_f64();
+            let t0 = std::time::Instant::now();
             let embeddings = photos
                 .iter()
                 .enumerate()
                 .map(|(i, p)| model.encode_subject(p, masks.get(i)))
                 .collect::<Result<Vec<_>>>()?;
+            let t_subjects = t0.elapsed().as_secs_f64();
+            let t0 = std::time::Instant::now();
             let mut d = model.start(&opts, &embeddings, None)?;
+            d.settle_blocking()?;
             report("encoding the subjects and the prompt");
+            let t_prompt = t0.elapsed().as_secs_f64();
             for w in &d.warnings {
                 eprintln!("warning: {w}");
             }
@@ -317,12 +335,35 @@ fn run(cli: Cli) -> Result<()> {
                 .progress_chars("=> "),
             );
             bar.set_message("denoising");
+            let t0 = std::time::Instant::now();
             while !d.is_done() {
                 d.step()?;
                 bar.inc(1);
             }
             bar.finish_and_clear();
             report("denoising");
+            d.settle_blocking()?;
+            // Seconds per stage, each stage finished on the device.
+            let t_steps = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "timings: {{\"load_s\": {t_load:.3}, \"subjects_s\": {t_subjects:.3}, \"prompt_s\": {t_prompt:.3}, \"steps\": {}, \"steps_s\": {t_steps:.3}}}",
+                d.total()
+            );
+            if let Some(path) = &latents_out {
+                let mut named = vec![("latents".to_string(), d.latents().into_data())];
+                for (i, e) in embeddings.iter().enumerate() {
+                    let n = e.values.len();
+                    named.push((
+                        format!("subject_{i}"),
+                        burn::tensor::TensorData::new(e.values.clone(), [n]),
+                    ));
+                }
+                write_tensors(path, named)?;
+                eprintln!("wrote {}", path.display());
+            }
+            let Some(out) = out else {
+                return Ok(());
+            };
             // One image: free everything but the VAE decoder before decoding.
             drop(embeddings);
             drop(model);
@@ -530,14 +571,29 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn write_out(path: &Path, data: burn::tensor::TensorData) -> Result<()> {
-    let shape = data.shape().to_vec();
-    let values: Vec<f32> = data
-        .try_into_vec::<f32>()
-        .map_err(|e| Error::Device(format!("unexpected output type: {e:?}")))?;
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, &bytes)
-        .map_err(|e| Error::Io(format!("cannot encode output: {e}")))?;
-    safetensors::tensor::serialize_to_file([("out", view)], None, path)
+    write_tensors(path, vec![("out".to_string(), data)])
+}
+
+/// Write named f32 tensors as one safetensors file.
+fn write_tensors(path: &Path, tensors: Vec<(String, burn::tensor::TensorData)>) -> Result<()> {
+    let mut encoded = Vec::with_capacity(tensors.len());
+    for (name, data) in tensors {
+        let shape = data.shape().to_vec();
+        let values: Vec<f32> = data
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::Device(format!("unexpected output type: {e:?}")))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        encoded.push((name, shape, bytes));
+    }
+    let views = encoded
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.as_str(), v))
+                .map_err(|e| Error::Io(format!("cannot encode {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::tensor::serialize_to_file(views, None, path)
         .map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
 }
 

@@ -1,0 +1,145 @@
+// SD1.5 size in the browser (issue 7, slow check): the random-weight SD1.5-size bundle loads in
+// headless Chromium through the npm package's API, on the CPU (wasm) path and on WebGPU (a
+// software adapter here), and runs the image encoder (one subject photo), the text encoder and
+// fuser, and one UNet step (CFG, batch 2) at a 32×32 latent (256×256 px). The subject embedding
+// and the latents after the step are compared with the native CLI's on the same bundle and
+// inputs (`generate --latents-out`), in the same run.
+//   node tools/bench/sd15_browser.mjs [int4|int8 ...] [--devices cpu,webgpu]
+// Needs pkg/ (pkg-scripts/build-wasm.sh), target/release/fastcomposer and the bundles from
+// tools/bench/sd15_sizes.sh. Prints one JSON line per run; exits 1 if a browser result does not
+// match native within the tolerances below or the page reported an error.
+import { chromium } from '../../tests/browser/node_modules/playwright-core/index.mjs';
+import { spawn, spawnSync, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const args = process.argv.slice(2);
+const devIdx = args.indexOf('--devices');
+const devices = devIdx >= 0 ? args.splice(devIdx, 2)[1].split(',') : ['cpu', 'webgpu'];
+const quants = args.length ? args : ['int4'];
+const PHOTO = path.join(ROOT, 'crate/tests/fixtures/pipeline/photos/chelsea.png');
+const OPTS = { prompt: 'a cat <|image|> on the beach', steps: 1, alpha: 1, seed: 0, width: 256, height: 256 };
+// Tolerances, relative to the largest native magnitude: the CPU path runs the same f32 kernels
+// compiled to wasm SIMD (different summation order than AVX-512); WebGPU dequantizes and sums
+// in its own order on another implementation of f32 arithmetic.
+const TOL = { cpu: 1e-3, webgpu: 1e-2 };
+
+function readSafetensors(file) {
+  const b = fs.readFileSync(file);
+  const n = Number(b.readBigUInt64LE(0));
+  const header = JSON.parse(b.subarray(8, 8 + n).toString());
+  const out = {};
+  for (const [k, v] of Object.entries(header)) {
+    if (k === '__metadata__') continue;
+    const [s, e] = v.data_offsets;
+    const bytes = b.subarray(8 + n + s, 8 + n + e);
+    out[k] = Array.from(new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length)));
+  }
+  return out;
+}
+
+function compare(a, b) {
+  if (a.length !== b.length) return { lengths: [a.length, b.length], maxAbs: Infinity, rel: Infinity };
+  let maxAbs = 0;
+  let scale = 0;
+  for (let i = 0; i < a.length; i++) {
+    maxAbs = Math.max(maxAbs, Math.abs(a[i] - b[i]));
+    scale = Math.max(scale, Math.abs(b[i]));
+  }
+  return { maxAbs: +maxAbs.toExponential(3), rel: +(maxAbs / scale).toExponential(3) };
+}
+
+function native(q) {
+  const out = path.join(os.tmpdir(), `fc-sd15-native-${q}.safetensors`);
+  const cli = [
+    'generate', '--model', path.join(ROOT, `tools/.data/sd15_${q}.gguf`), '--prompt', OPTS.prompt, '--subject', PHOTO,
+    '--steps', String(OPTS.steps), '--alpha', String(OPTS.alpha), '--seed', String(OPTS.seed),
+    '--width', String(OPTS.width), '--height', String(OPTS.height), '--latents-out', out,
+  ];
+  const t0 = Date.now();
+  const p = spawnSync(path.join(ROOT, 'target/release/fastcomposer'), cli, { encoding: 'utf8' });
+  if (p.status !== 0) throw new Error(`native CLI failed: ${p.stderr}`);
+  const log = p.stderr;
+  const wallMs = Date.now() - t0;
+  const t = JSON.parse(/timings: (\{.*\})/.exec(log)[1]);
+  return { wallMs, timings: t, tensors: readSafetensors(out) };
+}
+
+const srv = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts/serve.mjs'), '--root', path.join(ROOT, 'web'), '--map', `/pkg/=${path.join(ROOT, 'pkg')}`,
+  '--map', `/data/=${path.join(ROOT, 'tools/.data')}`, '--map', `/fixtures/=${path.join(ROOT, 'crate/tests/fixtures')}`, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+const url = await new Promise((r) => srv.stdout.on('data', (d) => { const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(String(d)); if (m) r(m[0]); }));
+
+async function browser(q, device) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-sd15-'));
+  const ctx = await chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'] });
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.on('crash', () => errors.push('the page crashed'));
+  try {
+    await page.goto(`${url}sw.js`); // a same-origin page without the demo's own model load
+    const r = await page.evaluate(async ({ q, device, opts }) => {
+      const { createGenerator } = await import('/pkg/index.js');
+      let adapter = null;
+      if (device === 'webgpu') {
+        const a = await navigator.gpu.requestAdapter();
+        const info = a.info || {};
+        adapter = { description: info.description || info.device || '', maxBufferSize: a.limits.maxBufferSize, maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize };
+      }
+      const t0 = performance.now();
+      const gen = await createGenerator({ model: `/data/sd15_${q}.gguf`, device });
+      const t1 = performance.now();
+      const subject = await gen.encodeSubject(await (await fetch('/fixtures/pipeline/photos/chelsea.png')).blob());
+      const t2 = performance.now();
+      const session = await gen.startDenoise({ ...opts, subjects: [subject] });
+      const t3 = performance.now();
+      await session.step();
+      const t4 = performance.now();
+      const latents = await session.latents();
+      await session.end();
+      await gen.dispose();
+      return {
+        adapter, loadMs: t1 - t0, subjectMs: t2 - t1, promptMs: t3 - t2, stepMs: t4 - t3,
+        subject: Array.from(subject.values), latents: Array.from(latents),
+      };
+    }, { q, device, opts: OPTS });
+    return { ...r, errors };
+  } catch (e) {
+    return { failed: String(e.message || e).split('\n')[0], errors };
+  } finally {
+    await ctx.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+console.log(`# ${new Date().toISOString().slice(0, 16)}Z ${os.cpus().length} cores, ${os.cpus()[0].model}; ${execFileSync('/usr/bin/chromium', ['--version']).toString().trim().split('\n').pop()}`);
+let ok = true;
+for (const q of quants) {
+  const n = native(q);
+  const nativeStepMs = n.timings.steps_s * 1000;
+  console.log(JSON.stringify({ bundle: q, device: 'native-cpu', wallMs: n.wallMs, loadMs: n.timings.load_s * 1000, subjectMs: n.timings.subjects_s * 1000, promptMs: n.timings.prompt_s * 1000, stepMs: nativeStepMs }));
+  for (const device of devices) {
+    const r = await browser(q, device);
+    const line = { bundle: q, device, errors: r.errors };
+    if (r.failed) {
+      Object.assign(line, { failed: r.failed });
+      ok = false;
+    } else {
+      const s = compare(r.subject, n.tensors.subject_0);
+      const l = compare(r.latents, n.tensors.latents);
+      const pass = s.rel <= TOL[device] && l.rel <= TOL[device] && r.errors.length === 0;
+      ok = ok && pass;
+      Object.assign(line, {
+        adapter: r.adapter, loadMs: Math.round(r.loadMs), subjectMs: Math.round(r.subjectMs), promptMs: Math.round(r.promptMs), stepMs: Math.round(r.stepMs),
+        stepVsNative: +(r.stepMs / nativeStepMs).toFixed(2), subjectVsNative: s, latentsVsNative: l, tolerance: TOL[device], pass,
+      });
+    }
+    console.log(JSON.stringify(line));
+  }
+}
+srv.kill();
+process.exit(ok ? 0 : 1);
