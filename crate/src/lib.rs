@@ -11,6 +11,7 @@
 pub mod attention;
 pub mod banded;
 pub mod bundle;
+pub mod components;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
 pub mod default_model;

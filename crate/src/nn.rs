@@ -30,6 +30,8 @@ impl Linear {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match &self.weight {
             LinearWeight::Float(w) => linear(x, w.clone(), self.bias.clone()),
+            // `[d_out, d_in]` dequantized; its transpose is a strided view the matmul reads.
+            LinearWeight::Host(w) => linear(x, w.dequantize().transpose(), self.bias.clone()),
             LinearWeight::Quantized(w) => {
                 // y = (W · xᵀ)ᵀ with W quantized `[out, in]` as stored: the quantized operand is
                 // used untransposed, so its blocks keep their stored layout.

@@ -19,6 +19,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::AttentionKernel;
+use crate::components::{Components, Loaded, Residency, Stage, StageKind, load_all};
 use crate::error::{Error, Result};
 use crate::models::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::models::clip_vision::{ClipVisionConfig, ClipVisionModel};
@@ -185,11 +186,7 @@ pub struct RgbImage {
 struct Inner {
     config: ModelConfig,
     tokenizer: ClipTokenizer,
-    text_encoder: ClipTextModel,
-    image_encoder: ClipVisionModel,
-    fuser: Fuser,
-    unet: UNet2DConditionModel,
-    vae: VaeDecoder,
+    components: Components,
     device: Device,
 }
 
@@ -208,7 +205,8 @@ impl std::fmt::Debug for FastComposer {
 }
 
 impl FastComposer {
-    /// Load a verified bundle (its own config and tokenizer vocabulary).
+    /// Load a verified bundle (its own config and tokenizer vocabulary), every component
+    /// resident.
     pub fn load_bundle(
         bundle: &crate::bundle::Bundle,
         device: &Device,
@@ -216,7 +214,41 @@ impl FastComposer {
     ) -> Result<Self> {
         let config = bundle.config();
         let tokenizer = ClipTokenizer::from_gz(&bundle.info.tokenizer_bpe_gz, &config.marker)?;
-        Self::load_with(config, bundle, tokenizer, device, kernel)
+        config.check()?;
+        let loaded = load_all(config, bundle, device, kernel)?;
+        Ok(Self::from_parts(
+            config,
+            tokenizer,
+            Components::Resident(loaded),
+            device,
+        ))
+    }
+
+    /// Load a verified bundle with the given residency. Sequential keeps the bundle (its
+    /// quantized bytes, in host memory) and loads each stage's components when the stage
+    /// starts ([`crate::components`]); nothing is on the device until then.
+    pub fn load_bundle_with(
+        bundle: Arc<crate::bundle::Bundle>,
+        device: &Device,
+        kernel: AttentionKernel,
+        residency: Residency,
+    ) -> Result<Self> {
+        if residency == Residency::Resident {
+            return Self::load_bundle(&bundle, device, kernel);
+        }
+        let config = bundle.config().clone();
+        let tokenizer = ClipTokenizer::from_gz(&bundle.info.tokenizer_bpe_gz, &config.marker)?;
+        config.check()?;
+        Ok(Self::from_parts(
+            &config,
+            tokenizer,
+            Components::Sequential {
+                bundle,
+                kernel,
+                current: std::sync::Mutex::new(None),
+            },
+            device,
+        ))
     }
 
     /// Load every component; unexpected or missing tensors are errors naming the key.
@@ -226,99 +258,101 @@ impl FastComposer {
         device: &Device,
         kernel: AttentionKernel,
     ) -> Result<Self> {
-        Self::load_with(
-            config,
-            weights,
-            ClipTokenizer::with_marker(&config.marker)?,
-            device,
-            kernel,
-        )
-    }
-
-    fn load_with(
-        config: &ModelConfig,
-        weights: &dyn ModelWeights,
-        tokenizer: ClipTokenizer,
-        device: &Device,
-        kernel: AttentionKernel,
-    ) -> Result<Self> {
         config.check()?;
-        let load = |part: Part| -> Result<(Loader, String)> {
-            let (src, prefix) = weights.part(part)?;
-            let root = Loader::new(src, device);
-            let vb = if prefix.is_empty() {
-                root
-            } else {
-                root.pp(prefix.trim_end_matches('.'))
-            };
-            Ok((vb, prefix))
-        };
-        let (vb, p) = load(Part::TextEncoder)?;
-        let text_encoder = ClipTextModel::load(&vb, &config.text_encoder, kernel)?;
-        vb.finish(&p, ClipTextModel::IGNORED_KEYS)?;
-        let (vb, p) = load(Part::ImageEncoder)?;
-        let image_encoder = ClipVisionModel::load(&vb, &config.image_encoder, kernel)?;
-        vb.finish(&p, ClipVisionModel::IGNORED_KEYS)?;
-        let (vb, p) = load(Part::Fuser)?;
-        let fuser = Fuser::load(&vb, &config.fuser)?;
-        vb.finish(&p, &[])?;
-        let (vb, p) = load(Part::Unet)?;
-        let unet = UNet2DConditionModel::load(&vb, &config.unet, kernel)?;
-        vb.finish(&p, &[])?;
-        let (vb, p) = load(Part::Vae)?;
-        let vae = VaeDecoder::load(&vb, &config.vae, kernel)?;
-        // Generation needs only the decoder: the encoder's keys may be present.
-        vb.finish(&format!("{p}decoder."), &[])?;
-        Self::from_parts(
+        let tokenizer = ClipTokenizer::with_marker(&config.marker)?;
+        let loaded = load_all(config, weights, device, kernel)?;
+        Ok(Self::from_parts(
             config,
             tokenizer,
-            text_encoder,
-            image_encoder,
-            fuser,
-            unet,
-            vae,
+            Components::Resident(loaded),
             device,
-        )
+        ))
     }
 
     /// Random weights of the given shape (wiring and benchmarks only: the images are noise).
     pub fn random(config: &ModelConfig, device: &Device, kernel: AttentionKernel) -> Result<Self> {
         config.check()?;
         let vb = Loader::random(device);
-        Self::from_parts(
+        let loaded = Loaded {
+            text_encoder: Arc::new(ClipTextModel::load(&vb, &config.text_encoder, kernel)?),
+            image_encoder: Arc::new(ClipVisionModel::load(&vb, &config.image_encoder, kernel)?),
+            fuser: Arc::new(Fuser::load(&vb, &config.fuser)?),
+            unet: Arc::new(UNet2DConditionModel::load(&vb, &config.unet, kernel)?),
+            vae: Arc::new(VaeDecoder::load(&vb, &config.vae, kernel)?),
+        };
+        Ok(Self::from_parts(
             config,
             ClipTokenizer::with_marker(&config.marker)?,
-            ClipTextModel::load(&vb, &config.text_encoder, kernel)?,
-            ClipVisionModel::load(&vb, &config.image_encoder, kernel)?,
-            Fuser::load(&vb, &config.fuser)?,
-            UNet2DConditionModel::load(&vb, &config.unet, kernel)?,
-            VaeDecoder::load(&vb, &config.vae, kernel)?,
+            Components::Resident(loaded),
             device,
-        )
+        ))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn from_parts(
         config: &ModelConfig,
         tokenizer: ClipTokenizer,
-        text_encoder: ClipTextModel,
-        image_encoder: ClipVisionModel,
-        fuser: Fuser,
-        unet: UNet2DConditionModel,
-        vae: VaeDecoder,
+        components: Components,
         device: &Device,
-    ) -> Result<Self> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 tokenizer,
-                text_encoder,
-                image_encoder,
-                fuser,
-                unet,
-                vae,
+                components,
                 device: device.clone(),
             }),
+        }
+    }
+
+    fn stage(&self, kind: StageKind) -> Result<Stage> {
+        self.inner
+            .components
+            .stage(kind, &self.inner.config, &self.inner.device)
+    }
+
+    /// The text encoder and fuser (loading them, sequentially).
+    fn text(&self) -> Result<(Arc<ClipTextModel>, Arc<Fuser>)> {
+        match self.stage(StageKind::Text)? {
+            Stage::Text(t, f) => Ok((t, f)),
+            _ => unreachable!("text stage"),
+        }
+    }
+
+    fn image_encoder(&self) -> Result<Arc<ClipVisionModel>> {
+        match self.stage(StageKind::Image)? {
+            Stage::Image(m) => Ok(m),
+            _ => unreachable!("image stage"),
+        }
+    }
+
+    fn unet(&self) -> Result<Arc<UNet2DConditionModel>> {
+        match self.stage(StageKind::Unet)? {
+            Stage::Unet(m) => Ok(m),
+            _ => unreachable!("unet stage"),
+        }
+    }
+
+    /// The VAE decoder (loading it, sequentially).
+    pub fn vae(&self) -> Result<Arc<VaeDecoder>> {
+        match self.stage(StageKind::Vae)? {
+            Stage::Vae(m) => Ok(m),
+            _ => unreachable!("vae stage"),
+        }
+    }
+
+    /// How the components are kept.
+    pub fn residency(&self) -> Residency {
+        self.inner.components.residency()
+    }
+
+    /// Sequential: the name of the stage whose components are loaded now (`text`, `image`,
+    /// `unet`, `vae`), if any.
+    pub fn loaded_stage(&self) -> Option<&'static str> {
+        self.inner.components.current().map(|k| match k {
+            StageKind::Text => "text",
+            StageKind::Image => "image",
+            StageKind::Unet => "unet",
+            StageKind::Vae => "vae",
         })
     }
 
@@ -342,12 +376,12 @@ impl FastComposer {
     /// The text encoder's output for a prompt without markers, `[1, 77, D]`.
     pub fn text_embeddings(&self, prompt: &str) -> Result<Tensor<3>> {
         let e = self.inner.tokenizer.encode_prompt(prompt)?;
-        self.inner.text_encoder.forward_ids(&[e.input_ids])
+        self.text()?.0.forward_ids(&[e.input_ids])
     }
 
     /// The VAE decoder on latents (before dividing by the scaling factor): `[B, 3, H, W]`.
     pub fn decode_latents(&self, latents: Tensor<4>) -> Result<Tensor<4>> {
-        decode_to_rgb_tensor(&self.inner.vae, latents)
+        decode_to_rgb_tensor(&*self.vae()?, latents)
     }
 
     /// Step 2 for one photo already preprocessed to `[3, S, S]`: the embedding on the device.
@@ -362,7 +396,7 @@ impl FastComposer {
             TensorData::new(pixel_values.to_vec(), [1, 3, s, s]),
             &self.inner.device,
         );
-        self.inner.image_encoder.forward(px)
+        self.image_encoder()?.forward(px)
     }
 
     /// Step 2 for one photo already preprocessed to `[3, S, S]`.
@@ -456,9 +490,9 @@ impl FastComposer {
 
         // 3. three conditionings: [negative, text-only] in one batch, then augmented.
         let dev = &inner.device;
-        let hidden = inner
-            .text_encoder
-            .forward_ids(&[negative.input_ids.clone(), prompt.input_ids.clone()])?;
+        let (text_encoder, fuser) = self.text()?;
+        let hidden =
+            text_encoder.forward_ids(&[negative.input_ids.clone(), prompt.input_ids.clone()])?;
         let negative_embeds = hidden.clone().narrow(0, 0, 1);
         let text_only = hidden.narrow(0, 1, 1);
         let mut augmented = text_only.clone();
@@ -475,7 +509,7 @@ impl FastComposer {
                 .flat_map(|s| s.values.iter().copied())
                 .collect();
             let v_rows = Tensor::<2>::from_data(TensorData::new(flat, [k, d]), dev);
-            let fused = inner.fuser.forward(t_rows, v_rows)?;
+            let fused = fuser.forward(t_rows, v_rows)?;
             for (j, &p) in pos.iter().enumerate() {
                 let row = fused.clone().narrow(0, j, 1).reshape([1, 1, d]);
                 augmented = augmented.slice_assign([0..1, p..p + 1, 0..d], row);
@@ -623,7 +657,7 @@ impl Denoiser {
         }
         let i = self.index;
         let t = self.scheduler.timesteps()[i];
-        let unet = &self.model.inner.unet;
+        let unet = self.model.unet()?;
         let cond = if self.uses_subjects(i) {
             &self.augmented
         } else {
@@ -668,14 +702,11 @@ impl Denoiser {
 
     /// Finish without the rest of the model: the VAE decoder alone and the final latents.
     /// When nothing else shares the model, the text and image encoders, the fuser and the
-    /// UNet are freed here, so decoding reuses their device memory (a one-shot generation
-    /// on a device short of memory).
-    pub fn into_decoder(self) -> (VaeDecoder, Tensor<4>) {
-        let vae = match Arc::try_unwrap(self.model.inner) {
-            Ok(inner) => inner.vae,
-            Err(shared) => shared.vae.clone(),
-        };
-        (vae, self.latents)
+    /// UNet are freed here (sequentially: the UNet, the only stage loaded), so decoding reuses
+    /// their device memory (a one-shot generation on a device short of memory).
+    pub fn into_decoder(self) -> Result<(Arc<VaeDecoder>, Tensor<4>)> {
+        let vae = self.model.vae()?;
+        Ok((vae, self.latents))
     }
 
     /// [`Self::decode_rgb`] without blocking (WebGPU in a browser).

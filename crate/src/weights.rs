@@ -275,6 +275,11 @@ impl<'a> Loader<'a> {
             }
         };
         if is_quantized(&data) {
+            if host_quantized(&self.device)
+                && let Some(h) = HostQuantized::from_data(&data, &self.device)
+            {
+                return Ok(LinearWeight::Host(h));
+            }
             return Ok(LinearWeight::Quantized(to_device(data, &self.device)));
         }
         let v = data
@@ -299,6 +304,11 @@ impl<'a> Loader<'a> {
             }
         };
         if is_quantized(&data) {
+            if host_quantized(&self.device)
+                && let Some(matrix) = HostQuantized::from_data(&data, &self.device)
+            {
+                return Ok(ConvWeight::Host { matrix, shape });
+            }
             return Ok(ConvWeight::Quantized {
                 matrix: to_device(data, &self.device),
                 shape,
@@ -368,6 +378,8 @@ pub enum LinearWeight {
     Float(Tensor<2>),
     /// Quantized `[d_out, d_in]`, as stored (blocks of 32 along `d_in`).
     Quantized(Tensor<2>),
+    /// Quantized `[d_out, d_in]` in host memory (the CPU device), dequantized for each use.
+    Host(HostQuantized),
 }
 
 /// A convolution kernel as held on the device.
@@ -379,6 +391,11 @@ pub enum ConvWeight {
         matrix: Tensor<2>,
         shape: [usize; 4],
     },
+    /// Quantized `[c_out, c_in·k·k]` in host memory (the CPU device).
+    Host {
+        matrix: HostQuantized,
+        shape: [usize; 4],
+    },
 }
 
 impl ConvWeight {
@@ -387,6 +404,7 @@ impl ConvWeight {
         match self {
             ConvWeight::Float(t) => t.clone(),
             ConvWeight::Quantized { matrix, shape } => matrix.clone().dequantize().reshape(*shape),
+            ConvWeight::Host { matrix, shape } => matrix.dequantize().reshape(*shape),
         }
     }
 
@@ -394,9 +412,124 @@ impl ConvWeight {
     pub fn dims(&self) -> [usize; 4] {
         match self {
             ConvWeight::Float(t) => t.dims(),
-            ConvWeight::Quantized { shape, .. } => *shape,
+            ConvWeight::Quantized { shape, .. } | ConvWeight::Host { shape, .. } => *shape,
         }
     }
+}
+
+/// Block-quantized weights kept in host memory for the CPU device and dequantized to f32 right
+/// before each use, a whole block of 32 at a time (rows in parallel natively). burn's CPU
+/// backend dequantizes value by value, looking up each value's block through its
+/// multi-dimensional index, which made quantized SD1.5 UNet steps about 4× slower than f32
+/// ones; it also unpacks int4 to a byte per value, where this keeps the bundle's packing.
+#[derive(Debug, Clone)]
+pub struct HostQuantized {
+    /// burn's `PackedU32` layout (see [`crate::bundle::burn_quantized`]): the values packed
+    /// little-endian, 4 × 8 or 8 × 4 bits per word, then one f32 scale per block of 32.
+    bytes: std::sync::Arc<[u8]>,
+    rows: usize,
+    cols: usize,
+    bits: usize,
+    device: Device,
+}
+
+/// Values per quantization block.
+const BLOCK: usize = 32;
+
+impl HostQuantized {
+    /// From burn quantized data `[rows, cols]` in the bundle's scheme (Q8S or Q4F blocks of 32
+    /// with f32 scales, packed in u32 words); `None` for anything else.
+    pub fn from_data(data: &TensorData, device: &Device) -> Option<Self> {
+        use burn::tensor::quantization::{QuantStore, QuantValue, ScaleDtype};
+        let DType::QFloat(scheme) = data.dtype() else {
+            return None;
+        };
+        let bits = match scheme.value {
+            QuantValue::Q8S => 8,
+            QuantValue::Q4F => 4,
+            _ => return None,
+        };
+        let blocks_of_32 = scheme
+            .block_size()
+            .is_some_and(|b| b.as_slice() == [BLOCK as u8]);
+        if !matches!(scheme.store, QuantStore::PackedU32(0))
+            || !blocks_of_32
+            || scheme.num_levels() != 1
+            || scheme.scale_dtype() != ScaleDtype::F32
+        {
+            return None;
+        }
+        let shape = data.shape();
+        let [rows, cols] = [*shape.first()?, *shape.get(1)?];
+        let n = rows * cols;
+        if shape.len() != 2 || cols % BLOCK != 0 {
+            return None;
+        }
+        let bytes = data.as_bytes();
+        if bytes.len() != n * bits / 8 + n / BLOCK * 4 {
+            return None;
+        }
+        Some(Self {
+            bytes: bytes.into(),
+            rows,
+            cols,
+            bits,
+            device: device.clone(),
+        })
+    }
+
+    /// `[rows, cols]`.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    /// The f32 values, row-major.
+    pub fn dequantize_values(&self) -> Vec<f32> {
+        let n = self.rows * self.cols;
+        let (q, s) = self.bytes.split_at(n * self.bits / 8);
+        let qb = BLOCK * self.bits / 8; // bytes per block
+        let mut out = vec![0f32; n];
+        let block = |(b, o): (usize, &mut [f32])| {
+            let d = f32::from_le_bytes(s[b * 4..b * 4 + 4].try_into().expect("4 bytes"));
+            let q = &q[b * qb..(b + 1) * qb];
+            if self.bits == 8 {
+                for (o, &v) in o.iter_mut().zip(q) {
+                    *o = v as i8 as f32 * d;
+                }
+            } else {
+                // Two values per byte, the first in the low nibble (4-bit two's complement).
+                for (o, &v) in o.chunks_exact_mut(2).zip(q) {
+                    o[0] = (((v << 4) as i8) >> 4) as f32 * d;
+                    o[1] = ((v as i8) >> 4) as f32 * d;
+                }
+            }
+        };
+        // Rows of blocks in parallel natively (the wasm build has no threads).
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            use rayon::prelude::*;
+            out.par_chunks_mut(BLOCK)
+                .enumerate()
+                .with_min_len(1024)
+                .for_each(block);
+        }
+        #[cfg(target_arch = "wasm32")]
+        out.chunks_mut(BLOCK).enumerate().for_each(block);
+        out
+    }
+
+    /// The f32 matrix `[rows, cols]` on the device.
+    pub fn dequantize(&self) -> Tensor<2> {
+        Tensor::from_data(
+            TensorData::new(self.dequantize_values(), [self.rows, self.cols]),
+            &self.device,
+        )
+    }
+}
+
+/// Whether quantized weights are better kept on the host ([`HostQuantized`]): the CPU device.
+fn host_quantized(device: &Device) -> bool {
+    *device == Device::flex()
 }
 
 /// Upload host data to a device, keeping quantized data quantized.

@@ -390,3 +390,88 @@ fn pickle_with_unsupported_opcodes_is_refused() {
     let m = weights_err(r);
     assert!(m.contains("unsupported global os.system"), "{m}");
 }
+
+#[test]
+fn sequential_residency_loads_one_stage_at_a_time_and_matches_resident() {
+    use fastcomposer::components::Residency;
+    let path = convert_to(&model_dir(), None, "int8", "sequential.gguf");
+    let resident = load(&path);
+    let bundle = std::sync::Arc::new(Bundle::open(&path).unwrap());
+    let seq = FastComposer::load_bundle_with(
+        bundle,
+        &test_device(),
+        AttentionKernel::default(),
+        Residency::Sequential,
+    )
+    .unwrap();
+    assert_eq!(seq.residency(), Residency::Sequential);
+    assert_eq!(resident.residency(), Residency::Resident);
+    assert_eq!(
+        seq.loaded_stage(),
+        None,
+        "nothing is loaded before it is used"
+    );
+
+    let run = |m: &FastComposer, stages: &mut Vec<Option<&'static str>>| {
+        let e = m.encode_subject(&photo("chelsea"), None).unwrap();
+        stages.push(m.loaded_stage());
+        let opts = GenerateOptions {
+            prompt: "a cat <|image|> in the snow".into(),
+            steps: 2,
+            width: Some(64),
+            height: Some(64),
+            ..Default::default()
+        };
+        let mut d = m.start(&opts, std::slice::from_ref(&e), None).unwrap();
+        stages.push(m.loaded_stage());
+        while !d.is_done() {
+            d.step().unwrap();
+        }
+        stages.push(m.loaded_stage());
+        let img = d.decode_rgb().unwrap();
+        stages.push(m.loaded_stage());
+        (e.values, img)
+    };
+    let mut stages = Vec::new();
+    let (e_seq, img_seq) = run(&seq, &mut stages);
+    // Image encoder, then text encoder + fuser, then UNet, then VAE: one stage at a time.
+    assert_eq!(
+        stages,
+        [Some("image"), Some("text"), Some("unet"), Some("vae")]
+    );
+    // A second generation loads the stages again, in the same order, with the same result.
+    let mut again = Vec::new();
+    let (e_again, img_again) = run(&seq, &mut again);
+    assert_eq!(again, stages);
+    assert_eq!((&e_again, &img_again), (&e_seq, &img_seq));
+    // Same weights, same kernels: exactly the resident model's output.
+    let mut none = Vec::new();
+    let (e_res, img_res) = run(&resident, &mut none);
+    assert_eq!(none, [None, None, None, None]);
+    assert_eq!(e_seq, e_res);
+    assert_eq!(img_seq, img_res);
+}
+
+#[test]
+fn residency_modes_parse_and_auto_follows_the_bundle_size() {
+    use fastcomposer::components::Residency;
+    assert_eq!(
+        Residency::parse("auto", 19 << 20).unwrap(),
+        Residency::Resident
+    );
+    assert_eq!(
+        Residency::parse("auto", 776 << 20).unwrap(),
+        Residency::Sequential
+    );
+    assert_eq!(
+        Residency::parse("sequential", 0).unwrap(),
+        Residency::Sequential
+    );
+    assert_eq!(
+        Residency::parse("resident", 2 << 30).unwrap(),
+        Residency::Resident
+    );
+    let e = Residency::parse("low", 0).unwrap_err();
+    assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+    assert!(e.to_string().contains("unknown memory mode `low`"), "{e}");
+}

@@ -227,7 +227,12 @@ fn generate_latents_out_writes_latents_and_subjects_without_decoding() {
     assert_eq!(run(), bytes);
     // Neither --out nor --latents-out: refused before any work.
     assert_fails(
-        generate(&["--prompt", "a cat <|image|>", "--subject", "PHOTOS/chelsea.png"]),
+        generate(&[
+            "--prompt",
+            "a cat <|image|>",
+            "--subject",
+            "PHOTOS/chelsea.png",
+        ]),
         "nothing to write",
     );
 }

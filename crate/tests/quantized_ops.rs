@@ -1,12 +1,14 @@
 //! Quantized weights as burn holds them: Q8_0 and Q4_0 blocks packed for the device, then
 //! dequantized, and multiplied the way linear layers use them, on the test
-//! device — the same code paths on the CPU and on wgpu.
+//! device — the same code paths on the CPU and on wgpu — and the CPU device's own host-side
+//! dequantization (`HostQuantized`) against the same expected values.
 
 mod common;
 
 use burn::tensor::Tensor;
 use fastcomposer::bundle::burn_quantized;
 use fastcomposer::bundle::gguf::GgmlType;
+use fastcomposer::weights::HostQuantized;
 
 #[test]
 fn packed_blocks_dequantize_and_multiply() {
@@ -40,6 +42,15 @@ fn packed_blocks_dequantize_and_multiply() {
                 .try_into_vec()
                 .unwrap();
             assert_eq!(deq, want, "{ty:?} {out}x{inp}: dequantized values");
+            // The CPU device's host path (block-wise dequantization) gives the same values.
+            let data = burn_quantized(&q, &scales, [out, inp], ty);
+            let host = HostQuantized::from_data(&data, &device).expect("the bundle's scheme");
+            assert_eq!(host.dims(), [out, inp]);
+            assert_eq!(
+                host.dequantize_values(),
+                want,
+                "{ty:?} {out}x{inp}: host path"
+            );
             let x = Tensor::<2>::from_data(
                 burn::tensor::TensorData::new(
                     (0..3 * inp)

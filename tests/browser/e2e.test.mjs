@@ -293,6 +293,44 @@ test('abort mid-generation gives Cancelled, and the next generate works', async 
   await page.close();
 });
 
+test('memory modes: sequential loading gives the resident model\'s image; a bad mode is a typed error', async () => {
+  const { page, problems } = await apiPage();
+  const r = await page.evaluate(async (steps) => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const photo = await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob();
+    const sum = (img) => Array.from(img.data).reduce((a, b) => (a * 31 + b) % 1000000007, 7);
+    const out = {};
+    for (const memory of ['resident', 'sequential']) {
+      const gen = await createGenerator({ model: 'models/default.gguf', device: 'cpu', memory });
+      const s = await gen.encodeSubject(photo);
+      const opts = { prompt: 'a cat <|image|> in the forest', subjects: [s], steps, seed: 3 };
+      // Twice: the sequential model loads its stages again for the second image.
+      const a = await gen.generate(opts);
+      const b = await gen.generate(opts);
+      out[memory] = { mode: gen.memory, first: sum(a.image), second: sum(b.image) };
+      await gen.dispose();
+    }
+    const auto = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
+    out.auto = auto.memory; // 19 MB: below the 512 MiB threshold
+    await auto.dispose();
+    try {
+      await createGenerator({ model: 'models/default.gguf', device: 'cpu', memory: 'low' });
+      out.bad = 'no error';
+    } catch (e) {
+      out.bad = `${e.name}: ${e.message}`;
+    }
+    return out;
+  }, STEPS);
+  assert.equal(r.resident.mode, 'resident');
+  assert.equal(r.sequential.mode, 'sequential');
+  assert.equal(r.auto, 'resident');
+  assert.equal(r.sequential.first, r.resident.first, 'sequential loading changed the image');
+  assert.equal(r.sequential.second, r.sequential.first, 'the second sequential generation differs');
+  assert.match(r.bad, /^InvalidInput: unknown memory mode "low"/);
+  assertClean(problems);
+  await page.close();
+});
+
 test('two generate calls at once are queued, results uncorrupted; bad input is a typed error', async () => {
   const { page, problems } = await apiPage();
   const r = await page.evaluate(async (steps) => {

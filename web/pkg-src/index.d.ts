@@ -23,6 +23,13 @@ export interface CreateGeneratorOptions {
   model: string | URL | ArrayBuffer | Uint8Array;
   /** 'auto' = WebGPU if available, else CPU. */
   device?: 'auto' | 'webgpu' | 'cpu';
+  /**
+   * 'resident': every component stays loaded (fastest for many images). 'sequential': each
+   * component is loaded when its stage starts and the previous one is freed (text encoder,
+   * image encoder, UNet, VAE), so the device holds one stage's weights at a time — for models
+   * larger than the device's memory. 'auto' (default): sequential for bundles over 512 MiB.
+   */
+  memory?: 'auto' | 'resident' | 'sequential';
   onProgress?: (p: LoadProgress) => void;
   /** Where the .wasm file is, if not next to the package. */
   wasmUrl?: string | URL;
@@ -100,6 +107,8 @@ export interface DenoiseSession {
  */
 export interface Generator {
   readonly device: 'webgpu' | 'cpu';
+  /** How the components are kept (see CreateGeneratorOptions.memory). */
+  readonly memory: 'resident' | 'sequential';
   readonly imageSize: number;
   readonly marker: string;
   /** Where the bundle came from: "network", "network+cached", "cache" or "buffer". */

@@ -149,11 +149,12 @@ class Generator {
   }
 
   async _start() {
-    const { model, device, onProgress, wasmUrl } = this._opts;
+    const { model, device, memory, onProgress, wasmUrl } = this._opts;
     this._client = new WorkerClient();
     await this._client.call('init', { wasmUrl: String(wasmUrl || WASM_URL) });
-    const info = await this._client.call('load', { model, device }, onProgress);
+    const info = await this._client.call('load', { model, device, memory }, onProgress);
     this.device = info.device;
+    this.memory = info.memory;
     this.imageSize = info.imageSize;
     this.marker = info.marker;
     this.source = info.source;
@@ -241,14 +242,20 @@ class Generator {
 /**
  * Load a model: `model` is a URL (streamed with byte progress, verified chunk by chunk, cached
  * for offline use) or an ArrayBuffer. `device`: 'auto' (WebGPU if available, else CPU),
- * 'webgpu' or 'cpu'. `onProgress` receives `{status:'download', file, loaded, total}`,
- * `{status:'loading', device}`, `{status:'ready', device}`.
+ * 'webgpu' or 'cpu'. `memory`: 'auto' (default), 'resident' (every component stays loaded) or
+ * 'sequential' (each component is loaded when its stage starts and the previous one freed: for
+ * models larger than the device's memory; auto picks it for bundles over 512 MiB).
+ * `onProgress` receives `{status:'download', file, loaded, total}`, `{status:'loading', device}`,
+ * `{status:'ready', device}`.
  */
-export async function createGenerator({ model, device = 'auto', onProgress, wasmUrl } = {}) {
+export async function createGenerator({ model, device = 'auto', memory = 'auto', onProgress, wasmUrl } = {}) {
   if (!model) throw makeError({ name: 'InvalidInput', message: 'createGenerator needs a model (URL or ArrayBuffer)' });
+  if (!['auto', 'resident', 'sequential'].includes(memory)) {
+    throw makeError({ name: 'InvalidInput', message: `unknown memory mode "${memory}" (expected auto, resident or sequential)` });
+  }
   // A relative URL means relative to the page, not to the worker.
   if (typeof model === 'string' || model instanceof URL) model = new URL(String(model), globalThis.location && globalThis.location.href).href;
-  const g = new Generator({ model, device, onProgress, wasmUrl });
+  const g = new Generator({ model, device, memory, onProgress, wasmUrl });
   await g._start();
   return g;
 }

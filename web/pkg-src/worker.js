@@ -238,7 +238,7 @@ const ops = {
     return { version: version() };
   },
 
-  async load({ model, device }, report) {
+  async load({ model, device, memory }, report) {
     await ready;
     if (generator) { generator.free(); generator = null; }
     let dev = device || 'auto';
@@ -252,9 +252,9 @@ const ops = {
     const about = { name: h.name, license: h.license, description: h.description, quantization: h.quantization };
     report({ status: 'loading', device: dev });
     // The wasm side copies the bytes in; drop our copy right after.
-    generator = await Generator.load(bytes, dev);
+    generator = await Generator.load(bytes, dev, memory || 'auto');
     report({ status: 'ready', device: dev });
-    return { device: dev, imageSize: generator.imageSize, marker: generator.marker, source, model: about };
+    return { device: dev, memory: generator.memory, imageSize: generator.imageSize, marker: generator.marker, source, model: about };
   },
 
   async encodeSubject({ rgba, width, height, mask }) {

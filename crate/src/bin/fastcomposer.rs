@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::{Distribution, Tensor};
@@ -9,6 +10,7 @@ use burn::tensor::{Distribution, Tensor};
 use clap::{Parser, Subcommand};
 use fastcomposer::attention::AttentionKernel;
 use fastcomposer::bundle::{Bundle, BundleInfo};
+use fastcomposer::components::Residency;
 use fastcomposer::convert::{ConvertOptions, convert};
 use fastcomposer::default_model;
 use fastcomposer::device::{self, DeviceChoice};
@@ -105,6 +107,12 @@ enum Command {
         /// largest buffer, after each stage.
         #[arg(long)]
         memory_report: bool,
+        /// auto | resident | sequential. Sequential loads each component when its stage
+        /// starts and frees the one before (text encoder, image encoder, UNet, VAE): device
+        /// memory holds one stage's weights at a time. auto: sequential for bundles over
+        /// 512 MiB. Diffusers-layout directories are always resident.
+        #[arg(long, default_value = "auto")]
+        memory: String,
         /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
         /// (text_encoder/, image_encoder/, fuser/, unet/, vae/, scheduler/). Default: the
         /// built-in model.
@@ -229,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             latents_out,
             memory_report,
+            memory,
         } => {
             if out.is_none() && latents_out.is_none() {
                 return Err(Error::invalid(
@@ -242,6 +251,7 @@ fn run(cli: Cli) -> Result<()> {
                     subjects.len()
                 )));
             }
+            Residency::parse(&memory, 0)?; // a bad mode fails before any work
             let opts = GenerateOptions {
                 prompt,
                 negative_prompt: negative,
@@ -301,13 +311,25 @@ fn run(cli: Cli) -> Result<()> {
             let t0 = std::time::Instant::now();
             let model = match &model {
                 Some(path) if path.is_dir() => {
+                    if memory == "sequential" {
+                        return Err(Error::invalid(
+                            "--memory sequential needs a bundle (.gguf); a directory loads resident",
+                        ));
+                    }
                     let dir = ModelDir::open(path)?;
                     FastComposer::load(&dir.config, &dir, &device, kernel)?
                 }
-                Some(path) => FastComposer::load_bundle(&Bundle::open(path)?, &device, kernel)?,
+                Some(path) => {
+                    let bundle = Bundle::open(path)?;
+                    let residency = Residency::parse(&memory, bundle.info.file_len())?;
+                    eprintln!("memory: {}", residency.name());
+                    FastComposer::load_bundle_with(Arc::new(bundle), &device, kernel, residency)?
+                }
                 None => {
                     eprintln!("note: using the {}", default_model::LABEL);
-                    default_model::load(&device, kernel)?
+                    let bundle = default_model::bundle()?;
+                    let residency = Residency::parse(&memory, bundle.info.file_len())?;
+                    FastComposer::load_bundle_with(Arc::new(bundle), &device, kernel, residency)?
                 }
             };
             report("loading");
@@ -367,7 +389,7 @@ fn run(cli: Cli) -> Result<()> {
             // One image: free everything but the VAE decoder before decoding.
             drop(embeddings);
             drop(model);
-            let (vae, latents) = d.into_decoder();
+            let (vae, latents) = d.into_decoder()?;
             let img = fastcomposer::pipeline::decode_rgb_with(&vae, latents)?;
             if let Some(m) = monitor {
                 let p = m.finish();

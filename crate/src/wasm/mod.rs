@@ -12,6 +12,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::attention::AttentionKernel;
 use crate::bundle::{Bundle, BundleInfo};
+use crate::components::Residency;
 use crate::error::Error;
 use crate::pipeline::{Denoiser, FastComposer, GenerateOptions, RgbImage, SubjectEmbedding};
 use crate::scheduler::SchedulerKind;
@@ -142,8 +143,17 @@ pub struct Generator {
 #[wasm_bindgen]
 impl Generator {
     /// Load a complete bundle (every chunk verified) on `device`: `"cpu"` or `"webgpu"`. The
-    /// caller checks that WebGPU exists before asking for it.
-    pub async fn load(bundle: Vec<u8>, device: String) -> JsResult<Generator> {
+    /// caller checks that WebGPU exists before asking for it. `memory`: `"auto"` (default),
+    /// `"resident"` (every component stays loaded) or `"sequential"` (each component is loaded
+    /// when its stage starts and the previous one freed: text encoder, image encoder, UNet,
+    /// VAE); auto is sequential for bundles over 512 MiB.
+    pub async fn load(
+        bundle: Vec<u8>,
+        device: String,
+        memory: Option<String>,
+    ) -> JsResult<Generator> {
+        let residency = Residency::parse(memory.as_deref().unwrap_or("auto"), bundle.len() as u64)
+            .map_err(js_error)?;
         let dev = match device.as_str() {
             "cpu" => Device::flex(),
             "webgpu" => Device::wgpu_options()
@@ -157,8 +167,13 @@ impl Generator {
             }
         };
         let bundle = Bundle::from_bytes(bundle).map_err(js_error)?;
-        let model = FastComposer::load_bundle(&bundle, &dev, AttentionKernel::default())
-            .map_err(js_error)?;
+        let model = FastComposer::load_bundle_with(
+            std::sync::Arc::new(bundle),
+            &dev,
+            AttentionKernel::default(),
+            residency,
+        )
+        .map_err(js_error)?;
         Ok(Generator {
             model,
             device_name: device,
@@ -169,6 +184,19 @@ impl Generator {
     #[wasm_bindgen(getter)]
     pub fn device(&self) -> String {
         self.device_name.clone()
+    }
+
+    /// `"resident"` or `"sequential"` (see `load`).
+    #[wasm_bindgen(getter)]
+    pub fn memory(&self) -> String {
+        self.model.residency().name().to_string()
+    }
+
+    /// Sequential: the stage whose components are on the device now (`"text"`, `"image"`,
+    /// `"unet"`, `"vae"`), or `undefined`.
+    #[wasm_bindgen(getter, js_name = loadedStage)]
+    pub fn loaded_stage(&self) -> Option<String> {
+        self.model.loaded_stage().map(str::to_string)
     }
 
     /// The model's native image size in pixels.
