@@ -34,18 +34,18 @@ impl Bands {
             bands: vec![x],
             max_bytes,
         }
-        .fit(0)
+        .fit(0, 0)
     }
 
     /// Split bands further so that a band of `channels` channels (0: the bands' own) and the
-    /// bands' width stays within the budget.
-    fn fit(self, channels: usize) -> Self {
+    /// bands' width, grown by `halo` rows, stays within the budget.
+    fn fit(self, channels: usize, halo: usize) -> Self {
         let max_bytes = self.max_bytes;
         let mut out = Vec::with_capacity(self.bands.len());
         for band in self.bands {
             let [b, c, h, w] = band.dims();
             let row = b * c.max(channels) * w * 4;
-            let rows = (max_bytes / row.max(1)).max(1);
+            let rows = (max_bytes / row.max(1)).saturating_sub(halo).max(1);
             if h <= rows {
                 out.push(band);
                 continue;
@@ -148,7 +148,10 @@ impl Bands {
     pub fn conv(self, conv: &Conv2d) -> Self {
         let [c_out, _, k, _] = conv.weight.dims();
         let pad = conv.options.padding[0];
-        let this = self.fit(c_out);
+        // A 3×3 convolution reads (and computes) one halo row above and below each band: the
+        // band plus its halo must fit, in and out.
+        let halo = if k == 1 { 0 } else { 2 };
+        let this = self.fit(c_out, halo);
         // The kernel once for all bands (a quantized one is dequantized once).
         let weight = conv.weight.get();
         let forward =
@@ -238,13 +241,13 @@ impl Bands {
 
     /// Nearest-neighbour upsampling by 2 in both directions, band by band.
     pub fn upsample_nearest2(self) -> Self {
-        let this = self.fit(0);
+        let this = self.fit(0, 0);
         // Each band doubles: split first so that the doubled bands stay within the budget.
         let halved = Self {
             max_bytes: this.max_bytes / 4,
             bands: this.bands,
         }
-        .fit(0);
+        .fit(0, 0);
         Self {
             bands: halved
                 .bands
@@ -276,6 +279,19 @@ mod tests {
 
     fn values(x: Tensor<4>) -> Vec<f32> {
         x.into_data().try_into_vec::<f32>().unwrap()
+    }
+
+    /// Bands sized for a 3×3 convolution leave room for its two halo rows.
+    #[test]
+    fn bands_leave_room_for_the_halo() {
+        let device = Device::flex();
+        let x = ramp([1, 2, 10, 3], &device);
+        let row = 2 * 3 * 4;
+        let plain = Bands::split(x.clone(), 4 * row);
+        assert!(plain.bands.iter().all(|b| b.dims()[2] <= 4));
+        let haloed = plain.fit(0, 2);
+        assert!(haloed.bands.iter().all(|b| b.dims()[2] + 2 <= 4));
+        assert_eq!(values(haloed.concat()), values(x));
     }
 
     /// Bands split differently (as after a layer that widens the channels) are re-aligned
