@@ -358,8 +358,15 @@ fn run(cli: Cli) -> Result<()> {
             );
             bar.set_message("denoising");
             let t0 = std::time::Instant::now();
+            // Each step's time, finished on the device (wgpu queues work: wait for it).
+            let mut step_s = Vec::with_capacity(d.total());
             while !d.is_done() {
+                let t = std::time::Instant::now();
                 d.step()?;
+                if choice == device::DeviceChoice::Wgpu {
+                    d.settle_blocking()?;
+                }
+                step_s.push(t.elapsed().as_secs_f64());
                 bar.inc(1);
             }
             bar.finish_and_clear();
@@ -368,8 +375,13 @@ fn run(cli: Cli) -> Result<()> {
             // Seconds per stage, each stage finished on the device.
             let t_steps = t0.elapsed().as_secs_f64();
             eprintln!(
-                "timings: {{\"load_s\": {t_load:.3}, \"subjects_s\": {t_subjects:.3}, \"prompt_s\": {t_prompt:.3}, \"steps\": {}, \"steps_s\": {t_steps:.3}}}",
-                d.total()
+                "timings: {{\"load_s\": {t_load:.3}, \"subjects_s\": {t_subjects:.3}, \"prompt_s\": {t_prompt:.3}, \"steps\": {}, \"steps_s\": {t_steps:.3}, \"step_s\": [{}]}}",
+                d.total(),
+                step_s
+                    .iter()
+                    .map(|t| format!("{t:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             if let Some(path) = &latents_out {
                 let mut named = vec![("latents".to_string(), d.latents().into_data())];
