@@ -226,7 +226,9 @@ impl FastComposer {
 
     /// Load a verified bundle with the given residency. Sequential keeps the bundle (its
     /// quantized bytes, in host memory) and loads each stage's components when the stage
-    /// starts ([`crate::components`]); nothing is on the device until then.
+    /// starts ([`crate::components`]); nothing is on the device until then, and a tensor that
+    /// does not fit the config is reported (a weights error naming the key) by the call whose
+    /// stage needs it rather than here.
     pub fn load_bundle_with(
         bundle: Arc<crate::bundle::Bundle>,
         device: &Device,

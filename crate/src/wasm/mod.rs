@@ -192,13 +192,6 @@ impl Generator {
         self.model.residency().name().to_string()
     }
 
-    /// Sequential: the stage whose components are on the device now (`"text"`, `"image"`,
-    /// `"unet"`, `"vae"`), or `undefined`.
-    #[wasm_bindgen(getter, js_name = loadedStage)]
-    pub fn loaded_stage(&self) -> Option<String> {
-        self.model.loaded_stage().map(str::to_string)
-    }
-
     /// The model's native image size in pixels.
     #[wasm_bindgen(getter, js_name = imageSize)]
     pub fn image_size(&self) -> usize {
