@@ -113,6 +113,10 @@ enum Command {
         /// 512 MiB. Diffusers-layout directories are always resident.
         #[arg(long, default_value = "auto")]
         memory: String,
+        /// Largest attention-scores buffer in MiB (attention is sliced to fit); also the row-band
+        /// budget of the VAE decoder.
+        #[arg(long, default_value_t = 128)]
+        attention_mib: usize,
         /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
         /// (text_encoder/, image_encoder/, fuser/, unet/, vae/, scheduler/). Default: the
         /// built-in model.
@@ -238,6 +242,7 @@ fn run(cli: Cli) -> Result<()> {
             latents_out,
             memory_report,
             memory,
+            attention_mib,
         } => {
             if out.is_none() && latents_out.is_none() {
                 return Err(Error::invalid(
@@ -307,7 +312,9 @@ fn run(cli: Cli) -> Result<()> {
                     );
                 }
             };
-            let kernel = AttentionKernel::default();
+            let kernel = AttentionKernel::Sliced {
+                max_bytes: attention_mib.max(1) << 20,
+            };
             let t0 = std::time::Instant::now();
             let model = match &model {
                 Some(path) if path.is_dir() => {
