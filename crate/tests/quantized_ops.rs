@@ -86,3 +86,66 @@ fn packed_blocks_dequantize_and_multiply() {
         }
     }
 }
+
+/// One quantized tensor, as a bundle would hand it to the loader.
+struct OneTensor(burn::tensor::TensorData, Vec<usize>);
+
+impl fastcomposer::weights::TensorSource for OneTensor {
+    fn names(&self) -> Vec<String> {
+        vec!["w".into()]
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        (name == "w").then(|| self.1.clone())
+    }
+    fn read(&self, _name: &str) -> fastcomposer::Result<burn::tensor::TensorData> {
+        Ok(self.0.clone())
+    }
+}
+
+/// On the CPU device the loader keeps quantized weights on the host (dequantized per use); on
+/// wgpu they go to the device quantized. Either way the layer computes the same product.
+#[test]
+fn the_cpu_device_keeps_quantized_weights_on_the_host() {
+    use fastcomposer::nn::Linear;
+    use fastcomposer::weights::{LinearWeight, Loader};
+    let device = common::test_device();
+    let (out, inp) = (64usize, 96usize);
+    let q: Vec<i8> = (0..out * inp).map(|i| ((i * 31) % 255) as i8).collect();
+    let scales: Vec<f32> = (0..out * inp / 32)
+        .map(|i| 0.01 * (1 + i % 3) as f32)
+        .collect();
+    let src = OneTensor(
+        burn_quantized(&q, &scales, [out, inp], GgmlType::Q8_0),
+        vec![out, inp],
+    );
+    let vb = Loader::new(&src, &device);
+    let w = vb.linear_weight("w", inp, out).unwrap();
+    let on_cpu = device == burn::tensor::Device::flex();
+    assert_eq!(matches!(w, LinearWeight::Host(_)), on_cpu, "{w:?}");
+    assert_eq!(matches!(w, LinearWeight::Quantized(_)), !on_cpu, "{w:?}");
+    let layer = Linear {
+        weight: w,
+        bias: None,
+    };
+    let x: Vec<f32> = (0..2 * inp).map(|i| (i % 7) as f32 - 3.0).collect();
+    let y: Vec<f32> = layer
+        .forward(Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(x.clone(), [2, inp]),
+            &device,
+        ))
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    for r in 0..2 {
+        for o in 0..out {
+            let want: f32 = (0..inp)
+                .map(|i| x[r * inp + i] * q[o * inp + i] as f32 * scales[(o * inp + i) / 32])
+                .sum();
+            let got = y[r * out + o];
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+                "{r},{o}: {got} vs {want}"
+            );
+        }
+    }
+}
