@@ -22,5 +22,5 @@ for q in ${@:-int8 int4}; do
     target/release/fastcomposer generate --model "$b" \
     --prompt "a cat <|image|> on the beach" --subject crate/tests/fixtures/pipeline/photos/chelsea.png \
     --steps 1 --seed 0 --device wgpu --memory "$mode" --memory-report --out "tools/.data/sd15_wgpu_$q.png" 2>&1 |
-    grep -v -E "XDG_RUNTIME_DIR|^Can't have an error when submitting a task" || true
+    grep --line-buffered -v -E "XDG_RUNTIME_DIR|^Can.t have an error when submitting a task" || true
 done
