@@ -293,7 +293,7 @@ test('abort mid-generation gives Cancelled, and the next generate works', async 
   await page.close();
 });
 
-test('memory modes: sequential loading gives the resident model\'s image; a bad mode is a typed error', async () => {
+test('memory modes: sequential loading gives the resident model\'s image (within rounding); a bad mode is a typed error', async () => {
   const { page, problems } = await apiPage();
   const r = await page.evaluate(async (steps) => {
     const { createGenerator } = await import('./pkg/index.js');
@@ -307,9 +307,22 @@ test('memory modes: sequential loading gives the resident model\'s image; a bad 
       // Twice: the sequential model loads its stages again for the second image.
       const a = await gen.generate(opts);
       const b = await gen.generate(opts);
-      out[memory] = { mode: gen.memory, first: sum(a.image), second: sum(b.image) };
+      out[memory] = { mode: gen.memory, first: sum(a.image), second: sum(b.image), pixels: a.image.data };
       await gen.dispose();
     }
+    // Sequential also runs the guidance batch as two batch-1 passes: the same arithmetic, summed
+    // in a different order by the wasm kernels, so 8-bit pixels may differ by a rounding step.
+    let max = 0;
+    let total = 0;
+    const [p, q] = [out.resident.pixels, out.sequential.pixels];
+    for (let i = 0; i < p.length; i++) {
+      const d = Math.abs(p[i] - q[i]);
+      max = Math.max(max, d);
+      total += d;
+    }
+    out.diff = { max, mean: total / p.length };
+    delete out.resident.pixels;
+    delete out.sequential.pixels;
     const auto = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
     out.auto = auto.memory; // 19 MB: below the 512 MiB threshold
     await auto.dispose();
@@ -324,7 +337,8 @@ test('memory modes: sequential loading gives the resident model\'s image; a bad 
   assert.equal(r.resident.mode, 'resident');
   assert.equal(r.sequential.mode, 'sequential');
   assert.equal(r.auto, 'resident');
-  assert.equal(r.sequential.first, r.resident.first, 'sequential loading changed the image');
+  console.log(`sequential vs resident: max |diff| ${r.diff.max}, mean ${r.diff.mean.toFixed(4)} (8-bit levels)`);
+  assert.ok(r.diff.max <= 2 && r.diff.mean <= 0.05, `sequential loading changed the image: ${JSON.stringify(r.diff)}`);
   assert.equal(r.sequential.second, r.sequential.first, 'the second sequential generation differs');
   assert.match(r.bad, /^InvalidInput: unknown memory mode "low"/);
   assertClean(problems);
