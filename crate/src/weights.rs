@@ -263,6 +263,32 @@ impl<'a> Loader<'a> {
         Ok(to_device(data, &self.device))
     }
 
+    /// A lookup table `[rows, dim]` kept on the host ([`EmbeddingTable`]).
+    pub fn embedding(&self, name: &str, shape: [usize; 2]) -> Result<EmbeddingTable> {
+        let data = match self.fetch(name, &[&shape])? {
+            Some(d) => d,
+            None => random_data(name, &shape, shape[1]),
+        };
+        if is_quantized(&data) {
+            return HostQuantized::from_data(&data, &self.device)
+                .map(EmbeddingTable::Quantized)
+                .ok_or_else(|| {
+                    Error::weights(format!(
+                        "tensor `{}` is quantized in a layout this build does not read",
+                        self.key(name)
+                    ))
+                });
+        }
+        let values = data
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| Error::weights(format!("tensor `{}`: {e:?}", self.key(name))))?;
+        Ok(EmbeddingTable::Float {
+            values: values.into(),
+            dim: shape[1],
+        })
+    }
+
     /// A linear weight stored `[d_out, d_in]` (or conv-shaped `[d_out, d_in, 1, 1]`): float
     /// data is transposed on the host to burn's `[d_in, d_out]`; quantized data stays quantized
     /// as stored.
@@ -483,27 +509,42 @@ impl HostQuantized {
         [self.rows, self.cols]
     }
 
-    /// The f32 values, row-major.
-    pub fn dequantize_values(&self) -> Vec<f32> {
+    /// Dequantize block `b` (values `32·b ..`) into `o`.
+    fn block(&self, b: usize, o: &mut [f32]) {
         let n = self.rows * self.cols;
         let (q, s) = self.bytes.split_at(n * self.bits / 8);
         let qb = BLOCK * self.bits / 8; // bytes per block
-        let mut out = vec![0f32; n];
-        let block = |(b, o): (usize, &mut [f32])| {
-            let d = f32::from_le_bytes(s[b * 4..b * 4 + 4].try_into().expect("4 bytes"));
-            let q = &q[b * qb..(b + 1) * qb];
-            if self.bits == 8 {
-                for (o, &v) in o.iter_mut().zip(q) {
-                    *o = v as i8 as f32 * d;
-                }
-            } else {
-                // Two values per byte, the first in the low nibble (4-bit two's complement).
-                for (o, &v) in o.chunks_exact_mut(2).zip(q) {
-                    o[0] = (((v << 4) as i8) >> 4) as f32 * d;
-                    o[1] = ((v as i8) >> 4) as f32 * d;
-                }
+        let d = f32::from_le_bytes(s[b * 4..b * 4 + 4].try_into().expect("4 bytes"));
+        let q = &q[b * qb..(b + 1) * qb];
+        if self.bits == 8 {
+            for (o, &v) in o.iter_mut().zip(q) {
+                *o = v as i8 as f32 * d;
             }
-        };
+        } else {
+            // Two values per byte, the first in the low nibble (4-bit two's complement).
+            for (o, &v) in o.chunks_exact_mut(2).zip(q) {
+                o[0] = (((v << 4) as i8) >> 4) as f32 * d;
+                o[1] = ((v as i8) >> 4) as f32 * d;
+            }
+        }
+    }
+
+    /// The f32 values of the given rows, one after the other.
+    pub fn dequantize_rows(&self, rows: &[usize]) -> Vec<f32> {
+        let per_row = self.cols / BLOCK;
+        let mut out = vec![0f32; rows.len() * self.cols];
+        for (o, &r) in out.chunks_mut(self.cols).zip(rows) {
+            for (j, o) in o.chunks_mut(BLOCK).enumerate() {
+                self.block(r * per_row + j, o);
+            }
+        }
+        out
+    }
+
+    /// The f32 values, row-major.
+    pub fn dequantize_values(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        let block = |(b, o): (usize, &mut [f32])| self.block(b, o);
         // Rows of blocks in parallel natively (the wasm build has no threads).
         #[cfg(not(target_arch = "wasm32"))]
         {
@@ -524,6 +565,40 @@ impl HostQuantized {
             TensorData::new(self.dequantize_values(), [self.rows, self.cols]),
             &self.device,
         )
+    }
+}
+
+/// A lookup table (CLIP's token embedding) kept in host memory: the rows a call needs are
+/// gathered (and dequantized) on the host and only they go to the device. The whole table,
+/// 49,408 × 768 values, would be one 145 MiB f32 buffer on the device — above WebGPU's default
+/// 128 MiB buffer limit — for a lookup of 154 rows.
+#[derive(Debug, Clone)]
+pub enum EmbeddingTable {
+    Float {
+        values: std::sync::Arc<[f32]>,
+        dim: usize,
+    },
+    Quantized(HostQuantized),
+}
+
+impl EmbeddingTable {
+    /// `[rows, dim]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            EmbeddingTable::Float { values, dim } => [values.len() / dim, *dim],
+            EmbeddingTable::Quantized(q) => q.dims(),
+        }
+    }
+
+    /// The rows `ids` (each below `dims()[0]`), one after the other.
+    pub fn rows(&self, ids: &[usize]) -> Vec<f32> {
+        match self {
+            EmbeddingTable::Float { values, dim } => ids
+                .iter()
+                .flat_map(|&i| values[i * dim..(i + 1) * dim].iter().copied())
+                .collect(),
+            EmbeddingTable::Quantized(q) => q.dequantize_rows(ids),
+        }
     }
 }
 

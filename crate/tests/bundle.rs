@@ -458,7 +458,10 @@ fn sequential_residency_loads_one_stage_at_a_time_and_matches_resident() {
         .map(|(a, b)| a.abs_diff(*b))
         .max()
         .unwrap();
-    assert!(max <= 2, "sequential vs resident image: max difference {max} levels");
+    assert!(
+        max <= 2,
+        "sequential vs resident image: max difference {max} levels"
+    );
 }
 
 #[test]

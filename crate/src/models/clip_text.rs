@@ -1,14 +1,14 @@
 //! `CLIPTextModel` (transformers): token + position embeddings, causal pre-LN transformer,
 //! final LayerNorm. Output: the last hidden state `[B, L, hidden]`.
 
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use serde::Deserialize;
 
 use super::clip::{ClipEncoder, EncoderShape};
 use crate::attention::AttentionKernel;
 use crate::error::{Error, Result};
 use crate::nn::{Activation, LayerNorm};
-use crate::weights::Loader;
+use crate::weights::{EmbeddingTable, Loader};
 
 /// transformers' `CLIPTextConfig` (its `config.json`). Defaults: SD1.5's text encoder,
 /// CLIP ViT-L/14 (openai/clip-vit-large-patch14, `text_encoder/config.json`).
@@ -58,7 +58,8 @@ impl ClipTextConfig {
 /// The CLIP text transformer.
 #[derive(Debug, Clone)]
 pub struct ClipTextModel {
-    token_embedding: Tensor<2>,
+    /// On the host: only the rows a prompt uses go to the device.
+    token_embedding: EmbeddingTable,
     position_embedding: Tensor<2>,
     encoder: ClipEncoder,
     final_layer_norm: LayerNorm,
@@ -79,7 +80,7 @@ impl ClipTextModel {
         Ok(Self {
             token_embedding: emb
                 .pp("token_embedding")
-                .tensor("weight", [config.vocab_size, config.hidden_size])?,
+                .embedding("weight", [config.vocab_size, config.hidden_size])?,
             position_embedding: emb.pp("position_embedding").tensor(
                 "weight",
                 [config.max_position_embeddings, config.hidden_size],
@@ -120,17 +121,15 @@ impl ClipTextModel {
                         self.config.vocab_size
                     )));
                 }
-                flat.push(id as i64);
+                flat.push(id as usize);
             }
         }
-        let device = self.token_embedding.device();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * l]), &device);
+        let device = self.position_embedding.device();
         let d = self.config.hidden_size;
-        let tok = self
-            .token_embedding
-            .clone()
-            .select(0, ids)
-            .reshape([b, l, d]);
+        let tok = Tensor::<3>::from_data(
+            TensorData::new(self.token_embedding.rows(&flat), [b, l, d]),
+            &device,
+        );
         let pos = self
             .position_embedding
             .clone()
