@@ -51,6 +51,17 @@ fn packed_blocks_dequantize_and_multiply() {
                 want,
                 "{ty:?} {out}x{inp}: host path"
             );
+            // Single rows, in any order and repeated (the token-embedding lookup).
+            let rows = [3usize, 0, out - 1, 3];
+            let want_rows: Vec<f32> = rows
+                .iter()
+                .flat_map(|&r| want[r * inp..(r + 1) * inp].iter().copied())
+                .collect();
+            assert_eq!(
+                host.dequantize_rows(&rows),
+                want_rows,
+                "{ty:?} {out}x{inp}: rows"
+            );
             let x = Tensor::<2>::from_data(
                 burn::tensor::TensorData::new(
                     (0..3 * inp)
