@@ -732,11 +732,13 @@ impl Denoiser {
         Ok(to_rgb(&v, w, h))
     }
 
-    /// Wait until the device has finished the work queued so far (a one-value read back;
-    /// blocking — natively only, never in a browser).
+    /// Wait until the device has finished all the work queued so far (every stream, fused
+    /// operations included), and surface any error it met. Blocking: natively only.
     pub fn settle_blocking(&self) -> Result<()> {
-        let one = self.latents.clone().slice([0..1, 0..1, 0..1, 0..1]);
-        crate::forward::read(one).map(|_| ())
+        self.model
+            .device()
+            .sync()
+            .map_err(|e| Error::Device(format!("the device failed: {e}")))
     }
 
     /// Wait until the device has finished the steps queued so far (a one-value read back).
