@@ -6,9 +6,7 @@
 //! generating many images); with [`Residency::Sequential`] only the current stage's components
 //! are: each is loaded from the (verified, still quantized) bundle when its stage starts, and the
 //! previous stage's are freed first, so device memory holds one stage's weights at a time (the
-//! UNet's, at most). This is how a model larger than the device's free memory still runs; the
-//! denoiser then also runs the guidance batch's two halves one after the other
-//! ([`crate::pipeline::Denoiser`]), halving the largest activations.
+//! UNet's, at most). This is how a model larger than the device's free memory still runs.
 
 use std::sync::{Arc, Mutex};
 

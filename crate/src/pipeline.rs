@@ -558,8 +558,6 @@ impl FastComposer {
             switch,
             guidance: opts.guidance,
             guided,
-            // Short of memory: the two halves of the guidance batch one after the other.
-            split_guidance: self.residency() == Residency::Sequential,
             warnings,
         })
     }
@@ -629,7 +627,6 @@ pub struct Denoiser {
     switch: f64,
     guidance: f64,
     guided: bool,
-    split_guidance: bool,
     /// Notes for the user (a truncated prompt).
     pub warnings: Vec<String>,
 }
@@ -670,18 +667,11 @@ impl Denoiser {
         };
         let x = self.scheduler.scale_model_input(self.latents.clone(), t);
         let eps = if self.guided {
-            let (eu, ec) = if self.split_guidance {
-                // Two batch-1 passes: every activation half the size of the batch-2 pass's.
-                let tt = Tensor::<1>::full([1], t as f32, &x.device());
-                let eu = unet.forward(x.clone(), tt.clone(), &cond.clone().narrow(0, 0, 1))?;
-                let ec = unet.forward(x, tt, &cond.clone().narrow(0, 1, 1))?;
-                (eu, ec)
-            } else {
-                let x2 = Tensor::cat(vec![x.clone(), x], 0);
-                let tt = Tensor::<1>::full([2], t as f32, &x2.device());
-                let e = unet.forward(x2, tt, cond)?;
-                (e.clone().narrow(0, 0, 1), e.narrow(0, 1, 1))
-            };
+            let x2 = Tensor::cat(vec![x.clone(), x], 0);
+            let tt = Tensor::<1>::full([2], t as f32, &x2.device());
+            let e = unet.forward(x2, tt, cond)?;
+            let eu = e.clone().narrow(0, 0, 1);
+            let ec = e.narrow(0, 1, 1);
             eu.clone() + (ec - eu) * self.guidance
         } else {
             let tt = Tensor::<1>::full([1], t as f32, &x.device());

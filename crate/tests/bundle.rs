@@ -445,8 +445,7 @@ fn sequential_residency_loads_one_stage_at_a_time_and_matches_resident() {
     assert_eq!(again, stages);
     assert_eq!((&e_again, &img_again), (&e_seq, &img_seq));
     // Same weights, same kernels: the resident model's subject embedding exactly, and its image
-    // within a rounding step (sequential runs the guidance batch as two batch-1 passes, which a
-    // device may sum in another order).
+    // (compared within a rounding step).
     let mut none = Vec::new();
     let (e_res, img_res) = run(&resident, &mut none);
     assert_eq!(none, [None, None, None, None]);

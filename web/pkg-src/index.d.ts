@@ -26,9 +26,8 @@ export interface CreateGeneratorOptions {
   /**
    * 'resident': every component stays loaded (fastest for many images). 'sequential': each
    * component is loaded when its stage starts and the previous one is freed (text encoder,
-   * image encoder, UNet, VAE), so the device holds one stage's weights at a time, and the two
-   * halves of the guidance batch run one after the other — for models larger than the
-   * device's memory. 'auto' (default): sequential for bundles over 512 MiB.
+   * image encoder, UNet, VAE), so the device holds one stage's weights at a time — for models
+   * larger than the device's memory. 'auto' (default): sequential for bundles over 512 MiB.
    */
   memory?: 'auto' | 'resident' | 'sequential';
   onProgress?: (p: LoadProgress) => void;
