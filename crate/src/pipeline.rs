@@ -214,14 +214,7 @@ impl FastComposer {
     ) -> Result<Self> {
         let config = bundle.config();
         let tokenizer = ClipTokenizer::from_gz(&bundle.info.tokenizer_bpe_gz, &config.marker)?;
-        config.check()?;
-        let loaded = load_all(config, bundle, device, kernel)?;
-        Ok(Self::from_parts(
-            config,
-            tokenizer,
-            Components::Resident(loaded),
-            device,
-        ))
+        Self::load_resident(config, bundle, tokenizer, device, kernel)
     }
 
     /// Load a verified bundle with the given residency. Sequential keeps the bundle (its
@@ -260,8 +253,18 @@ impl FastComposer {
         device: &Device,
         kernel: AttentionKernel,
     ) -> Result<Self> {
-        config.check()?;
         let tokenizer = ClipTokenizer::with_marker(&config.marker)?;
+        Self::load_resident(config, weights, tokenizer, device, kernel)
+    }
+
+    fn load_resident(
+        config: &ModelConfig,
+        weights: &dyn ModelWeights,
+        tokenizer: ClipTokenizer,
+        device: &Device,
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
+        config.check()?;
         let loaded = load_all(config, weights, device, kernel)?;
         Ok(Self::from_parts(
             config,
