@@ -29,7 +29,7 @@ impl std::str::FromStr for DeviceChoice {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-type WgpuInit = std::result::Result<(Device, burn::tensor::wgpu::wgpu::Device), String>;
+type WgpuInit = std::result::Result<(Device, burn::tensor::wgpu::wgpu::Device, String), String>;
 
 #[cfg(not(target_arch = "wasm32"))]
 fn wgpu_init() -> &'static WgpuInit {
@@ -38,7 +38,14 @@ fn wgpu_init() -> &'static WgpuInit {
     WGPU.get_or_init(|| {
         Device::wgpu_options()
             .init_with_setup()
-            .map(|(device, setup)| (device, setup.device))
+            .map(|(device, setup)| {
+                let info = setup.adapter.get_info();
+                let adapter = format!(
+                    "{} ({:?}, {:?}, driver {} {})",
+                    info.name, info.backend, info.device_type, info.driver, info.driver_info
+                );
+                (device, setup.device, adapter)
+            })
             .map_err(|e| format!("cannot initialise wgpu: {e}"))
     })
 }
@@ -51,9 +58,15 @@ pub fn create(choice: DeviceChoice) -> Result<Device> {
         DeviceChoice::Cpu => Ok(Device::flex()),
         DeviceChoice::Wgpu => wgpu_init()
             .as_ref()
-            .map(|(d, _)| d.clone())
+            .map(|(d, _, _)| d.clone())
             .map_err(|e| Error::Device(e.clone())),
     }
+}
+
+/// The wgpu adapter in use (name, backend, type, driver), once the wgpu device is created.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn wgpu_adapter() -> Option<String> {
+    wgpu_init().as_ref().ok().map(|(_, _, a)| a.clone())
 }
 
 /// Device memory as wgpu's allocator reports it (natively; Vulkan and DX12 report, other

@@ -156,6 +156,8 @@ impl TensorSource for SafetensorsSource {
 pub struct Loader<'a> {
     /// `None`: random weights of whatever shape is asked (benchmarks, memory checks).
     src: Option<&'a dyn TensorSource>,
+    /// With `src: None`: store the random weights as the bundle writer would in this mode.
+    random_quant: Option<crate::bundle::write::QuantMode>,
     prefix: String,
     used: Rc<RefCell<BTreeSet<String>>>,
     device: Device,
@@ -165,6 +167,7 @@ impl<'a> Loader<'a> {
     pub fn new(src: &'a dyn TensorSource, device: &Device) -> Self {
         Self {
             src: Some(src),
+            random_quant: None,
             prefix: String::new(),
             used: Rc::new(RefCell::new(BTreeSet::new())),
             device: device.clone(),
@@ -177,10 +180,35 @@ impl<'a> Loader<'a> {
     pub fn random(device: &Device) -> Self {
         Self {
             src: None,
+            random_quant: None,
             prefix: String::new(),
             used: Rc::new(RefCell::new(BTreeSet::new())),
             device: device.clone(),
         }
+    }
+
+    /// [`Loader::random`] with the weights stored as a bundle of `mode` stores them (blocks of
+    /// 32 quantized by the bundle writer's own code, the same tensors kept in f16), so the
+    /// quantized path can be timed and sized at full size without writing a bundle.
+    pub fn random_quantized(device: &Device, mode: crate::bundle::write::QuantMode) -> Self {
+        Self {
+            random_quant: Some(mode),
+            ..Self::random(device)
+        }
+    }
+
+    /// Made-up data for `name` stored `[rows, cols]`, quantized when the random mode says so.
+    fn random_stored(&self, name: &str, rows: usize, cols: usize) -> Option<TensorData> {
+        use crate::bundle::gguf::GgmlType;
+        let mode = self.random_quant?;
+        let ty = crate::bundle::write::policy(mode, &self.key(name), &[rows, cols]);
+        if !matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0) {
+            return None;
+        }
+        let values = random_data(name, &[rows, cols], cols)
+            .try_into_vec::<f32>()
+            .ok()?;
+        Some(crate::bundle::quantize_data(&values, [rows, cols], ty))
     }
 
     pub fn device(&self) -> &Device {
@@ -196,6 +224,7 @@ impl<'a> Loader<'a> {
         };
         Loader {
             src: self.src,
+            random_quant: self.random_quant,
             prefix,
             used: self.used.clone(),
             device: self.device.clone(),
@@ -293,12 +322,15 @@ impl<'a> Loader<'a> {
     /// data is transposed on the host to burn's `[d_in, d_out]`; quantized data stays quantized
     /// as stored.
     pub fn linear_weight(&self, name: &str, d_in: usize, d_out: usize) -> Result<LinearWeight> {
-        let data = match self.fetch(name, &[&[d_out, d_in], &[d_out, d_in, 1, 1]])? {
+        let fetched = match self.fetch(name, &[&[d_out, d_in], &[d_out, d_in, 1, 1]])? {
+            Some(d) => Some(d),
+            None => self.random_stored(name, d_out, d_in),
+        };
+        let data = match fetched {
             Some(d) => d,
-            None => {
-                let data = random_data(name, &[d_in, d_out], d_in);
-                return Ok(LinearWeight::Float(to_device(data, &self.device)));
-            }
+            // Made up as stored (`[d_out, d_in]`) and transposed like loaded weights, so a
+            // quantized random loader holds the same matrices, quantized.
+            None => random_data(name, &[d_out, d_in], d_in),
         };
         if is_quantized(&data) {
             if host_quantized(&self.device)
@@ -319,10 +351,14 @@ impl<'a> Loader<'a> {
     /// A convolution kernel `[c_out, c_in, k, k]`; quantized data stays quantized (as a
     /// `[c_out, c_in·k·k]` matrix) and is dequantized just before each use.
     pub fn conv_weight(&self, name: &str, shape: [usize; 4]) -> Result<ConvWeight> {
-        let data = match self.fetch(name, &[&shape])? {
+        let fan_in: usize = shape[1..].iter().product();
+        let fetched = match self.fetch(name, &[&shape])? {
+            Some(d) => Some(d),
+            None => self.random_stored(name, shape[0], fan_in),
+        };
+        let data = match fetched {
             Some(d) => d,
             None => {
-                let fan_in = shape[1..].iter().product();
                 return Ok(ConvWeight::Float(to_device(
                     random_data(name, &shape, fan_in),
                     &self.device,

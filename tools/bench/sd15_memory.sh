@@ -8,18 +8,22 @@
 #        apt-get install mesa-vulkan-drivers (lavapipe)). auto = sequential at this size.
 # CUBECL_AUTOTUNE_LEVEL=minimal keeps autotuning (whose benchmark runs are part of the peaks on
 # a first run) short on a software device.
+# Env: FASTCOMPOSER_BIN (a built CLI; default: cargo build --release here).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo build --release --bin fastcomposer >/dev/null
+bin=${FASTCOMPOSER_BIN:-target/release/fastcomposer}
+[ -n "${FASTCOMPOSER_BIN:-}" ] || cargo build --release --bin fastcomposer >/dev/null
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc --all) cores"
 mode=${1:-auto}
 shift || true
 for q in ${@:-int8 int4}; do
+  timer=()
+  [ -x /usr/bin/time ] && timer=(/usr/bin/time -f "$q: %e s wall, %M KiB peak RSS")
   b=tools/.data/sd15_$q.gguf
   [ -f "$b" ] || { echo "$b is missing: run tools/bench/sd15_sizes.sh" >&2; exit 1; }
   echo "== $q, --memory $mode"
-  RUST_BACKTRACE=0 CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal} /usr/bin/time -f "$q: %e s wall, %M KiB peak RSS" \
-    target/release/fastcomposer generate --model "$b" \
+  RUST_BACKTRACE=0 CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal} "${timer[@]}" \
+    "$bin" generate --model "$b" \
     --prompt "a cat <|image|> on the beach" --subject crate/tests/fixtures/pipeline/photos/chelsea.png \
     --steps 1 --seed 0 --device wgpu --memory "$mode" --memory-report --out "tools/.data/sd15_wgpu_$q.png" 2>&1 |
     grep --line-buffered -v -E "XDG_RUNTIME_DIR|^Can.t have an error when submitting a task" || true

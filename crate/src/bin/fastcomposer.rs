@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Tensor, TensorData};
 
 use clap::{Parser, Subcommand};
 use fastcomposer::attention::AttentionKernel;
@@ -182,6 +182,17 @@ enum Command {
         device: String,
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
+        /// How the random weights are stored: f32, or as a bundle of that mode stores them
+        /// (int8, int4, mixed: quantized blocks dequantized before each use; f16 weights).
+        #[arg(long, default_value = "f32")]
+        weights: String,
+        /// Compute dtype: f32, or f16 (the device must support it; wgpu needs `shader-f16`).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// Write the last output (f32) as safetensors `out`, to compare dtypes and weight modes
+        /// (the inputs are the same in every run: seeded normals).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Tokenize a prompt with subject markers; prints {"input_ids": [...77], "subject_positions": [...]}.
     Tokenize {
@@ -529,6 +540,9 @@ fn run(cli: Cli) -> Result<()> {
             iters,
             device,
             attention_mib,
+            weights,
+            dtype,
+            out,
         } => {
             let unet_config = match config.as_str() {
                 "sd15" => UNet2DConditionConfig::default(),
@@ -542,35 +556,72 @@ fn run(cli: Cli) -> Result<()> {
                 path => parse_config(&read_text(Path::new(path))?, "unet")?,
             };
             let choice: DeviceChoice = device.parse()?;
-            let device = device::create(choice)?;
+            let mut device = device::create(choice)?;
+            let float = match dtype.as_str() {
+                "f32" => burn::tensor::FloatDType::F32,
+                "f16" => burn::tensor::FloatDType::F16,
+                other => {
+                    return Err(Error::invalid(format!(
+                        "unknown --dtype `{other}` (expected f32 or f16)"
+                    )));
+                }
+            };
+            if float != burn::tensor::FloatDType::F32 {
+                if !device.supports_dtype(float) {
+                    return Err(Error::Device(format!(
+                        "this device does not compute in {dtype}"
+                    )));
+                }
+                device
+                    .configure(float)
+                    .map_err(|e| Error::Device(format!("cannot switch to {dtype}: {e:?}")))?;
+            }
+            let loader = match weights.as_str() {
+                "f32" => Loader::random(&device),
+                mode => Loader::random_quantized(&device, mode.parse()?),
+            };
             let kernel = AttentionKernel::Sliced {
                 max_bytes: attention_mib.max(1) << 20,
             };
             let t0 = Instant::now();
-            let model = UNet2DConditionModel::load(&Loader::random(&device), &unet_config, kernel)?;
+            let model = UNet2DConditionModel::load(&loader, &unet_config, kernel)?;
             device.sync().map_err(|e| Error::Device(format!("{e:?}")))?;
             let load_s = t0.elapsed().as_secs_f64();
             let c = unet_config.in_channels;
             let d = unet_config.context_dim();
-            let sample = Tensor::<4>::random(
-                [batch, c, latent, latent],
-                Distribution::Normal(0.0, 1.0),
+            let mut rng = fastcomposer::rng::Pcg32::new(0);
+            let sample = Tensor::<4>::from_data(
+                TensorData::new(
+                    rng.normals(batch * c * latent * latent),
+                    [batch, c, latent, latent],
+                ),
                 &device,
             );
-            let ctx = Tensor::<3>::random([batch, 77, d], Distribution::Normal(0.0, 1.0), &device);
+            let ctx = Tensor::<3>::from_data(
+                TensorData::new(rng.normals(batch * 77 * d), [batch, 77, d]),
+                &device,
+            );
             let t = Tensor::<1>::full([batch], 500.0, &device);
             let mut times = Vec::new();
+            let mut last = None;
             for _ in 0..=iters {
                 let t0 = Instant::now();
                 let out = model.forward(sample.clone(), t.clone(), &ctx)?;
                 let data = fastcomposer::forward::read(out)?;
+                let data_shape = data.shape().to_vec();
                 let v = data
+                    .convert::<f32>()
                     .try_into_vec::<f32>()
                     .map_err(|e| Error::Device(format!("{e:?}")))?;
-                if v.iter().any(|x| !x.is_finite()) {
-                    return Err(Error::Device("non-finite UNet output".into()));
-                }
                 times.push(t0.elapsed().as_secs_f64() * 1e3);
+                last = Some((v, data_shape));
+            }
+            // Reported, not an error: a reduced-precision run that overflows still gets timed.
+            let nonfinite = last
+                .as_ref()
+                .map_or(0, |(v, _)| v.iter().filter(|x| !x.is_finite()).count());
+            if let (Some(path), Some((v, shape))) = (out, last) {
+                write_out(&path, TensorData::new(v, shape))?;
             }
             let first = times[0];
             let rest = &times[1..];
@@ -581,6 +632,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             let json = serde_json::json!({
                 "config": config, "latent": latent, "batch": batch, "device": format!("{choice:?}"),
+                "weights": weights, "dtype": dtype, "attention_mib": attention_mib,
+                "nonfinite": nonfinite,
+                "adapter": (choice == DeviceChoice::Wgpu).then(device::wgpu_adapter).flatten(),
                 "load_s": load_s, "first_ms": first, "mean_ms": mean, "iters": rest.len(),
                 "peak_rss_mib": peak_rss_mib(),
             });

@@ -361,6 +361,18 @@ pub fn burn_quantized(q: &[i8], scales: &[f32], shape: [usize; 2], ty: GgmlType)
     TensorData::from_bytes_vec(bytes, shape, burn::tensor::DType::QFloat(scheme))
 }
 
+/// f32 values `[rows, cols]` quantized to a block type exactly as the bundle writer stores them,
+/// as burn quantized data (random-weight benchmarks of the quantized path).
+pub fn quantize_data(values: &[f32], shape: [usize; 2], ty: GgmlType) -> TensorData {
+    let bytes = write::encode(ty, values);
+    let (q, d) = if ty == GgmlType::Q8_0 {
+        quant::unpack_q8_0(&bytes)
+    } else {
+        quant::unpack_q4_0(&bytes)
+    };
+    burn_quantized(&q, &d, shape, ty)
+}
+
 /// One stored tensor as host data: f32 values, or burn quantized data `[rows, cols]`.
 pub fn tensor_data(t: &TensorInfo, bytes: &[u8]) -> Result<TensorData> {
     let shape = t.shape.clone();
