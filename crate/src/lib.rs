@@ -10,6 +10,8 @@
 
 pub mod attention;
 pub mod banded;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bench;
 pub mod bundle;
 pub mod components;
 #[cfg(not(target_arch = "wasm32"))]

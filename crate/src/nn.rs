@@ -3,7 +3,7 @@
 
 use burn::tensor::module::{conv2d, layer_norm, linear};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, activation};
+use burn::tensor::{FloatDType, Tensor, activation};
 
 use crate::error::Result;
 use crate::weights::{ConvWeight, LinearWeight, Loader};
@@ -123,10 +123,12 @@ impl GroupNorm {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let g = self.groups;
-        let xg = x.reshape([b, g, (c / g) * h * w]);
+        // Statistics in f32 whatever the compute dtype (as PyTorch does): in f16 the sum of
+        // squares over a group (10 channels × 64×64 pixels in SD1.5) overflows.
+        let (xg, dtype) = to_f32(x.reshape([b, g, (c / g) * h * w]));
         let (var, mean) = xg.clone().var_mean_bias(2);
         let xg = (xg - mean) / (var + self.eps).sqrt();
-        let x = xg.reshape([b, c, h, w]);
+        let x = xg.reshape([b, c, h, w]).cast(dtype);
         let weight = self.weight.clone().reshape([1, c, 1, 1]);
         let bias = self.bias.clone().reshape([1, c, 1, 1]);
         x * weight + bias
@@ -151,7 +153,29 @@ impl LayerNorm {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.weight.clone(), Some(self.bias.clone()), self.eps)
+        let (x, dtype) = to_f32(x);
+        if dtype == FloatDType::F32 {
+            return layer_norm(x, self.weight.clone(), Some(self.bias.clone()), self.eps);
+        }
+        // Statistics in f32 (see GroupNorm), the affine part in the compute dtype.
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let x = ((x - mean) / (var + self.eps).sqrt()).cast(dtype);
+        let shape = |t: &Tensor<1>| {
+            let mut s = [1usize; D];
+            s[D - 1] = t.dims()[0];
+            t.clone().reshape(s)
+        };
+        x * shape(&self.weight) + shape(&self.bias)
+    }
+}
+
+/// `x` in f32 and the float dtype it had (reductions that overflow in f16 run in f32).
+fn to_f32<const D: usize>(x: Tensor<D>) -> (Tensor<D>, FloatDType) {
+    let dtype: FloatDType = x.dtype().into();
+    if dtype == FloatDType::F32 {
+        (x, dtype)
+    } else {
+        (x.cast(FloatDType::F32), dtype)
     }
 }
 

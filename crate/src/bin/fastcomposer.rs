@@ -194,6 +194,22 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Time the SD1.5 UNet's layer kinds one at a time at batch 2 and a 64×64 latent (3×3
+    /// convolutions per level, matmuls, self/cross-attention, GroupNorm); one JSON line each.
+    BenchOps {
+        #[arg(long, default_value = "wgpu")]
+        device: String,
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// f32, or a bundle mode (int8, int4) for quantized weights.
+        #[arg(long, default_value = "f32")]
+        weights: String,
+        /// Compute dtype: f32 or f16.
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        #[arg(long, default_value_t = 128)]
+        attention_mib: usize,
+    },
     /// Tokenize a prompt with subject markers; prints {"input_ids": [...77], "subject_positions": [...]}.
     Tokenize {
         prompt: String,
@@ -557,25 +573,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let choice: DeviceChoice = device.parse()?;
             let mut device = device::create(choice)?;
-            let float = match dtype.as_str() {
-                "f32" => burn::tensor::FloatDType::F32,
-                "f16" => burn::tensor::FloatDType::F16,
-                other => {
-                    return Err(Error::invalid(format!(
-                        "unknown --dtype `{other}` (expected f32 or f16)"
-                    )));
-                }
-            };
-            if float != burn::tensor::FloatDType::F32 {
-                if !device.supports_dtype(float) {
-                    return Err(Error::Device(format!(
-                        "this device does not compute in {dtype}"
-                    )));
-                }
-                device
-                    .configure(float)
-                    .map_err(|e| Error::Device(format!("cannot switch to {dtype}: {e:?}")))?;
-            }
+            configure_dtype(&mut device, &dtype)?;
             let loader = match weights.as_str() {
                 "f32" => Loader::random(&device),
                 mode => Loader::random_quantized(&device, mode.parse()?),
@@ -641,6 +639,34 @@ fn run(cli: Cli) -> Result<()> {
             println!("{json}");
             Ok(())
         }
+        Command::BenchOps {
+            device,
+            iters,
+            weights,
+            dtype,
+            attention_mib,
+        } => {
+            let choice: DeviceChoice = device.parse()?;
+            let mut device = device::create(choice)?;
+            configure_dtype(&mut device, &dtype)?;
+            let quant = match weights.as_str() {
+                "f32" => None,
+                mode => Some(mode.parse()?),
+            };
+            let kernel = AttentionKernel::Sliced {
+                max_bytes: attention_mib.max(1) << 20,
+            };
+            let adapter = (choice == DeviceChoice::Wgpu)
+                .then(device::wgpu_adapter)
+                .flatten();
+            for t in fastcomposer::bench::sd15_ops(&device, iters, quant, kernel)? {
+                let mut v = serde_json::to_value(&t).map_err(|e| Error::invalid(e.to_string()))?;
+                v["dtype"] = dtype.clone().into();
+                v["adapter"] = adapter.clone().into();
+                println!("{v}");
+            }
+            Ok(())
+        }
         Command::Tokenize { prompt, marker } => {
             let tok = ClipTokenizer::with_marker(&marker)?;
             let e = tok.encode_prompt(&prompt)?;
@@ -655,6 +681,27 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Make `dtype` (f32 or f16) the device's default float type; before any tensor is created.
+fn configure_dtype(device: &mut burn::tensor::Device, dtype: &str) -> Result<()> {
+    let float = match dtype {
+        "f32" => return Ok(()),
+        "f16" => burn::tensor::FloatDType::F16,
+        other => {
+            return Err(Error::invalid(format!(
+                "unknown --dtype `{other}` (expected f32 or f16)"
+            )));
+        }
+    };
+    if !device.supports_dtype(float) {
+        return Err(Error::Device(format!(
+            "this device does not compute in {dtype}"
+        )));
+    }
+    device
+        .configure(float)
+        .map_err(|e| Error::Device(format!("cannot switch to {dtype}: {e:?}")))
 }
 
 /// Peak resident set size of this process (Linux), in MiB.

@@ -1,0 +1,176 @@
+//! Per-operation timings at the SD1.5 UNet's shapes (`fastcomposer bench-ops`): where a UNet
+//! step's time goes on a device, one kind of layer at a time, with the achieved rate.
+//!
+//! Each operation runs once untimed (kernel compilation, autotuning), then `iters` times, each
+//! followed by a device sync while its output is still alive, so queued or fused work cannot be
+//! skipped. Weights are made up ([`Loader::random`] / [`Loader::random_quantized`]).
+
+use std::time::Instant;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::attention::AttentionKernel;
+use crate::bundle::write::QuantMode;
+use crate::error::{Error, Result};
+use crate::models::unet::attention::Attention;
+use crate::nn::{Conv2d, GroupNorm, Linear};
+use crate::rng::Pcg32;
+use crate::weights::Loader;
+
+/// One operation's result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpTiming {
+    pub op: String,
+    pub weights: String,
+    /// Mean milliseconds per call after the first.
+    pub ms: f64,
+    /// Floating-point operations per call (2 per multiply-add), in GFLOP.
+    pub gflop: f64,
+    /// Bytes that must cross memory at least once (inputs + outputs + weights), in MB.
+    pub mbytes: f64,
+    pub tflops: f64,
+    pub gbps: f64,
+    /// Milliseconds of the first (untimed-in-the-mean) call: compilation and autotuning.
+    pub first_ms: f64,
+}
+
+fn input<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
+    let n = shape.iter().product();
+    Tensor::from_data(TensorData::new(Pcg32::new(7).normals(n), shape), device)
+}
+
+fn time<const D: usize>(
+    device: &Device,
+    iters: usize,
+    mut f: impl FnMut() -> Tensor<D>,
+) -> Result<(f64, f64)> {
+    let sync = |d: &Device| d.sync().map_err(|e| Error::Device(format!("{e:?}")));
+    let t0 = Instant::now();
+    let out = f();
+    sync(device)?;
+    drop(out);
+    let first = t0.elapsed().as_secs_f64() * 1e3;
+    let t0 = Instant::now();
+    for _ in 0..iters.max(1) {
+        let out = f();
+        sync(device)?;
+        drop(out);
+    }
+    Ok((
+        first,
+        t0.elapsed().as_secs_f64() * 1e3 / iters.max(1) as f64,
+    ))
+}
+
+/// Time the SD1.5 UNet's main layer kinds at batch 2 (CFG) and a 64×64 latent: 3×3
+/// convolutions at each level's width, the feed-forward and projection matmuls, self- and
+/// cross-attention at the 64×64 level (the attention kernel given), GroupNorm (+ SiLU).
+/// `weights`: `None` for f32 weights, or a bundle mode (int8, int4) for quantized ones.
+pub fn sd15_ops(
+    device: &Device,
+    iters: usize,
+    weights: Option<QuantMode>,
+    kernel: AttentionKernel,
+) -> Result<Vec<OpTiming>> {
+    let vb = match weights {
+        None => Loader::random(device),
+        Some(mode) => Loader::random_quantized(device, mode),
+    };
+    let wname = weights.map_or("f32", |m| m.name()).to_string();
+    // Bytes per weight as held on the device.
+    let wbytes = match weights {
+        None | Some(QuantMode::F16) => 4.0,
+        Some(QuantMode::Int4) => 0.5 + 4.0 / 32.0,
+        Some(_) => 1.0 + 4.0 / 32.0,
+    };
+    let b = 2;
+    let mut out = Vec::new();
+    let mut push = |op: String, (first, ms): (f64, f64), flop: f64, bytes: f64| {
+        out.push(OpTiming {
+            op,
+            weights: wname.clone(),
+            ms,
+            gflop: flop / 1e9,
+            mbytes: bytes / 1e6,
+            tflops: flop / (ms * 1e-3) / 1e12,
+            gbps: bytes / (ms * 1e-3) / 1e9,
+            first_ms: first,
+        });
+    };
+
+    for (c, hw) in [(320usize, 64usize), (640, 32), (1280, 16), (1280, 8)] {
+        let conv = Conv2d::load(&vb.pp(format!("conv{c}_{hw}")), c, c, 3, 1, (1, 1), true)?;
+        let x = input([b, c, hw, hw], device);
+        let t = time(device, iters, || conv.forward(x.clone()))?;
+        let px = (b * hw * hw) as f64;
+        let flop = 2.0 * px * (c * c * 9) as f64;
+        let bytes = 2.0 * px * c as f64 * 4.0 + (c * c * 9) as f64 * wbytes;
+        push(format!("conv3x3 {c}->{c} @{hw}x{hw}"), t, flop, bytes);
+    }
+
+    let tokens = b * 64 * 64;
+    for (d_in, d_out, name) in [
+        (
+            320usize,
+            320usize,
+            "linear 320->320 (attention projections)",
+        ),
+        (320, 2560, "linear 320->2560 (GEGLU in)"),
+        (1280, 320, "linear 1280->320 (feed-forward out)"),
+    ] {
+        let lin = Linear::load(&vb.pp(format!("lin{d_in}_{d_out}")), d_in, d_out, true)?;
+        let x = input([b, tokens / b, d_in], device);
+        let t = time(device, iters, || lin.forward(x.clone()))?;
+        let flop = 2.0 * (tokens * d_in * d_out) as f64;
+        let bytes = (tokens * (d_in + d_out)) as f64 * 4.0 + (d_in * d_out) as f64 * wbytes;
+        push(format!("{name} x{tokens} tokens"), t, flop, bytes);
+    }
+
+    let settings = crate::models::unet::attention::AttentionShape {
+        query_dim: 320,
+        cross_dim: None,
+        heads: 8,
+        dim_head: 40,
+        qkv_bias: false,
+    };
+    let attn = Attention::load(&vb.pp("attn1"), settings, kernel)?;
+    let x = input([b, tokens / b, 320], device);
+    let t = time(device, iters, || attn.forward(x.clone(), None))?;
+    let l = (tokens / b) as f64;
+    let flop = 2.0 * (b as f64) * (2.0 * l * l * 320.0) + 4.0 * 2.0 * (tokens * 320 * 320) as f64;
+    let bytes = 2.0 * (tokens * 320) as f64 * 4.0;
+    push(
+        format!("self-attention 4096 tokens, 8x40 heads ({kernel:?})"),
+        t,
+        flop,
+        bytes,
+    );
+
+    let settings = crate::models::unet::attention::AttentionShape {
+        cross_dim: Some(768),
+        ..settings
+    };
+    let attn = Attention::load(&vb.pp("attn2"), settings, kernel)?;
+    let ctx = input([b, 77, 768], device);
+    let t = time(device, iters, || attn.forward(x.clone(), Some(&ctx)))?;
+    let flop = 2.0 * (b as f64) * (2.0 * l * 77.0 * 320.0)
+        + 2.0 * 2.0 * (tokens * 320 * 320) as f64
+        + 2.0 * 2.0 * (b * 77 * 768 * 320) as f64;
+    push(
+        "cross-attention 4096 x 77 tokens".to_string(),
+        t,
+        flop,
+        bytes,
+    );
+
+    let gn = GroupNorm::load(&vb.pp("norm"), 32, 320, 1e-5)?;
+    let x = input([b, 320, 64, 64], device);
+    let bytes = 2.0 * (tokens * 320) as f64 * 4.0;
+    let t = time(device, iters, || gn.forward(x.clone()))?;
+    push("group_norm 320 @64x64".to_string(), t, 0.0, bytes);
+    let t = time(device, iters, || {
+        burn::tensor::activation::silu(gn.forward(x.clone()))
+    })?;
+    push("group_norm + silu 320 @64x64".to_string(), t, 0.0, bytes);
+    Ok(out)
+}
