@@ -133,18 +133,29 @@ pub fn sd15_ops(
         dim_head: 40,
         qkv_bias: false,
     };
-    let attn = Attention::load(&vb.pp("attn1"), settings, kernel)?;
     let x = input([b, tokens / b, 320], device);
-    let t = time(device, iters, || attn.forward(x.clone(), None))?;
     let l = (tokens / b) as f64;
     let flop = 2.0 * (b as f64) * (2.0 * l * l * 320.0) + 4.0 * 2.0 * (tokens * 320 * 320) as f64;
     let bytes = 2.0 * (tokens * 320) as f64 * 4.0;
-    push(
-        format!("self-attention 4096 tokens, 8x40 heads ({kernel:?})"),
-        t,
-        flop,
-        bytes,
-    );
+    // The kernel asked for, and burn's fused attention for comparison.
+    let mut kernels = vec![kernel];
+    if kernel != AttentionKernel::Fused {
+        kernels.push(AttentionKernel::Fused);
+    }
+    for k in kernels {
+        let attn = Attention::load(&vb.pp("attn1"), settings, k)?;
+        let t = time(device, iters, || attn.forward(x.clone(), None))?;
+        let name = match k {
+            AttentionKernel::Sliced { max_bytes } => format!("sliced, {} MiB", max_bytes >> 20),
+            AttentionKernel::Fused => "burn fused".to_string(),
+        };
+        push(
+            format!("self-attention 4096 tokens, 8x40 heads ({name})"),
+            t,
+            flop,
+            bytes,
+        );
+    }
 
     let settings = crate::models::unet::attention::AttentionShape {
         cross_dim: Some(768),

@@ -216,3 +216,80 @@ impl Activation {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{DType, Device, TensorData};
+
+    /// GroupNorm and LayerNorm in f16 compute match f32 on groups large enough that their sum of
+    /// squares overflows f16 (SD1.5's 10 channels × 64×64 pixels; here 4,096 values of variance
+    /// ~16 per group: Σx² ≈ 65,536 > f16's 65,504).
+    #[test]
+    fn norms_in_f16_do_not_overflow() {
+        let dev = Device::flex();
+        let (c, hw) = (32, 64);
+        let values: Vec<f32> = crate::rng::Pcg32::new(3)
+            .normals(c * hw * hw)
+            .into_iter()
+            .map(|v| 4.0 * v + 1.0)
+            .collect();
+        let data = TensorData::new(values, [1, c, hw, hw]);
+        let ones =
+            |dtype| Tensor::<1>::from_data(TensorData::new(vec![1.0f32; c], [c]), (&dev, dtype));
+        let zeros =
+            |dtype| Tensor::<1>::from_data(TensorData::new(vec![0.0f32; c], [c]), (&dev, dtype));
+        let gn = |dtype| GroupNorm {
+            weight: ones(dtype),
+            bias: zeros(dtype),
+            groups: 1,
+            eps: 1e-5,
+        };
+        let run = |dtype| {
+            gn(dtype)
+                .forward(Tensor::<4>::from_data(data.clone(), (&dev, dtype)))
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let (a, b) = (run(DType::F16), run(DType::F32));
+        assert!(
+            a.iter().all(|v| v.is_finite()),
+            "f16 GroupNorm gave non-finite values"
+        );
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-2, "f16 GroupNorm differs from f32 by {err}");
+
+        let d = hw * hw;
+        let ln = |dtype| LayerNorm {
+            weight: Tensor::from_data(TensorData::new(vec![1.0f32; d], [d]), (&dev, dtype)),
+            bias: Tensor::from_data(TensorData::new(vec![0.0f32; d], [d]), (&dev, dtype)),
+            eps: 1e-5,
+        };
+        let rows = TensorData::new(data.clone().to_vec::<f32>().unwrap(), [c, d]);
+        let run = |dtype| {
+            ln(dtype)
+                .forward(Tensor::<2>::from_data(rows.clone(), (&dev, dtype)))
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let (a, b) = (run(DType::F16), run(DType::F32));
+        assert!(
+            a.iter().all(|v| v.is_finite()),
+            "f16 LayerNorm gave non-finite values"
+        );
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(err < 1e-2, "f16 LayerNorm differs from f32 by {err}");
+    }
+}
