@@ -8,7 +8,7 @@
 
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Tensor, activation::softmax};
+use burn::tensor::{Bool, Tensor, TensorData, activation::softmax};
 
 /// Default budget for one materialised scores buffer.
 pub const DEFAULT_MAX_SCORES_BYTES: usize = 128 << 20;
@@ -52,7 +52,242 @@ pub fn sdpa(
                 is_causal: causal,
             },
         ),
+        AttentionKernel::Sliced { .. } if host_attention_applies(&q) => {
+            host_sdpa(q, k, v, scale, causal)
+        }
         AttentionKernel::Sliced { max_bytes } => sliced(q, k, v, scale, causal, max_bytes),
+    }
+}
+
+/// On the CPU device (f32), attention runs on the host in blocks of query rows (scores for one
+/// block stay in cache; blocks in parallel natively) instead of as separate matmul / softmax
+/// kernels over whole score matrices: burn's CPU softmax takes a scalar `exp` per score, and
+/// SD1.5's self-attention at 64×64 has 268 M scores per layer.
+fn host_attention_applies(q: &Tensor<4>) -> bool {
+    q.device() == burn::tensor::Device::flex() && q.dtype() == burn::tensor::DType::F32
+}
+
+fn host_sdpa(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, causal: bool) -> Tensor<4> {
+    let [b, h, lq, dh] = q.dims();
+    let lk = k.dims()[2];
+    let dv = v.dims()[3];
+    let device = q.device();
+    let host = |t: Tensor<4>| t.into_data().try_into_vec::<f32>();
+    match (host(q), host(k), host(v)) {
+        (Ok(q), Ok(k), Ok(v)) => {
+            let shape = HostShape {
+                bh: b * h,
+                lq,
+                lk,
+                dh,
+                dv,
+            };
+            let out = host_attention(&q, &k, &v, shape, scale as f32, causal);
+            Tensor::from_data(TensorData::new(out, [b, h, lq, dv]), &device)
+        }
+        // Not reachable for f32 CPU tensors; keep the result defined anyway.
+        _ => Tensor::zeros([b, h, lq, dv], &device),
+    }
+}
+
+/// Shapes of [`host_attention`]'s row-major operands: q `[bh, lq, dh]`, k `[bh, lk, dh]`,
+/// v `[bh, lk, dv]`.
+#[derive(Debug, Clone, Copy)]
+pub struct HostShape {
+    pub bh: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub dh: usize,
+    pub dv: usize,
+}
+
+/// `softmax(q kᵀ · scale) v` on host slices (output `[bh, lq, dv]`), `causal`: query row `i`
+/// sees keys `0..=i`. Each task takes one (batch·head, block of query rows): scores by gemm,
+/// a row softmax with [`exp_nonpositive`], then the weighted sum of values by gemm.
+pub fn host_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: HostShape,
+    scale: f32,
+    causal: bool,
+) -> Vec<f32> {
+    let HostShape { bh, lq, lk, dh, dv } = s;
+    let mut out = vec![0f32; bh * lq * dv];
+    if bh == 0 || lq == 0 || dv == 0 {
+        return out;
+    }
+    // Query rows per task: a block's scores within ~2 MiB (of 64 KiB, 256 KiB, 1 MiB and 2 MiB,
+    // the fastest for SD1.5's 4,096-token self-attention on a 2-core AVX-512 machine).
+    let rows = ((2048 << 10) / (lk.max(1) * 4)).clamp(8, 256).min(lq);
+    let blocks_per_head = lq.div_ceil(rows);
+    let task = |(t, o): (usize, &mut [f32])| {
+        let (head, i0) = (t / blocks_per_head, (t % blocks_per_head) * rows);
+        let m = rows.min(lq - i0);
+        let qb = &q[(head * lq + i0) * dh..][..m * dh];
+        let kh = &k[head * lk * dh..][..lk * dh];
+        let vh = &v[head * lk * dv..][..lk * dv];
+        let mut p = vec![0f32; m * lk];
+        // SAFETY: every pointer covers the strided extent gemm reads or writes: scores
+        // `[m, lk]` row-major = qb `[m, dh]` · khᵀ (kh `[lk, dh]` read column-major).
+        unsafe {
+            gemm::gemm(
+                m,
+                lk,
+                dh,
+                p.as_mut_ptr(),
+                1,
+                lk as isize,
+                false,
+                qb.as_ptr(),
+                1,
+                dh as isize,
+                kh.as_ptr(),
+                dh as isize,
+                1,
+                0.0,
+                scale,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (r, row) in p.chunks_mut(lk).enumerate() {
+            let visible = if causal { (i0 + r + 1).min(lk) } else { lk };
+            softmax_row(row, visible);
+        }
+        // SAFETY: out block `[m, dv]` = p `[m, lk]` · vh `[lk, dv]`, all row-major.
+        unsafe {
+            gemm::gemm(
+                m,
+                dv,
+                lk,
+                o.as_mut_ptr(),
+                1,
+                dv as isize,
+                false,
+                p.as_ptr(),
+                1,
+                lk as isize,
+                vh.as_ptr(),
+                1,
+                dv as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    // Output blocks line up with tasks: block t is rows i0..i0+m of head t / blocks_per_head.
+    let chunks = split_blocks(&mut out, bh, lq, rows, dv);
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        chunks.into_par_iter().enumerate().for_each(task);
+    }
+    #[cfg(target_arch = "wasm32")]
+    chunks.into_iter().enumerate().for_each(task);
+    out
+}
+
+/// `out` `[bh, lq, dv]` cut into per-task blocks of `rows` query rows (the last of each head
+/// shorter).
+fn split_blocks(out: &mut [f32], bh: usize, lq: usize, rows: usize, dv: usize) -> Vec<&mut [f32]> {
+    let mut blocks = Vec::with_capacity(bh * lq.div_ceil(rows));
+    for head in out.chunks_mut(lq * dv) {
+        let mut rest = head;
+        while !rest.is_empty() {
+            let n = (rows * dv).min(rest.len());
+            let (a, b) = rest.split_at_mut(n);
+            blocks.push(a);
+            rest = b;
+        }
+    }
+    blocks
+}
+
+/// In-place softmax of `row[..visible]`; entries past `visible` (masked) become 0. With AVX2
+/// where the CPU has it (chosen at run time; the build targets baseline x86-64).
+fn softmax_row(row: &mut [f32], visible: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features this copy was compiled for.
+        return unsafe { softmax_row_avx2(row, visible) };
+    }
+    softmax_row_generic(row, visible)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_avx2(row: &mut [f32], visible: usize) {
+    softmax_row_generic(row, visible)
+}
+
+#[inline(always)]
+fn softmax_row_generic(row: &mut [f32], visible: usize) {
+    const LANES: usize = 16;
+    let (seen, masked) = row.split_at_mut(visible);
+    masked.fill(0.0);
+    // Lane-wise maximum and sum so the loops vectorise (a single accumulator is a serial chain).
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut chunks = seen.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, x) in m.iter_mut().zip(c) {
+            *a = a.max(*x);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(m.iter())
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for x in seen.iter_mut() {
+        *x -= max;
+    }
+    exp_nonpositive_inline(seen);
+    let mut acc = [0f32; LANES];
+    let mut chunks = seen.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += *x;
+        }
+    }
+    let sum: f32 = chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>();
+    let inv = 1.0 / sum;
+    for x in seen.iter_mut() {
+        *x *= inv;
+    }
+}
+
+/// `e^x` in place for `x <= 0` (a softmax after subtracting the row maximum), relative error
+/// below 2e-7, written so the loop vectorises (no libm call): `x = n·ln 2 + r` with `n`
+/// rounded by the 1.5·2²³ trick, a degree-6 polynomial for `e^r` on |r| ≤ ln2/2, and `2^n`
+/// built in the exponent bits. Values below -87 (and -inf) give 0; NaN stays NaN.
+pub fn exp_nonpositive(xs: &mut [f32]) {
+    exp_nonpositive_inline(xs)
+}
+
+#[inline(always)]
+fn exp_nonpositive_inline(xs: &mut [f32]) {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
+    for x in xs.iter_mut() {
+        let v = if *x < -87.0 { -87.0 } else { *x }; // NaN stays NaN
+        let n = (v * LOG2E + ROUND) - ROUND;
+        let r = (v - n * LN2_HI) - n * LN2_LO;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+        *x = if *x < -87.0 { 0.0 } else { p * scale };
     }
 }
 
@@ -124,6 +359,65 @@ fn sliced(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host kernel against the sliced kernel (burn's matmul + softmax) on the CPU device:
+    /// self- and cross-shaped, causal, a query length that is not a multiple of the block.
+    #[test]
+    fn host_attention_matches_sliced() {
+        let dev = burn::tensor::Device::flex();
+        let mut rng = crate::rng::Pcg32::new(11);
+        for (b, h, lq, lk, dh, dv, causal) in [
+            (2, 3, 77, 77, 16, 16, true),
+            (1, 2, 300, 77, 40, 40, false),
+            (2, 1, 1030, 1030, 8, 12, false),
+        ] {
+            let mut t = |l: usize, d: usize| {
+                Tensor::<4>::from_data(
+                    TensorData::new(rng.normals(b * h * l * d), [b, h, l, d]),
+                    &dev,
+                ) * 2.0
+            };
+            let (q, k, v) = (t(lq, dh), t(lk, dh), t(lk, dv));
+            let scale = (dh as f64).powf(-0.5);
+            let want = sliced(q.clone(), k.clone(), v.clone(), scale, causal, 1 << 20);
+            let got = sdpa(q, k, v, scale, causal, AttentionKernel::default());
+            let (w, g) = (
+                want.into_data().to_vec::<f32>().unwrap(),
+                got.into_data().to_vec::<f32>().unwrap(),
+            );
+            let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let err = w
+                .iter()
+                .zip(&g)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= 1e-5 * max,
+                "{lq}x{lk} causal={causal}: max diff {err} (max {max})"
+            );
+        }
+    }
+
+    #[test]
+    fn exp_matches_std() {
+        let mut xs: Vec<f32> = (0..20000).map(|i| -(i as f32) * 0.0045).collect();
+        xs.extend([0.0, -1e-8, -86.9, -87.5, -1000.0, f32::NEG_INFINITY]);
+        let mut got = xs.clone();
+        exp_nonpositive(&mut got);
+        for (x, g) in xs.iter().zip(&got) {
+            let want = x.exp();
+            if *x < -87.0 {
+                assert_eq!(*g, 0.0);
+            } else {
+                assert!(
+                    (g - want).abs() <= 3e-7 * want,
+                    "exp({x}) = {g}, std {want}"
+                );
+            }
+        }
+        let mut nan = [f32::NAN];
+        exp_nonpositive(&mut nan);
+        assert!(nan[0].is_nan());
+    }
 
     #[test]
     fn plan_respects_budget() {
