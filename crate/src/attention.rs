@@ -382,8 +382,8 @@ mod tests {
             let want = sliced(q.clone(), k.clone(), v.clone(), scale, causal, 1 << 20);
             let got = sdpa(q, k, v, scale, causal, AttentionKernel::default());
             let (w, g) = (
-                want.into_data().to_vec::<f32>().unwrap(),
-                got.into_data().to_vec::<f32>().unwrap(),
+                want.into_data().try_to_vec::<f32>().unwrap(),
+                got.into_data().try_to_vec::<f32>().unwrap(),
             );
             let max = w.iter().fold(0f32, |m, x| m.max(x.abs()));
             let err = w

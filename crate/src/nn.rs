@@ -250,7 +250,7 @@ mod tests {
                 .forward(Tensor::<4>::from_data(data.clone(), (&dev, dtype)))
                 .into_data()
                 .convert::<f32>()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap()
         };
         let (a, b) = (run(DType::F16), run(DType::F32));
@@ -271,13 +271,13 @@ mod tests {
             bias: Tensor::from_data(TensorData::new(vec![0.0f32; d], [d]), (&dev, dtype)),
             eps: 1e-5,
         };
-        let rows = TensorData::new(data.clone().to_vec::<f32>().unwrap(), [c, d]);
+        let rows = TensorData::new(data.clone().try_to_vec::<f32>().unwrap(), [c, d]);
         let run = |dtype| {
             ln(dtype)
                 .forward(Tensor::<2>::from_data(rows.clone(), (&dev, dtype)))
                 .into_data()
                 .convert::<f32>()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap()
         };
         let (a, b) = (run(DType::F16), run(DType::F32));

@@ -363,6 +363,7 @@ pub fn burn_quantized(q: &[i8], scales: &[f32], shape: [usize; 2], ty: GgmlType)
 
 /// f32 values `[rows, cols]` quantized to a block type exactly as the bundle writer stores them,
 /// as burn quantized data (random-weight benchmarks of the quantized path).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn quantize_data(values: &[f32], shape: [usize; 2], ty: GgmlType) -> TensorData {
     let bytes = write::encode(ty, values);
     let (q, d) = if ty == GgmlType::Q8_0 {
