@@ -7,7 +7,8 @@
 #      PYTHON            a Python with CUDA PyTorch and diffusers (default python3)
 #      FP32_PEAK_TFLOPS  the card's fp32 (non-tensor) peak (default: from the GPU's name)
 #      STEP_TIMEOUT      seconds allowed per bench-unet run (default 240)
-#      TORCH_DTYPES      PyTorch runs (default "fp16 fp32")
+#      TORCH_DTYPES      PyTorch runs (default "fp16 fp32"; "" for none)
+#      BURN_RUNS         our runs as weights:dtype (default "int8:f32 int8:f16 f32:f16 f32:f32")
 #      CONFIG, LATENT, TORCH_DEVICE  (default sd15, 64, cuda; for trying the script without a GPU)
 # Ours, each: --weights int8|f32 (int8: Q8_0 blocks as a bundle stores them, dequantized before
 # each use) × --dtype f32|f16 (f16: the device's default float type, weights and activations).
@@ -27,14 +28,14 @@ py=${PYTHON:-python3}
 log=$out/unet_gpu.jsonl
 : >"$log"
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null), $(nproc) cores" | tee "$out/machine.txt"
-for dt in ${TORCH_DTYPES:-fp16 fp32}; do
+for dt in ${TORCH_DTYPES-fp16 fp32}; do
   "$py" tools/bench/unet_torch.py --device "${TORCH_DEVICE:-cuda}" --dtype "$dt" \
     --config "${CONFIG:-sd15}" --latent "${LATENT:-64}" --batch 2 \
     --iters "$iters" --flops 2>"$out/torch_$dt.err" | tee -a "$log" ||
     echo "torch $dt failed: $(tail -3 "$out/torch_$dt.err")"
 done
-for wd in "int8 f32" "int8 f16" "f32 f16" "f32 f32"; do
-  set -- $wd
+for wd in ${BURN_RUNS:-int8:f32 int8:f16 f32:f16 f32:f32}; do
+  set -- ${wd/:/ }
   RUST_BACKTRACE=0 timeout "${STEP_TIMEOUT:-240}" "$bin" bench-unet --config "${CONFIG:-sd15}" \
     --latent "${LATENT:-64}" \
     --batch 2 --iters "$iters" --device wgpu --weights "$1" --dtype "$2" \
