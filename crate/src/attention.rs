@@ -64,7 +64,7 @@ pub fn sdpa(
 /// kernels over whole score matrices: burn's CPU softmax takes a scalar `exp` per score, and
 /// SD1.5's self-attention at 64×64 has 268 M scores per layer.
 fn host_attention_applies(q: &Tensor<4>) -> bool {
-    q.device() == burn::tensor::Device::flex() && q.dtype() == burn::tensor::DType::F32
+    crate::device::is_cpu(&q.device()) && q.dtype() == burn::tensor::DType::F32
 }
 
 fn host_sdpa(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, causal: bool) -> Tensor<4> {

@@ -3,7 +3,7 @@
 //!
 //! Each operation runs once untimed (kernel compilation, autotuning), then `iters` times, each
 //! followed by a device sync while its output is still alive, so queued or fused work cannot be
-//! skipped. Weights are made up ([`Loader::random`] / [`Loader::random_quantized`]).
+//! skipped. Weights are made up ([`Loader::random_stored_as`]).
 
 use std::time::Instant;
 
@@ -72,10 +72,7 @@ pub fn sd15_ops(
     weights: Option<QuantMode>,
     kernel: AttentionKernel,
 ) -> Result<Vec<OpTiming>> {
-    let vb = match weights {
-        None => Loader::random(device),
-        Some(mode) => Loader::random_quantized(device, mode),
-    };
+    let vb = Loader::random_stored_as(device, weights);
     let wname = weights.map_or("f32", |m| m.name()).to_string();
     // Bytes per weight as held on the device.
     let wbytes = match weights {

@@ -5,6 +5,12 @@ use burn::tensor::Device;
 
 use crate::error::{Error, Result};
 
+/// Whether `device` is the CPU device (burn's flex backend), where some work is better done
+/// on the host directly (quantized weights, attention).
+pub fn is_cpu(device: &burn::tensor::Device) -> bool {
+    *device == burn::tensor::Device::flex()
+}
+
 /// Which device to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {

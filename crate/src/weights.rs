@@ -191,13 +191,16 @@ impl<'a> Loader<'a> {
     }
 
     /// [`Loader::random`] with the weights stored as a bundle of `mode` stores them (blocks of
-    /// 32 quantized by the bundle writer's own code, the same tensors kept in f16), so the
-    /// quantized path can be timed and sized at full size without writing a bundle. Native only
-    /// (the bundle writer is).
+    /// 32 quantized by the bundle writer's own code; what the bundle keeps in f16 is loaded as
+    /// f32, as from a bundle), so the quantized path can be timed and sized at full size without
+    /// writing a bundle. `None`: plain f32 weights. Native only (the bundle writer is).
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn random_quantized(device: &Device, mode: crate::bundle::write::QuantMode) -> Self {
+    pub fn random_stored_as(
+        device: &Device,
+        mode: Option<crate::bundle::write::QuantMode>,
+    ) -> Self {
         Self {
-            random_quant: Some(mode),
+            random_quant: mode,
             ..Self::random(device)
         }
     }
@@ -345,7 +348,7 @@ impl<'a> Loader<'a> {
             None => random_data(name, &[d_out, d_in], d_in),
         };
         if is_quantized(&data) {
-            if host_quantized(&self.device)
+            if crate::device::is_cpu(&self.device)
                 && let Some(h) = HostQuantized::from_data(&data, &self.device)
             {
                 return Ok(LinearWeight::Host(h));
@@ -378,7 +381,7 @@ impl<'a> Loader<'a> {
             }
         };
         if is_quantized(&data) {
-            if host_quantized(&self.device)
+            if crate::device::is_cpu(&self.device)
                 && let Some(matrix) = HostQuantized::from_data(&data, &self.device)
             {
                 return Ok(ConvWeight::Host { matrix, shape });
@@ -648,11 +651,6 @@ impl EmbeddingTable {
             EmbeddingTable::Quantized(q) => q.dequantize_rows(ids),
         }
     }
-}
-
-/// Whether quantized weights are better kept on the host ([`HostQuantized`]): the CPU device.
-fn host_quantized(device: &Device) -> bool {
-    *device == Device::flex()
 }
 
 /// Upload host data to a device, keeping quantized data quantized.

@@ -183,7 +183,8 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
         /// How the random weights are stored: f32, or as a bundle of that mode stores them
-        /// (int8, int4, mixed: quantized blocks dequantized before each use; f16 weights).
+        /// (int8, int4, mixed: quantized blocks dequantized before each use; f16 loads as f32,
+        /// as an f16 bundle does).
         #[arg(long, default_value = "f32")]
         weights: String,
         /// Compute dtype: f32, or f16 (the device must support it; wgpu needs `shader-f16`).
@@ -201,7 +202,7 @@ enum Command {
         device: String,
         #[arg(long, default_value_t = 10)]
         iters: usize,
-        /// f32, or a bundle mode (int8, int4) for quantized weights.
+        /// f32, or a bundle mode (int8, int4, mixed) for quantized weights.
         #[arg(long, default_value = "f32")]
         weights: String,
         /// Compute dtype: f32 or f16.
@@ -574,10 +575,7 @@ fn run(cli: Cli) -> Result<()> {
             let choice: DeviceChoice = device.parse()?;
             let mut device = device::create(choice)?;
             configure_dtype(&mut device, &dtype)?;
-            let loader = match weights.as_str() {
-                "f32" => Loader::random(&device),
-                mode => Loader::random_quantized(&device, mode.parse()?),
-            };
+            let loader = Loader::random_stored_as(&device, weights_mode(&weights)?);
             let kernel = AttentionKernel::Sliced {
                 max_bytes: attention_mib.max(1) << 20,
             };
@@ -649,10 +647,7 @@ fn run(cli: Cli) -> Result<()> {
             let choice: DeviceChoice = device.parse()?;
             let mut device = device::create(choice)?;
             configure_dtype(&mut device, &dtype)?;
-            let quant = match weights.as_str() {
-                "f32" => None,
-                mode => Some(mode.parse()?),
-            };
+            let quant = weights_mode(&weights)?;
             let kernel = AttentionKernel::Sliced {
                 max_bytes: attention_mib.max(1) << 20,
             };
@@ -680,6 +675,14 @@ fn run(cli: Cli) -> Result<()> {
             println!("{json}");
             Ok(())
         }
+    }
+}
+
+/// `--weights`: `f32` (plain random weights) or a bundle mode (int8, int4, mixed, f16).
+fn weights_mode(weights: &str) -> Result<Option<fastcomposer::bundle::write::QuantMode>> {
+    match weights {
+        "f32" => Ok(None),
+        mode => mode.parse().map(Some),
     }
 }
 

@@ -365,13 +365,17 @@ pub fn burn_quantized(q: &[i8], scales: &[f32], shape: [usize; 2], ty: GgmlType)
 /// as burn quantized data (random-weight benchmarks of the quantized path).
 #[cfg(not(target_arch = "wasm32"))]
 pub fn quantize_data(values: &[f32], shape: [usize; 2], ty: GgmlType) -> TensorData {
-    let bytes = write::encode(ty, values);
-    let (q, d) = if ty == GgmlType::Q8_0 {
-        quant::unpack_q8_0(&bytes)
-    } else {
-        quant::unpack_q4_0(&bytes)
-    };
+    let (q, d) = unpack_blocks(&write::encode(ty, values), ty);
     burn_quantized(&q, &d, shape, ty)
+}
+
+/// A block type's stored bytes as values and per-block scales.
+fn unpack_blocks(bytes: &[u8], ty: GgmlType) -> (Vec<i8>, Vec<f32>) {
+    if ty == GgmlType::Q8_0 {
+        quant::unpack_q8_0(bytes)
+    } else {
+        quant::unpack_q4_0(bytes)
+    }
 }
 
 /// One stored tensor as host data: f32 values, or burn quantized data `[rows, cols]`.
@@ -402,11 +406,7 @@ pub fn tensor_data(t: &TensorInfo, bytes: &[u8]) -> Result<TensorData> {
                     t.ty.name()
                 )));
             }
-            let (q, d) = if t.ty == GgmlType::Q8_0 {
-                quant::unpack_q8_0(bytes)
-            } else {
-                quant::unpack_q4_0(bytes)
-            };
+            let (q, d) = unpack_blocks(bytes, t.ty);
             if d.iter().any(|s| !s.is_finite()) {
                 return Err(Error::weights(format!(
                     "tensor `{}` has non-finite scales",
