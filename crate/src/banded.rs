@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
-use crate::nn::{Activation, Conv2d, GroupNorm};
+use crate::nn::{Activation, Conv2d, GroupNorm, to_f32};
 
 /// A `[B, C, H, W]` tensor as bands of rows (dimension 2), top to bottom.
 #[derive(Debug, Clone)]
@@ -200,7 +200,9 @@ impl Bands {
         }
     }
 
-    /// GroupNorm with statistics over all bands (biased variance, as `torch.nn.GroupNorm`).
+    /// GroupNorm with statistics over all bands (biased variance, as `torch.nn.GroupNorm`),
+    /// computed in f32 whatever the compute dtype (as `nn::GroupNorm`: sums of squares
+    /// overflow f16).
     pub fn group_norm(self, gn: &GroupNorm) -> Self {
         let g = gn.groups;
         let [b, c, _, w] = self.bands[0].dims();
@@ -208,7 +210,7 @@ impl Bands {
         let count = ((c / g) * rows * w) as f64;
         let grouped = |x: &Tensor<4>| {
             let h = x.dims()[2];
-            x.clone().reshape([b, g, (c / g) * h * w])
+            to_f32(x.clone().reshape([b, g, (c / g) * h * w])).0
         };
         let mut sum: Option<Tensor<3>> = None;
         for x in &self.bands {
@@ -234,8 +236,9 @@ impl Bands {
         let bias = gn.bias.clone().reshape([1, c, 1, 1]);
         self.map(|x| {
             let h = x.dims()[2];
+            let dtype = x.dtype();
             let xg = (grouped(&x) - mean.clone()) * inv.clone();
-            xg.reshape([b, c, h, w]) * weight.clone() + bias.clone()
+            xg.reshape([b, c, h, w]).cast(dtype) * weight.clone() + bias.clone()
         })
     }
 

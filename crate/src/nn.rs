@@ -170,7 +170,7 @@ impl LayerNorm {
 }
 
 /// `x` in f32 and the float dtype it had (reductions that overflow in f16 run in f32).
-fn to_f32<const D: usize>(x: Tensor<D>) -> (Tensor<D>, FloatDType) {
+pub(crate) fn to_f32<const D: usize>(x: Tensor<D>) -> (Tensor<D>, FloatDType) {
     let dtype: FloatDType = x.dtype().into();
     if dtype == FloatDType::F32 {
         (x, dtype)
@@ -252,18 +252,24 @@ mod tests {
                 .fold(0.0, f32::max);
             assert!(err < 1e-2, "f16 {what} differs from f32 by {err}");
         };
-        check("GroupNorm", &|dtype| {
-            let gn = GroupNorm {
-                weight: vector(1.0, c, dtype),
-                bias: vector(0.0, c, dtype),
-                groups: 1,
-                eps: 1e-5,
-            };
+        let group_norm = |dtype| GroupNorm {
+            weight: vector(1.0, c, dtype),
+            bias: vector(0.0, c, dtype),
+            groups: 1,
+            eps: 1e-5,
+        };
+        let image = |dtype| {
             let x = TensorData::new(values.clone(), [1, c, 64, 64]);
-            host(
-                gn.forward(Tensor::<4>::from_data(x, (&dev, dtype)))
-                    .into_data(),
-            )
+            Tensor::<4>::from_data(x, (&dev, dtype))
+        };
+        check("GroupNorm", &|dtype| {
+            host(group_norm(dtype).forward(image(dtype)).into_data())
+        });
+        // The VAE decoder's GroupNorm over bands (4 bands of 16 rows here).
+        check("banded GroupNorm", &|dtype| {
+            let bands = crate::banded::Bands::split(image(dtype), c * 16 * 64 * 4);
+            assert_eq!(bands.len(), 4);
+            host(bands.group_norm(&group_norm(dtype)).concat().into_data())
         });
         check("LayerNorm", &|dtype| {
             let ln = LayerNorm {
