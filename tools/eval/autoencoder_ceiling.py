@@ -31,11 +31,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=600, help="scenes")
     ap.add_argument("--seed", type=int, default=777)
+    ap.add_argument("--dir", default=T.OUT, help="the training checkpoints (vae.pt, and vae_decoder.pt if that stage ran)")
     a = ap.parse_args()
     torch.manual_seed(0)
+    enc = torch.load(os.path.join(a.dir, "vae.pt"), map_location="cpu")["model"]
+    dp = os.path.join(a.dir, "vae_decoder.pt")
+    dec = torch.load(dp, map_location="cpu")["model"] if os.path.exists(dp) else enc
+    T.HP["vae"]["latent_channels"] = enc["quant_conv.weight"].shape[0] // 2  # models of either width
     vae = T.make_vae().eval()
-    enc = torch.load(os.path.join(T.OUT, "vae.pt"), map_location="cpu")["model"]
-    dec = torch.load(os.path.join(T.OUT, "vae_decoder.pt"), map_location="cpu")["model"]
     vae.load_state_dict({k: (dec[k] if k.startswith(("decoder.", "post_quant_conv.")) else v) for k, v in enc.items()})
     _, held_out = scenes.split_identities()
     rng = random.Random(a.seed)

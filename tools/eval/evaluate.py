@@ -136,7 +136,12 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=20, help="prompts per kind (20; fewer for a quick check)")
+    ap.add_argument("--alphas", default=",".join(map(str, ALPHAS)),
+                    help="alphas to generate (a quick check during training: --alphas 0.7 --out /tmp/eval)")
     a = ap.parse_args()
+    alphas = [float(x) for x in a.alphas.split(",")]
+    if 0.7 not in alphas:
+        raise SystemExit("--alphas must include the default alpha 0.7")
     attr, ctx = judges.load()
     _, held_out = scenes.split_identities()
     single, double = prompts(held_out, a.prompts)
@@ -148,7 +153,7 @@ def main():
             for seed in (0, 1):
                 base = dict(item=item, kind=kind, seed=seed, steps=a.steps, guidance=a.guidance,
                             refs=[refs[s] for s in item["subjects"]])
-                for alpha in ALPHAS:
+                for alpha in alphas:
                     jobs.append(dict(base, method=f"alpha {alpha}", alpha=alpha, prompt=item["prompt"],
                                      out=os.path.join(work, f"{kind}{k}_s{seed}_a{alpha}.png")))
                 plain = item["prompt"].replace(f" {scenes.MARKER}", "")
@@ -174,7 +179,7 @@ def main():
         results.setdefault((j["method"], j["kind"]), []).append((ident, prompt))
         if per_attr is not None:
             attrs.setdefault(j["method"], []).append(per_attr)
-    methods = [f"alpha {x}" for x in ALPHAS] + ["no subject image", "reference pasted"]
+    methods = [f"alpha {x}" for x in alphas] + ["no subject image", "reference pasted"]
     rows = []
     summary = {}
     for m in methods:
@@ -193,7 +198,8 @@ def main():
     for k in range(min(8, len(single))):
         ref = Image.open(refs[single[k]["subjects"][0]]).resize((scenes.SIZE, scenes.SIZE))
         gen = Image.open(os.path.join(work, f"single{k}_s0_a0.7.png")).resize((scenes.SIZE, scenes.SIZE))
-        txt = Image.open(os.path.join(work, f"single{k}_s0_a0.0.png")).resize((scenes.SIZE, scenes.SIZE))
+        txt = os.path.join(work, f"single{k}_s0_a0.0.png")
+        txt = Image.open(txt if os.path.exists(txt) else os.path.join(work, f"single{k}_s0_plain.png")).resize((scenes.SIZE, scenes.SIZE))
         tiles.append(np.concatenate([np.asarray(ref), np.asarray(gen), np.asarray(txt)], 1))
     grid = np.concatenate(tiles, 0)
     os.makedirs(a.out, exist_ok=True)

@@ -5,7 +5,7 @@ the procedural scenes of tools/dataset/scenes.py. One command, resumable, CPU or
 
 Stages (each resumes from its checkpoint under tools/.data/train/):
   data     render the training scenes (identities outside the held-out set) into a cache
-  vae      train the AutoencoderKL (factor 8: 128 px -> 16x16x4 latents)
+  vae      train the AutoencoderKL (factor 8: 128 px -> 16x16x8 latents; subjects weighted)
   latents  encode every scene once; the scaling factor is 1 / std of the latents
   decoder  fine-tune the VAE decoder alone on those fixed latents (sharper decoding)
   vision   pretrain the image encoder on the reference photos (our stand-in for the pretrained
@@ -58,8 +58,11 @@ HP = {
     "seed": 0,
     "n_scenes": 24000,
     "image_size": scenes.SIZE,
-    "vae": dict(block_out_channels=[16, 32, 64, 64], layers_per_block=1, latent_channels=4, norm_num_groups=8),
-    "vae_steps": 2000, "vae_batch": 8, "vae_lr": 5e-4, "vae_kl": 1e-6,
+    # 8 latent channels (the first default model had SD1.5's 4): more of the subjects' detail survives
+    "vae": dict(block_out_channels=[16, 32, 64, 64], layers_per_block=1, latent_channels=8, norm_num_groups=8),
+    "vae_steps": 3000, "vae_batch": 8, "vae_lr": 5e-4, "vae_kl": 1e-6,
+    # Reconstruction loss weight on the subjects' pixels (1 elsewhere): the identity is in them.
+    "vae_subject_weight": 5.0,
     "decoder_steps": 3000, "decoder_batch": 16, "decoder_lr": 2e-4, "decoder_latent_noise": 0.1,
     "text_encoder": dict(vocab_size=49408, hidden_size=D, intermediate_size=256, num_hidden_layers=3,
                          num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu"),
@@ -97,6 +100,28 @@ def resume(ck, model, opt, dev):
     model.load_state_dict(s["model"])
     opt.load_state_dict(s["opt"])
     return s["step"]
+
+
+def warm_start(model, state, what):
+    """Copy every tensor of `state` whose name and shape match into `model` (a run begun from an
+    earlier model with other input/output widths); says what was left at its initialisation."""
+    own = model.state_dict()
+    same = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(same, strict=False)
+    fresh = sorted(k for k in own if k not in same)
+    print(f"{what}: warm start, {len(same)} of {len(own)} tensors copied; fresh: {fresh}", flush=True)
+
+
+def rec_loss(rec, x, w):
+    """The VAE's reconstruction loss (MSE + 0.5 L1), each pixel weighted by `w` [B, 1, H, W]."""
+    d = rec - x
+    return ((d ** 2 + 0.5 * d.abs()) * w).sum() / (w.sum() * x.shape[1])
+
+
+def subject_weights(masks_uint8, idx):
+    """1 on the background, `vae_subject_weight` on the subjects (masks [N, 2, H, W] uint8)."""
+    m = torch.from_numpy(masks_uint8[idx].max(1)).float()[:, None] / 255.0
+    return 1.0 + (HP["vae_subject_weight"] - 1.0) * m
 
 
 def checkpoint(ck, model, opt, step):
@@ -157,7 +182,7 @@ def make_vae():
                          **HP["vae"])
 
 
-def stage_vae(deadline):
+def stage_vae(deadline, init_from=None):
     ck = os.path.join(OUT, "vae.pt")
     dev = device()
     vae = make_vae().to(dev)
@@ -165,8 +190,11 @@ def stage_vae(deadline):
     step = resume(ck, vae, opt, dev)
     if step >= HP["vae_steps"]:
         return
+    if step == 0 and init_from:
+        warm_start(vae, torch.load(init_from, map_location=dev)["model"], "vae")
     d, _ = load_data()
     images = d["images"]
+    masks = d["masks"]
     g = torch.Generator().manual_seed(step)
     vae.train()
     t0 = time.time()
@@ -176,7 +204,7 @@ def stage_vae(deadline):
         post = vae.encode(x).latent_dist
         z = post.sample()
         rec = vae.decode(z).sample
-        l_rec = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        l_rec = rec_loss(rec, x, subject_weights(masks, idx).to(dev))
         l_kl = post.kl().mean() / (x.shape[1] * x.shape[2] * x.shape[3])
         loss = l_rec + HP["vae_kl"] * post.kl().mean()
         opt.zero_grad(set_to_none=True)
@@ -185,7 +213,8 @@ def stage_vae(deadline):
         opt.step()
         step += 1
         if step % 25 == 0:
-            log_row(os.path.join(OUT, "vae_log.csv"), {"step": step, "rec": f"{l_rec.item():.5f}", "kl_per_dim": f"{l_kl.item():.4f}", "s": f"{time.time() - t0:.0f}"})
+            plain = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+            log_row(os.path.join(OUT, "vae_log.csv"), {"step": step, "rec": f"{l_rec.item():.5f}", "rec_unweighted": f"{plain.item():.5f}", "kl_per_dim": f"{l_kl.item():.4f}", "s": f"{time.time() - t0:.0f}"})
         if step % 250 == 0 or step == HP["vae_steps"]:
             checkpoint(ck, vae, opt, step)
             print(f"vae: step {step} rec {l_rec.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
@@ -233,6 +262,7 @@ def stage_decoder(deadline):
         return
     d, _ = load_data()
     images = d["images"]
+    masks = d["masks"]
     lt = torch.load(os.path.join(OUT, "latents.pt"))
     lat = lt["latents"] / lt["scaling_factor"]
     std = float(lat.std())
@@ -244,7 +274,7 @@ def stage_decoder(deadline):
         x = to_m11(images[idx.numpy()]).to(dev)
         z = lat[idx] + HP["decoder_latent_noise"] * std * torch.randn(lat[idx].shape, generator=g)
         rec = vae.decode(z.to(dev)).sample
-        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        loss = rec_loss(rec, x, subject_weights(masks, idx.numpy()).to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -338,7 +368,8 @@ class Models(torch.nn.Module):
         self.text = CLIPTextModel(CLIPTextConfig(**HP["text_encoder"]))
         self.vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**HP["image_encoder"]))
         self.fuser = Fuser(D)
-        self.unet = UNet2DConditionModel(in_channels=4, out_channels=4, **HP["unet"])
+        lc = HP["vae"]["latent_channels"]
+        self.unet = UNet2DConditionModel(in_channels=lc, out_channels=lc, **HP["unet"])
 
 
 class CaptureAttn2:
@@ -411,7 +442,7 @@ def localization_loss(store, positions, masks_full, use_subjects):
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
-def stage_fc(deadline, max_steps):
+def stage_fc(deadline, max_steps, init_from=None):
     dev = device()
     torch.manual_seed(HP["seed"])
     models = Models().to(dev)
@@ -424,6 +455,12 @@ def stage_fc(deadline, max_steps):
         s = torch.load(ck, map_location=dev)
         models.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
         step, vision_from, warm_from = s["step"], s.get("vision_from"), s.get("opt_from", 0)
+    elif init_from:
+        # Going on from an earlier model (another autoencoder: other latents, so conv_in and
+        # conv_out of the UNet start afresh when their width changed); fresh optimiser, warm-up.
+        s = torch.load(init_from, map_location=dev)
+        warm_start(models, s["ema"], "fc"), warm_start(ema, s["ema"], "fc (EMA)")
+        vision_from = 0 if s.get("vision_from") is not None else None
     if step >= max_steps:
         return
     # The pretrained image encoder (stage `vision`), put in once: at the start, or into a run
@@ -542,6 +579,7 @@ def stage_restore(bundle, encoder_bundle, step, decoder_step):
     same file when it was written with --keep-vae-encoder)."""
     meta, t = read_bundle(bundle)
     cfg = json.loads(meta["fastcomposer.config"])
+    HP["vae"]["latent_channels"] = cfg["vae"]["latent_channels"]  # the first default model's were 4
     _, te = read_bundle(encoder_bundle) if encoder_bundle else (None, t)
     if not any(k.startswith("vae.encoder.") for k in te):
         raise SystemExit("restore: no VAE encoder in the bundle (write one with --keep-vae-encoder, or pass --encoder-bundle)")
@@ -610,7 +648,11 @@ def main():
     ap.add_argument("--encoder-bundle", help="restore: a bundle holding the VAE encoder, if --bundle does not")
     ap.add_argument("--step", type=int, help="restore: the fc step the bundle was exported at")
     ap.add_argument("--decoder-step", type=int, default=0, help="restore: the decoder stage's step")
+    ap.add_argument("--init-from", help="vae / fc: start (not resume) from an earlier checkpoint of that stage "
+                    "(vae.pt / fc.pt); tensors whose shape changed start afresh")
     a = ap.parse_args()
+    if a.init_from and a.stage not in ("vae", "fc"):
+        raise SystemExit("--init-from goes with the stage vae or fc")
     if a.threads:
         torch.set_num_threads(a.threads)
     os.makedirs(OUT, exist_ok=True)
@@ -622,7 +664,7 @@ def main():
         if st == "data":
             stage_data()
         elif st == "vae":
-            stage_vae(deadline)
+            stage_vae(deadline, a.init_from)
         elif st == "latents":
             stage_latents()
         elif st == "decoder":
@@ -630,7 +672,7 @@ def main():
         elif st == "vision":
             stage_vision(deadline)
         elif st == "fc":
-            stage_fc(deadline, a.fc_steps)
+            stage_fc(deadline, a.fc_steps, a.init_from)
         elif st == "export":
             stage_export()
         elif st == "restore":
