@@ -656,6 +656,9 @@ def main():
     if a.threads:
         torch.set_num_threads(a.threads)
     os.makedirs(OUT, exist_ok=True)
+    vck = os.path.join(OUT, "vae.pt")
+    if os.path.exists(vck):  # checkpoints of a model with other latents (the first default model's: 4)
+        HP["vae"]["latent_channels"] = torch.load(vck, map_location="cpu")["model"]["quant_conv.weight"].shape[0] // 2
     with open(os.path.join(OUT, "hparams.json"), "w") as f:
         json.dump(HP, f, indent=1)
     deadline = time.time() + a.minutes * 60
