@@ -37,7 +37,7 @@ def main():
     enc = torch.load(os.path.join(a.dir, "vae.pt"), map_location="cpu")["model"]
     dp = os.path.join(a.dir, "vae_decoder.pt")
     dec = torch.load(dp, map_location="cpu")["model"] if os.path.exists(dp) else enc
-    T.HP["vae"]["latent_channels"] = enc["quant_conv.weight"].shape[0] // 2  # models of either width
+    T.HP["vae"]["latent_channels"] = T.latent_width(enc)  # models of either width
     vae = T.make_vae().eval()
     vae.load_state_dict({k: (dec[k] if k.startswith(("decoder.", "post_quant_conv.")) else v) for k, v in enc.items()})
     _, held_out = scenes.split_identities()

@@ -112,6 +112,11 @@ def warm_start(model, state, what):
     print(f"{what}: warm start, {len(same)} of {len(own)} tensors copied; fresh: {fresh}", flush=True)
 
 
+def latent_width(vae_state):
+    """The latent channels of a VAE state dict (8 now; the first default model's: 4)."""
+    return vae_state["quant_conv.weight"].shape[0] // 2
+
+
 def rec_loss(rec, x, w):
     """The VAE's reconstruction loss (MSE + 0.5 L1), each pixel weighted by `w` [B, 1, H, W]."""
     d = rec - x
@@ -657,8 +662,8 @@ def main():
         torch.set_num_threads(a.threads)
     os.makedirs(OUT, exist_ok=True)
     vck = os.path.join(OUT, "vae.pt")
-    if os.path.exists(vck):  # checkpoints of a model with other latents (the first default model's: 4)
-        HP["vae"]["latent_channels"] = torch.load(vck, map_location="cpu")["model"]["quant_conv.weight"].shape[0] // 2
+    if os.path.exists(vck):  # the stages go with the checkpoints present, whatever their latent width
+        HP["vae"]["latent_channels"] = latent_width(torch.load(vck, map_location="cpu")["model"])
     with open(os.path.join(OUT, "hparams.json"), "w") as f:
         json.dump(HP, f, indent=1)
     deadline = time.time() + a.minutes * 60
