@@ -106,7 +106,7 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn load(vb: &Loader, groups: usize, channels: usize, eps: f64) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             return Err(crate::Error::weights(format!(
                 "{}: {channels} channels cannot be split into {groups} groups",
                 vb.key("")

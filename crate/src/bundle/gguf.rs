@@ -64,8 +64,8 @@ impl GgmlType {
         match self {
             GgmlType::F32 => n.checked_mul(4),
             GgmlType::F16 => n.checked_mul(2),
-            GgmlType::Q4_0 => (n % 32 == 0).then(|| n / 32 * 18),
-            GgmlType::Q8_0 => (n % 32 == 0).then(|| n / 32 * 34),
+            GgmlType::Q4_0 => n.is_multiple_of(32).then(|| n / 32 * 18),
+            GgmlType::Q8_0 => n.is_multiple_of(32).then(|| n / 32 * 34),
         }
     }
 }

@@ -399,7 +399,7 @@ pub fn tensor_data(t: &TensorInfo, bytes: &[u8]) -> Result<TensorData> {
         GgmlType::Q8_0 | GgmlType::Q4_0 => {
             let rows = shape[0];
             let cols: usize = shape[1..].iter().product();
-            if shape.len() < 2 || cols % quant::BLOCK != 0 {
+            if shape.len() < 2 || !cols.is_multiple_of(quant::BLOCK) {
                 return Err(Error::weights(format!(
                     "tensor `{}` is {} but its rows ({cols} values) are not whole blocks of 32",
                     t.name,

@@ -71,7 +71,7 @@ fn keep_f16(name: &str) -> bool {
 /// The stored type of one tensor under a mode.
 pub fn policy(mode: QuantMode, name: &str, shape: &[usize]) -> GgmlType {
     let cols: usize = shape.iter().skip(1).product();
-    let blockable = shape.len() >= 2 && cols % quant::BLOCK == 0 && cols > 0;
+    let blockable = shape.len() >= 2 && cols.is_multiple_of(quant::BLOCK) && cols > 0;
     if mode == QuantMode::F16 || !blockable || keep_f16(name) {
         return GgmlType::F16;
     }

@@ -21,7 +21,7 @@ pub struct EncoderShape {
 
 impl EncoderShape {
     pub fn check(&self, what: &str) -> Result<()> {
-        if self.heads == 0 || self.hidden % self.heads != 0 {
+        if self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             return Err(Error::invalid(format!(
                 "{what}: hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden, self.heads

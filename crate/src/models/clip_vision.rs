@@ -46,7 +46,7 @@ impl Default for ClipVisionConfig {
 
 impl ClipVisionConfig {
     fn shape(&self) -> Result<EncoderShape> {
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(Error::invalid(format!(
                 "vision encoder config: image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size

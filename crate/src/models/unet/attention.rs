@@ -249,7 +249,7 @@ pub struct TransformerSettings {
 
 impl Transformer2DModel {
     pub fn load(vb: &Loader, channels: usize, s: &TransformerSettings) -> Result<Self> {
-        if s.heads == 0 || channels % s.heads != 0 {
+        if s.heads == 0 || !channels.is_multiple_of(s.heads) {
             return Err(crate::Error::invalid(format!(
                 "{}: {channels} channels cannot be split into {} attention heads",
                 vb.key(""),
