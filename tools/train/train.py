@@ -464,7 +464,8 @@ def stage_fc(deadline, max_steps, init_from=None):
         # Going on from an earlier model (another autoencoder: other latents, so conv_in and
         # conv_out of the UNet start afresh when their width changed); fresh optimiser, warm-up.
         s = torch.load(init_from, map_location=dev)
-        warm_start(models, s["ema"], "fc"), warm_start(ema, s["ema"], "fc (EMA)")
+        warm_start(models, s["ema"], "fc")
+        ema.load_state_dict(models.state_dict())
         vision_from = 0 if s.get("vision_from") is not None else None
     if step >= max_steps:
         return
