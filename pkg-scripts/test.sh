@@ -18,7 +18,7 @@ cargo test --release --workspace
 if ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   echo "== rust: parity tests on wgpu (Vulkan)"
   export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-  FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test parity --test scheduler -- --test-threads 1
+  FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test parity --test scheduler --test quantized_ops -- --test-threads 1
   # Sequential loading frees each stage's device memory before the next: same images as resident.
   FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test bundle sequential_residency -- --test-threads 1
 elif [ "${FASTCOMPOSER_TEST_WGPU:-0}" = "1" ]; then

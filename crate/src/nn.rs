@@ -39,10 +39,16 @@ impl Linear {
                 let d_in = dims[D - 1];
                 let rows = x.shape().num_elements() / d_in.max(1);
                 let d_out = w.dims()[0];
-                let y = w
-                    .clone()
-                    .matmul(x.reshape([rows, d_in]).transpose())
-                    .transpose();
+                let y = w.clone().matmul(x.reshape([rows, d_in]).transpose());
+                // `[d_out, 1]` -> `[1, d_out]` by a reshape, not a transpose: on wgpu, burn 0.22's
+                // fusion gives wrong values when element-wise work (the bias, an activation) is
+                // fused onto the transposed view of a one-column quantized matmul output (the time
+                // embedding at batch 1: images 87 levels off; tests/quantized_ops.rs).
+                let y = if rows == 1 {
+                    y.reshape([1, d_out])
+                } else {
+                    y.transpose()
+                };
                 let y = match &self.bias {
                     Some(b) => y + b.clone().unsqueeze_dim(0),
                     None => y,

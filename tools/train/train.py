@@ -447,7 +447,7 @@ def localization_loss(store, positions, masks_full, use_subjects):
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
-def stage_fc(deadline, max_steps, init_from=None):
+def stage_fc(deadline, max_steps, init_from=None, cooldown=0):
     dev = device()
     torch.manual_seed(HP["seed"])
     models = Models().to(dev)
@@ -536,6 +536,8 @@ def stage_fc(deadline, max_steps, init_from=None):
         l_loc = localization_loss(store, pos_b, masks[idx].to(dev), use_subjects.tolist())
         loss = l_diff + HP["localization_weight"] * l_loc
         lr = HP["fc_lr"] * min(1.0, (step - warm_from + 1) / HP["fc_warmup"])
+        if cooldown:  # linear to zero over the last `cooldown` steps before max_steps
+            lr *= min(1.0, (max_steps - step) / cooldown)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -649,6 +651,8 @@ def main():
     ap.add_argument("stage", choices=["data", "vae", "latents", "decoder", "vision", "fc", "export", "all", "restore"])
     ap.add_argument("--minutes", type=float, default=120, help="stop (and checkpoint) after this long")
     ap.add_argument("--fc-steps", type=int, default=100000, help="stop fc training at this step")
+    ap.add_argument("--cooldown", type=int, default=0, help="fc: the learning rate falls linearly to zero "
+                    "over this many steps before --fc-steps (0: flat after the warm-up)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--bundle", help="restore: the bundle to go on from")
     ap.add_argument("--encoder-bundle", help="restore: a bundle holding the VAE encoder, if --bundle does not")
@@ -681,7 +685,7 @@ def main():
         elif st == "vision":
             stage_vision(deadline)
         elif st == "fc":
-            stage_fc(deadline, a.fc_steps, a.init_from)
+            stage_fc(deadline, a.fc_steps, a.init_from, a.cooldown)
         elif st == "export":
             stage_export()
         elif st == "restore":
