@@ -161,8 +161,8 @@ fn the_cpu_device_keeps_quantized_weights_on_the_host() {
     }
 }
 
-/// A quantized `nn::Linear` on one row (the time embedding at batch 1, a single subject's
-/// projection) followed by element-wise work: on wgpu, burn's fusion once computed this wrong
+/// A quantized `nn::Linear` on one row (the UNet's time embedding at batch 1) followed by
+/// element-wise work: on wgpu, burn's fusion once computed this wrong
 /// (the one-column matmul output's transposed view; the UNet at batch 1 was off by ~10 % of its
 /// output, images by up to 87 levels), while two rows were right. Same product either way.
 #[test]

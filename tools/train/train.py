@@ -661,6 +661,8 @@ def main():
     ap.add_argument("--init-from", help="vae / fc: start (not resume) from an earlier checkpoint of that stage "
                     "(vae.pt / fc.pt); tensors whose shape changed start afresh")
     a = ap.parse_args()
+    if a.cooldown < 0:
+        raise SystemExit(f"--cooldown must be 0 or more steps, not {a.cooldown}")
     if a.init_from and a.stage not in ("vae", "fc"):
         raise SystemExit("--init-from goes with the stage vae or fc")
     if a.threads:
