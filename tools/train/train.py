@@ -1,9 +1,9 @@
 """Train the embedded default model: a small FastComposer of the SD1.5 family, from scratch, on
 the procedural scenes of tools/dataset/scenes.py. One command, resumable, CPU or GPU.
 
-    tools/.venv/bin/python tools/train/train.py all --minutes 120
+    tools/.venv/bin/python tools/train/train.py all --minutes 120 --cooldown-minutes 25
 
-Stages (each resumes from its checkpoint under tools/.data/train/):
+Stages (each resumes from its checkpoint under tools/.data/train/, or --dir):
   data     render the training scenes (identities outside the held-out set) into a cache
   vae      train the AutoencoderKL (factor 8: 128 px -> 16x16x8 latents; subjects weighted)
   latents  encode every scene once; the scaling factor is 1 / std of the latents
@@ -447,7 +447,7 @@ def localization_loss(store, positions, masks_full, use_subjects):
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
-def stage_fc(deadline, max_steps, init_from=None, cooldown=0):
+def stage_fc(deadline, max_steps, init_from=None, cooldown=0, cooldown_s=0.0):
     dev = device()
     torch.manual_seed(HP["seed"])
     models = Models().to(dev)
@@ -538,6 +538,8 @@ def stage_fc(deadline, max_steps, init_from=None, cooldown=0):
         lr = HP["fc_lr"] * min(1.0, (step - warm_from + 1) / HP["fc_warmup"])
         if cooldown:  # linear to zero over the last `cooldown` steps before max_steps
             lr *= min(1.0, (max_steps - step) / cooldown)
+        if cooldown_s:  # linear to zero over the last `cooldown_s` seconds before the deadline
+            lr *= min(1.0, max(0.0, deadline - time.time()) / cooldown_s)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -647,12 +649,17 @@ def stage_export():
 
 
 def main():
+    global OUT
     ap = argparse.ArgumentParser()
     ap.add_argument("stage", choices=["data", "vae", "latents", "decoder", "vision", "fc", "export", "all", "restore"])
     ap.add_argument("--minutes", type=float, default=120, help="stop (and checkpoint) after this long")
     ap.add_argument("--fc-steps", type=int, default=100000, help="stop fc training at this step")
     ap.add_argument("--cooldown", type=int, default=0, help="fc: the learning rate falls linearly to zero "
                     "over this many steps before --fc-steps (0: flat after the warm-up)")
+    ap.add_argument("--cooldown-minutes", type=float, default=0, help="fc: the learning rate falls linearly to "
+                    "zero over this many minutes before the time runs out (for a run given a time, not steps)")
+    ap.add_argument("--decoder-minutes", type=float, default=8, help="all: the decoder stage's share of the time")
+    ap.add_argument("--dir", default=OUT, help="where the checkpoints, logs and exported model go")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--bundle", help="restore: the bundle to go on from")
     ap.add_argument("--encoder-bundle", help="restore: a bundle holding the VAE encoder, if --bundle does not")
@@ -663,6 +670,11 @@ def main():
     a = ap.parse_args()
     if a.cooldown < 0:
         raise SystemExit(f"--cooldown must be 0 or more steps, not {a.cooldown}")
+    if a.cooldown_minutes < 0 or a.decoder_minutes < 0:
+        raise SystemExit("--cooldown-minutes and --decoder-minutes must be 0 or more")
+    if a.cooldown and a.cooldown_minutes:
+        raise SystemExit("give the cool-down in steps (--cooldown) or in minutes (--cooldown-minutes), not both")
+    OUT = os.path.abspath(a.dir)
     if a.init_from and a.stage not in ("vae", "fc"):
         raise SystemExit("--init-from goes with the stage vae or fc")
     if a.threads:
@@ -683,11 +695,15 @@ def main():
         elif st == "latents":
             stage_latents()
         elif st == "decoder":
-            stage_decoder(deadline)
+            if a.stage != "all":
+                stage_decoder(deadline)
+            elif not os.path.exists(os.path.join(OUT, "fc.pt")):  # done once fc has begun (a resumed `all`)
+                # In `all` the decoder stage gets a share of the time (it could use all of it).
+                stage_decoder(min(deadline, time.time() + a.decoder_minutes * 60))
         elif st == "vision":
             stage_vision(deadline)
         elif st == "fc":
-            stage_fc(deadline, a.fc_steps, a.init_from, a.cooldown)
+            stage_fc(deadline, a.fc_steps, a.init_from, a.cooldown, a.cooldown_minutes * 60)
         elif st == "export":
             stage_export()
         elif st == "restore":
