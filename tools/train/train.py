@@ -555,7 +555,7 @@ def stage_fc(deadline, max_steps, init_from=None, cooldown=0, cooldown_s=0.0):
                 "step": step, "loss": f"{loss.item():.5f}", "denoise": f"{l_diff.item():.5f}",
                 "localization": f"{float(l_loc.detach()):.4f}", "lr": f"{lr:.2e}", "s": f"{time.time() - t0:.0f}"})
         if step % 200 == 0:
-            print(f"fc: step {step} denoise {l_diff.item():.4f} loc {float(l_loc):.3f} ({time.time() - t0:.0f}s)", flush=True)
+            print(f"fc: step {step} denoise {l_diff.item():.4f} loc {float(l_loc.detach()):.3f} ({time.time() - t0:.0f}s)", flush=True)
             save_fc(ck, models, ema, opt, step, vision_from, warm_from)
     save_fc(ck, models, ema, opt, step, vision_from, warm_from)
 
