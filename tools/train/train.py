@@ -697,8 +697,10 @@ def main():
         elif st == "decoder":
             if a.stage != "all":
                 stage_decoder(deadline)
-            elif not os.path.exists(os.path.join(OUT, "fc.pt")):  # done once fc has begun (a resumed `all`)
-                # In `all` the decoder stage gets a share of the time (it could use all of it).
+                continue
+            # In `all` the decoder stage gets a share of the time (it could use all of it), and
+            # only once: a resumed `all` whose fc stage has begun goes straight on with fc.
+            if not os.path.exists(os.path.join(OUT, "fc.pt")):
                 stage_decoder(min(deadline, time.time() + a.decoder_minutes * 60))
         elif st == "vision":
             stage_vision(deadline)
