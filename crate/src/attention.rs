@@ -10,6 +10,8 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData, activation::softmax};
 
+use crate::cpu_ops::exp_nonpositive_one;
+
 /// Default budget for one materialised scores buffer.
 pub const DEFAULT_MAX_SCORES_BYTES: usize = 128 << 20;
 
@@ -103,7 +105,8 @@ pub struct HostShape {
 
 /// `softmax(q kᵀ · scale) v` on host slices (output `[bh, lq, dv]`), `causal`: query row `i`
 /// sees keys `0..=i`. Each task takes one (batch·head, block of query rows): scores by gemm,
-/// a row softmax with [`exp_nonpositive`], then the weighted sum of values by gemm.
+/// the softmax numerators (`e^(s - max)`, two passes), the weighted sum of values by gemm, and
+/// the division by the row sums on the output block.
 pub fn host_attention(
     q: &[f32],
     k: &[f32],
@@ -153,9 +156,12 @@ pub fn host_attention(
                 gemm::Parallelism::None,
             );
         }
-        for (r, row) in p.chunks_mut(lk).enumerate() {
+        // Unnormalised weights `e^(s - max)` per row; the division by the row's sum is applied
+        // to the `[m, dv]` output instead of the `[m, lk]` weights.
+        let mut inv_sums = vec![0f32; m];
+        for (r, (row, inv)) in p.chunks_mut(lk).zip(&mut inv_sums).enumerate() {
             let visible = if causal { (i0 + r + 1).min(lk) } else { lk };
-            softmax_row(row, visible);
+            *inv = 1.0 / softmax_numerators(row, visible);
         }
         // SAFETY: out block `[m, dv]` = p `[m, lk]` · vh `[lk, dv]`, all row-major.
         unsafe {
@@ -180,6 +186,9 @@ pub fn host_attention(
                 false,
                 gemm::Parallelism::None,
             );
+        }
+        for (row, inv) in o.chunks_mut(dv).zip(&inv_sums) {
+            row.iter_mut().for_each(|x| *x *= inv);
         }
     };
     // Output blocks line up with tasks: block t is rows i0..i0+m of head t / blocks_per_head.
@@ -210,25 +219,37 @@ fn split_blocks(out: &mut [f32], bh: usize, lq: usize, rows: usize, dv: usize) -
     blocks
 }
 
-/// In-place softmax of `row[..visible]`; entries past `visible` (masked) become 0. With AVX2
-/// where the CPU has it (chosen at run time; the build targets baseline x86-64).
-fn softmax_row(row: &mut [f32], visible: usize) {
+/// `row[..visible]` becomes `e^(x - max)` (the softmax's numerators) and the rest 0; returns
+/// their sum (≥ 1: the maximum's own term). Two passes: the maximum, then exp and sum together.
+/// With AVX2 where the CPU has it (chosen at run time; the build targets baseline x86-64).
+fn softmax_numerators(row: &mut [f32], visible: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the features this copy was compiled for.
+        return unsafe { softmax_numerators_avx512(row, visible) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features this copy was compiled for.
-        return unsafe { softmax_row_avx2(row, visible) };
+        return unsafe { softmax_numerators_avx2(row, visible) };
     }
-    softmax_row_generic(row, visible)
+    softmax_numerators_generic(row, visible)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn softmax_numerators_avx512(row: &mut [f32], visible: usize) -> f32 {
+    softmax_numerators_generic(row, visible)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(row: &mut [f32], visible: usize) {
-    softmax_row_generic(row, visible)
+unsafe fn softmax_numerators_avx2(row: &mut [f32], visible: usize) -> f32 {
+    softmax_numerators_generic(row, visible)
 }
 
 #[inline(always)]
-fn softmax_row_generic(row: &mut [f32], visible: usize) {
+fn softmax_numerators_generic(row: &mut [f32], visible: usize) -> f32 {
     const LANES: usize = 16;
     let (seen, masked) = row.split_at_mut(visible);
     masked.fill(0.0);
@@ -246,49 +267,25 @@ fn softmax_row_generic(row: &mut [f32], visible: usize) {
         .chain(m.iter())
         .copied()
         .fold(f32::NEG_INFINITY, f32::max);
-    for x in seen.iter_mut() {
-        *x -= max;
-    }
-    exp_nonpositive_inline(seen);
     let mut acc = [0f32; LANES];
-    let mut chunks = seen.chunks_exact(LANES);
+    let mut chunks = seen.chunks_exact_mut(LANES);
     for c in &mut chunks {
         for (a, x) in acc.iter_mut().zip(c) {
+            *x = exp_nonpositive_one(*x - max);
             *a += *x;
         }
     }
-    let sum: f32 = chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>();
-    let inv = 1.0 / sum;
-    for x in seen.iter_mut() {
-        *x *= inv;
+    let mut sum = acc.iter().sum::<f32>();
+    for x in chunks.into_remainder() {
+        *x = exp_nonpositive_one(*x - max);
+        sum += *x;
     }
+    sum
 }
 
-/// `e^x` in place for `x <= 0` (a softmax after subtracting the row maximum), relative error
-/// below 2e-7, written so the loop vectorises (no libm call): `x = n·ln 2 + r` with `n`
-/// rounded by the 1.5·2²³ trick, a degree-6 polynomial for `e^r` on |r| ≤ ln2/2, and `2^n`
-/// built in the exponent bits. Values below -87 (and -inf) give 0; NaN stays NaN.
+/// `e^x` in place for `x <= 0` ([`exp_nonpositive_one`] over a slice).
 pub fn exp_nonpositive(xs: &mut [f32]) {
-    exp_nonpositive_inline(xs)
-}
-
-#[inline(always)]
-fn exp_nonpositive_inline(xs: &mut [f32]) {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
-    for x in xs.iter_mut() {
-        let v = if *x < -87.0 { -87.0 } else { *x }; // NaN stays NaN
-        let n = (v * LOG2E + ROUND) - ROUND;
-        let r = (v - n * LN2_HI) - n * LN2_LO;
-        let p = 1.0
-            + r * (1.0
-                + r * (0.5
-                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
-        *x = if *x < -87.0 { 0.0 } else { p * scale };
-    }
+    xs.iter_mut().for_each(|x| *x = exp_nonpositive_one(*x));
 }
 
 /// How many (batch·head) rows and query rows one slice takes so that

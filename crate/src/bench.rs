@@ -177,7 +177,7 @@ pub fn sd15_ops(
     let t = time(device, iters, || gn.forward(x.clone()))?;
     push("group_norm 320 @64x64".to_string(), t, 0.0, bytes);
     let t = time(device, iters, || {
-        burn::tensor::activation::silu(gn.forward(x.clone()))
+        gn.forward_act(x.clone(), crate::nn::Activation::Silu)
     })?;
     push("group_norm + silu 320 @64x64".to_string(), t, 0.0, bytes);
     Ok(out)

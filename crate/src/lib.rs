@@ -16,6 +16,7 @@ pub mod bundle;
 pub mod components;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
+pub mod cpu_ops;
 pub mod default_model;
 pub mod device;
 pub mod error;

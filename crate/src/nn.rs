@@ -127,6 +127,35 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        crate::cpu_ops::group_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            self.groups,
+            self.eps,
+            false,
+            |x| self.forward_plain(x),
+        )
+    }
+
+    /// `act(self.forward(x))`; GroupNorm + SiLU run as one pass on the CPU device.
+    pub fn forward_act(&self, x: Tensor<4>, act: Activation) -> Tensor<4> {
+        if act != Activation::Silu {
+            return act.forward(self.forward(x));
+        }
+        crate::cpu_ops::group_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            self.groups,
+            self.eps,
+            true,
+            |x| act.forward(self.forward_plain(x)),
+        )
+    }
+
+    /// The tensor-op GroupNorm (every device; the reference the CPU kernel is tested against).
+    pub fn forward_plain(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let g = self.groups;
         // Statistics in f32 whatever the compute dtype (as PyTorch does): in f16 the sum of
@@ -215,8 +244,8 @@ impl Activation {
 
     pub fn forward<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
-            Activation::Silu => activation::silu(x),
-            Activation::Gelu => activation::gelu(x),
+            Activation::Silu => crate::cpu_ops::silu(x),
+            Activation::Gelu => crate::cpu_ops::gelu(x),
             Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
             Activation::GeluTanh => activation::gelu_approximate(x),
         }

@@ -256,7 +256,7 @@ impl VaeDecoder {
         for block in &self.up_blocks {
             x = block.forward(x, &mut Vec::new(), None, None, None);
         }
-        let x = self.act.forward(self.conv_norm_out.forward(x));
+        let x = self.conv_norm_out.forward_act(x, self.act);
         Ok(self.conv_out.forward(x))
     }
 }
@@ -366,7 +366,7 @@ impl VaeEncoder {
         x = self.mid_block.forward(x, None, None);
         let x = self
             .conv_out
-            .forward(self.act.forward(self.conv_norm_out.forward(x)));
+            .forward(self.conv_norm_out.forward_act(x, self.act));
         Ok(match &self.quant_conv {
             Some(conv) => conv.forward(x),
             None => x,

@@ -7,7 +7,7 @@ use burn::tensor::Tensor;
 
 use crate::attention::{AttentionKernel, sdpa};
 use crate::error::Result;
-use crate::nn::{Activation, Conv2d, GroupNorm, LayerNorm, Linear};
+use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear};
 use crate::weights::Loader;
 
 /// diffusers `Attention`: `to_q`, `to_k`, `to_v`, `to_out.0`; optionally a GroupNorm in front
@@ -134,7 +134,6 @@ impl Attention {
 pub struct FeedForward {
     proj: Linear,
     out: Linear,
-    inner: usize,
 }
 
 impl FeedForward {
@@ -143,15 +142,13 @@ impl FeedForward {
         Ok(Self {
             proj: Linear::load(&vb.pp("net.0.proj"), dim, 2 * inner, true)?,
             out: Linear::load(&vb.pp("net.2"), inner, dim, true)?,
-            inner,
         })
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let h = self.proj.forward(x);
-        let hidden = h.clone().narrow(2, 0, self.inner);
-        let gate = h.narrow(2, self.inner, self.inner);
-        self.out.forward(hidden * Activation::Gelu.forward(gate))
+        // `hidden * gelu(gate)` of the projection's two halves (one pass on the CPU device).
+        self.out
+            .forward(crate::cpu_ops::geglu(self.proj.forward(x)))
     }
 }
 

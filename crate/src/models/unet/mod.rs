@@ -427,7 +427,7 @@ impl UNet2DConditionModel {
         }
 
         // 6. post-process
-        let x = self.act.forward(self.conv_norm_out.forward(x));
+        let x = self.conv_norm_out.forward_act(x, self.act);
         Ok(self.conv_out.forward(x))
     }
 }

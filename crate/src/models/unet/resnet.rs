@@ -66,13 +66,13 @@ impl ResnetBlock2D {
     pub fn forward(&self, x: Tensor<4>, temb: Option<&Tensor<2>>) -> Tensor<4> {
         let mut h = self
             .conv1
-            .forward(self.act.forward(self.norm1.forward(x.clone())));
+            .forward(self.norm1.forward_act(x.clone(), self.act));
         if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
             let t = proj.forward(self.act.forward(temb.clone()));
             let [b, c] = t.dims();
             h = h + t.reshape([b, c, 1, 1]);
         }
-        let h = self.conv2.forward(self.act.forward(self.norm2.forward(h)));
+        let h = self.conv2.forward(self.norm2.forward_act(h, self.act));
         let x = match &self.conv_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
