@@ -92,6 +92,11 @@ fn host_sdpa(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: f64, causal: bool)
     }
 }
 
+std::thread_local! {
+    /// One block's scores, per thread (at most ~2 MiB: see `host_attention`'s block rows).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Shapes of [`host_attention`]'s row-major operands: q `[bh, lq, dh]`, k `[bh, lk, dh]`,
 /// v `[bh, lk, dv]`.
 #[derive(Debug, Clone, Copy)]
@@ -130,66 +135,73 @@ pub fn host_attention(
         let qb = &q[(head * lq + i0) * dh..][..m * dh];
         let kh = &k[head * lk * dh..][..lk * dh];
         let vh = &v[head * lk * dv..][..lk * dv];
-        let mut p = vec![0f32; m * lk];
-        // SAFETY: every pointer covers the strided extent gemm reads or writes: scores
-        // `[m, lk]` row-major = qb `[m, dh]` · khᵀ (kh `[lk, dh]` read column-major).
-        unsafe {
-            gemm::gemm(
-                m,
-                lk,
-                dh,
-                p.as_mut_ptr(),
-                1,
-                lk as isize,
-                false,
-                qb.as_ptr(),
-                1,
-                dh as isize,
-                kh.as_ptr(),
-                dh as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        // Unnormalised weights `e^(s - max)` per row; the division by the row's sum is applied
-        // to the `[m, dv]` output instead of the `[m, lk]` weights.
-        let mut inv_sums = vec![0f32; m];
-        for (r, (row, inv)) in p.chunks_mut(lk).zip(&mut inv_sums).enumerate() {
-            let visible = if causal { (i0 + r + 1).min(lk) } else { lk };
-            *inv = 1.0 / softmax_numerators(row, visible);
-        }
-        // SAFETY: out block `[m, dv]` = p `[m, lk]` · vh `[lk, dv]`, all row-major.
-        unsafe {
-            gemm::gemm(
-                m,
-                dv,
-                lk,
-                o.as_mut_ptr(),
-                1,
-                dv as isize,
-                false,
-                p.as_ptr(),
-                1,
-                lk as isize,
-                vh.as_ptr(),
-                1,
-                dv as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        for (row, inv) in o.chunks_mut(dv).zip(&inv_sums) {
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
+        // The scores block reuses this thread's buffer (no allocation or zeroing per block:
+        // the gemm overwrites it).
+        SCORES.with_borrow_mut(|buf| {
+            if buf.len() < m * lk {
+                buf.resize(m * lk, 0.0);
+            }
+            let p = &mut buf[..m * lk];
+            // SAFETY: every pointer covers the strided extent gemm reads or writes: scores
+            // `[m, lk]` row-major = qb `[m, dh]` · khᵀ (kh `[lk, dh]` read column-major).
+            unsafe {
+                gemm::gemm(
+                    m,
+                    lk,
+                    dh,
+                    p.as_mut_ptr(),
+                    1,
+                    lk as isize,
+                    false,
+                    qb.as_ptr(),
+                    1,
+                    dh as isize,
+                    kh.as_ptr(),
+                    dh as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            // Unnormalised weights `e^(s - max)` per row; the division by the row's sum is applied
+            // to the `[m, dv]` output instead of the `[m, lk]` weights.
+            let mut inv_sums = vec![0f32; m];
+            for (r, (row, inv)) in p.chunks_mut(lk).zip(&mut inv_sums).enumerate() {
+                let visible = if causal { (i0 + r + 1).min(lk) } else { lk };
+                *inv = 1.0 / softmax_numerators(row, visible);
+            }
+            // SAFETY: out block `[m, dv]` = p `[m, lk]` · vh `[lk, dv]`, all row-major.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    dv,
+                    lk,
+                    o.as_mut_ptr(),
+                    1,
+                    dv as isize,
+                    false,
+                    p.as_ptr(),
+                    1,
+                    lk as isize,
+                    vh.as_ptr(),
+                    1,
+                    dv as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (row, inv) in o.chunks_mut(dv).zip(&inv_sums) {
+                row.iter_mut().for_each(|x| *x *= inv);
+            }
+        });
     };
     // Output blocks line up with tasks: block t is rows i0..i0+m of head t / blocks_per_head.
     let chunks = split_blocks(&mut out, bh, lq, rows, dv);

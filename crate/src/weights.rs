@@ -560,53 +560,81 @@ impl HostQuantized {
         [self.rows, self.cols]
     }
 
-    /// Dequantize block `b` (values `32·b ..`) into `o`.
-    fn block(&self, b: usize, o: &mut [f32]) {
-        let n = self.rows * self.cols;
-        let (q, s) = self.bytes.split_at(n * self.bits / 8);
+    /// The packed values and the block scales.
+    fn parts(&self) -> (&[u8], &[u8]) {
+        self.bytes.split_at(self.rows * self.cols * self.bits / 8)
+    }
+
+    /// Dequantize consecutive blocks: `q` their packed values, `s` their f32 scales, into `o`
+    /// (32 values per block; written, never read, so `o` may be uninitialised).
+    fn blocks(&self, q: &[u8], s: &[u8], o: &mut [std::mem::MaybeUninit<f32>]) {
         let qb = BLOCK * self.bits / 8; // bytes per block
-        let d = f32::from_le_bytes(s[b * 4..b * 4 + 4].try_into().expect("4 bytes"));
-        let q = &q[b * qb..(b + 1) * qb];
-        if self.bits == 8 {
-            for (o, &v) in o.iter_mut().zip(q) {
-                *o = v as i8 as f32 * d;
-            }
-        } else {
-            // Two values per byte, the first in the low nibble (4-bit two's complement).
-            for (o, &v) in o.chunks_exact_mut(2).zip(q) {
-                o[0] = (((v << 4) as i8) >> 4) as f32 * d;
-                o[1] = ((v as i8) >> 4) as f32 * d;
+        for ((o, q), d) in o
+            .chunks_exact_mut(BLOCK)
+            .zip(q.chunks_exact(qb))
+            .zip(s.chunks_exact(4))
+        {
+            let d = f32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+            if self.bits == 8 {
+                for (o, &v) in o.iter_mut().zip(q) {
+                    o.write(v as i8 as f32 * d);
+                }
+            } else {
+                // Two values per byte, the first in the low nibble (4-bit two's complement).
+                for (o, &v) in o.chunks_exact_mut(2).zip(q) {
+                    o[0].write((((v << 4) as i8) >> 4) as f32 * d);
+                    o[1].write(((v as i8) >> 4) as f32 * d);
+                }
             }
         }
     }
 
     /// The f32 values of the given rows, one after the other.
     pub fn dequantize_rows(&self, rows: &[usize]) -> Vec<f32> {
+        let (q, s) = self.parts();
         let per_row = self.cols / BLOCK;
-        let mut out = vec![0f32; rows.len() * self.cols];
-        for (o, &r) in out.chunks_mut(self.cols).zip(rows) {
-            for (j, o) in o.chunks_mut(BLOCK).enumerate() {
-                self.block(r * per_row + j, o);
-            }
+        let (qr, sr) = (self.cols * self.bits / 8, per_row * 4); // bytes per row
+        let mut out = Vec::with_capacity(rows.len() * self.cols);
+        for (o, &r) in out
+            .spare_capacity_mut()
+            .chunks_exact_mut(self.cols)
+            .zip(rows)
+        {
+            self.blocks(&q[r * qr..][..qr], &s[r * sr..][..sr], o);
         }
+        // SAFETY: every row of `out` was written above (`rows.len()` rows of `cols` values).
+        unsafe { out.set_len(rows.len() * self.cols) };
         out
     }
 
     /// The f32 values, row-major.
     pub fn dequantize_values(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows * self.cols];
-        let block = |(b, o): (usize, &mut [f32])| self.block(b, o);
-        // Rows of blocks in parallel natively (the wasm build has no threads).
+        let n = self.rows * self.cols;
+        let (q, s) = self.parts();
+        let mut out = Vec::with_capacity(n);
+        // Runs of 1,024 blocks, in parallel natively (the wasm build has no threads).
+        const RUN: usize = 1024 * BLOCK;
+        let qr = RUN * self.bits / 8;
+        let run = |(i, o): (usize, &mut [std::mem::MaybeUninit<f32>])| {
+            let blocks = o.len() / BLOCK;
+            let (q0, s0) = (i * qr, i * RUN / BLOCK * 4);
+            self.blocks(
+                &q[q0..q0 + blocks * BLOCK * self.bits / 8],
+                &s[s0..s0 + blocks * 4],
+                o,
+            );
+        };
+        let spare = &mut out.spare_capacity_mut()[..n];
         #[cfg(not(target_arch = "wasm32"))]
         {
             use rayon::prelude::*;
-            out.par_chunks_mut(BLOCK)
-                .enumerate()
-                .with_min_len(1024)
-                .for_each(block);
+            spare.par_chunks_mut(RUN).enumerate().for_each(run);
         }
         #[cfg(target_arch = "wasm32")]
-        out.chunks_mut(BLOCK).enumerate().for_each(block);
+        spare.chunks_mut(RUN).enumerate().for_each(run);
+        // SAFETY: the runs cover all `n` values (n is a multiple of BLOCK: `from_data` checks
+        // `cols % BLOCK == 0`), and `blocks` writes every value of its run.
+        unsafe { out.set_len(n) };
         out
     }
 

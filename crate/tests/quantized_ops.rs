@@ -14,7 +14,8 @@ use fastcomposer::weights::HostQuantized;
 fn packed_blocks_dequantize_and_multiply() {
     let device = common::test_device();
     for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
-        for (out, inp) in [(32usize, 32usize), (64, 96)] {
+        // 1100×64: 2,200 blocks, more than the host path's parallel runs of 1,024 blocks.
+        for (out, inp) in [(32usize, 32usize), (64, 96), (1100, 64)] {
             // Every representable value: -8..=7 for 4 bits, -127..=127 for 8 bits.
             let (lo, n) = if ty == GgmlType::Q4_0 {
                 (-8i32, 16usize)
