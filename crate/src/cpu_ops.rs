@@ -141,7 +141,8 @@ pub fn group_norm(
 /// has them (chosen at run time; the build targets baseline x86-64), as plain code otherwise
 /// (wasm: SIMD128 from the build flags).
 macro_rules! simd_fn {
-    (fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$doc])*
         fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn generic($($arg: $ty),*) $body
@@ -170,6 +171,8 @@ macro_rules! simd_fn {
         }
     };
 }
+
+pub(crate) use simd_fn;
 
 /// Lanes the loops are written over (so that they vectorise: no serial accumulator chains).
 const LANES: usize = 16;

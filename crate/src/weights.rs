@@ -565,30 +565,6 @@ impl HostQuantized {
         self.bytes.split_at(self.rows * self.cols * self.bits / 8)
     }
 
-    /// Dequantize consecutive blocks: `q` their packed values, `s` their f32 scales, into `o`
-    /// (32 values per block; written, never read, so `o` may be uninitialised).
-    fn blocks(&self, q: &[u8], s: &[u8], o: &mut [std::mem::MaybeUninit<f32>]) {
-        let qb = BLOCK * self.bits / 8; // bytes per block
-        for ((o, q), d) in o
-            .chunks_exact_mut(BLOCK)
-            .zip(q.chunks_exact(qb))
-            .zip(s.chunks_exact(4))
-        {
-            let d = f32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-            if self.bits == 8 {
-                for (o, &v) in o.iter_mut().zip(q) {
-                    o.write(v as i8 as f32 * d);
-                }
-            } else {
-                // Two values per byte, the first in the low nibble (4-bit two's complement).
-                for (o, &v) in o.chunks_exact_mut(2).zip(q) {
-                    o[0].write((((v << 4) as i8) >> 4) as f32 * d);
-                    o[1].write(((v as i8) >> 4) as f32 * d);
-                }
-            }
-        }
-    }
-
     /// The f32 values of the given rows, one after the other.
     pub fn dequantize_rows(&self, rows: &[usize]) -> Vec<f32> {
         let (q, s) = self.parts();
@@ -600,7 +576,7 @@ impl HostQuantized {
             .chunks_exact_mut(self.cols)
             .zip(rows)
         {
-            self.blocks(&q[r * qr..][..qr], &s[r * sr..][..sr], o);
+            dequantize_blocks(self.bits, &q[r * qr..][..qr], &s[r * sr..][..sr], o);
         }
         // SAFETY: every row of `out` was written above (`rows.len()` rows of `cols` values).
         unsafe { out.set_len(rows.len() * self.cols) };
@@ -618,7 +594,8 @@ impl HostQuantized {
         let run = |(i, o): (usize, &mut [std::mem::MaybeUninit<f32>])| {
             let blocks = o.len() / BLOCK;
             let (q0, s0) = (i * qr, i * RUN / BLOCK * 4);
-            self.blocks(
+            dequantize_blocks(
+                self.bits,
                 &q[q0..q0 + blocks * BLOCK * self.bits / 8],
                 &s[s0..s0 + blocks * 4],
                 o,
@@ -646,6 +623,33 @@ impl HostQuantized {
         )
     }
 }
+
+crate::cpu_ops::simd_fn!(
+    /// Dequantize consecutive blocks of `bits` (8 or 4) values: `q` their packed values, `s` their
+    /// f32 scales, into `o` (32 values per block; written, never read, so `o` may be
+    /// uninitialised).
+    fn dequantize_blocks(bits: usize, q: &[u8], s: &[u8], o: &mut [std::mem::MaybeUninit<f32>]) {
+        let qb = BLOCK * bits / 8; // bytes per block
+        for ((o, q), d) in o
+            .chunks_exact_mut(BLOCK)
+            .zip(q.chunks_exact(qb))
+            .zip(s.chunks_exact(4))
+        {
+            let d = f32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+            if bits == 8 {
+                for (o, &v) in o.iter_mut().zip(q) {
+                    o.write(v as i8 as f32 * d);
+                }
+            } else {
+                // Two values per byte, the first in the low nibble (4-bit two's complement).
+                for (o, &v) in o.chunks_exact_mut(2).zip(q) {
+                    o[0].write((((v << 4) as i8) >> 4) as f32 * d);
+                    o[1].write(((v as i8) >> 4) as f32 * d);
+                }
+            }
+        }
+    }
+);
 
 /// A lookup table (CLIP's token embedding) kept in host memory: the rows a call needs are
 /// gathered (and dequantized) on the host and only they go to the device. The whole table,
