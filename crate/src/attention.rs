@@ -205,12 +205,12 @@ pub fn host_attention(
     };
     // Output blocks line up with tasks: block t is rows i0..i0+m of head t / blocks_per_head.
     let chunks = split_blocks(&mut out, bh, lq, rows, dv);
-    #[cfg(not(target_arch = "wasm32"))]
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         chunks.into_par_iter().enumerate().for_each(task);
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     chunks.into_iter().enumerate().for_each(task);
     out
 }

@@ -36,16 +36,21 @@ fn in_place<const D: usize>(
     }
 }
 
-/// Runs `f` over `chunk`-sized pieces of `xs` (in parallel natively, one after the other in wasm).
-fn for_chunks(xs: &mut [f32], chunk: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
-    #[cfg(not(target_arch = "wasm32"))]
+/// Runs `f` over `chunk`-sized pieces of `xs` with their index: in parallel natively and in the
+/// threaded wasm build (rayon over Web Workers), one after the other in the plain wasm build.
+pub(crate) fn for_chunks<T: Send>(
+    xs: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
     {
         use rayon::prelude::*;
         xs.par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(i, c)| f(i, c));
     }
-    #[cfg(target_arch = "wasm32")]
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
     xs.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
 }
 

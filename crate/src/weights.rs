@@ -588,10 +588,10 @@ impl HostQuantized {
         let n = self.rows * self.cols;
         let (q, s) = self.parts();
         let mut out = Vec::with_capacity(n);
-        // Runs of 1,024 blocks, in parallel natively (the wasm build has no threads).
+        // Runs of 1,024 blocks, in parallel where there are threads.
         const RUN: usize = 1024 * BLOCK;
         let qr = RUN * self.bits / 8;
-        let run = |(i, o): (usize, &mut [std::mem::MaybeUninit<f32>])| {
+        crate::cpu_ops::for_chunks(&mut out.spare_capacity_mut()[..n], RUN, |i, o| {
             let blocks = o.len() / BLOCK;
             let (q0, s0) = (i * qr, i * RUN / BLOCK * 4);
             dequantize_blocks(
@@ -600,15 +600,7 @@ impl HostQuantized {
                 &s[s0..s0 + blocks * 4],
                 o,
             );
-        };
-        let spare = &mut out.spare_capacity_mut()[..n];
-        #[cfg(not(target_arch = "wasm32"))]
-        {
-            use rayon::prelude::*;
-            spare.par_chunks_mut(RUN).enumerate().for_each(run);
-        }
-        #[cfg(target_arch = "wasm32")]
-        spare.chunks_mut(RUN).enumerate().for_each(run);
+        });
         // SAFETY: the runs cover all `n` values (n is a multiple of BLOCK: `from_data` checks
         // `cols % BLOCK == 0`), and `blocks` writes every value of its run.
         unsafe { out.set_len(n) };

@@ -27,7 +27,8 @@ function packAndInstall() {
 test('npm pack installs into a fresh folder and works from a page', async () => {
   const app = packAndInstall();
   const pkgDir = path.join(app, 'node_modules', 'fastcomposer-web');
-  for (const f of ['index.js', 'index.d.ts', 'worker.js', 'fastcomposer.js', 'fastcomposer_bg.wasm', 'package.json']) {
+  for (const f of ['index.js', 'index.d.ts', 'worker.js', 'fastcomposer.js', 'fastcomposer_bg.wasm', 'package.json',
+    'threads/fastcomposer.js', 'threads/fastcomposer_bg.wasm']) {
     assert.ok(fs.existsSync(path.join(pkgDir, f)), `the package lacks ${f}`);
   }
   fs.copyFileSync(path.join(ROOT, 'models', 'default.gguf'), path.join(app, 'model.gguf'));
@@ -36,12 +37,26 @@ test('npm pack installs into a fresh folder and works from a page', async () => 
     import { createGenerator, detect } from './node_modules/fastcomposer-web/index.js';
     window.result = (async () => {
       const caps = await detect();
-      const gen = await createGenerator({ model: 'model.gguf', device: 'cpu' });
-      const s = await gen.encodeSubject(await (await fetch('photo.png')).blob());
-      const r = await gen.generate({ prompt: 'a woman <|image|> on the beach', subjects: [s], steps: 2, seed: 3 });
-      const model = gen.model;
-      await gen.dispose();
-      return { caps, width: r.image.width, png: r.blob && r.blob.type, model };
+      const photo = await (await fetch('photo.png')).blob();
+      // The same image from the threaded module (2 threads; the page is cross-origin isolated)
+      // and from the single-threaded one.
+      const run = async (threads) => {
+        const gen = await createGenerator({ model: 'model.gguf', device: 'cpu', threads });
+        const s = await gen.encodeSubject(photo);
+        const r = await gen.generate({ prompt: 'a woman <|image|> on the beach', subjects: [s], steps: 2, seed: 3 });
+        const out = { threads: gen.threads, model: gen.model, r };
+        await gen.dispose();
+        return out;
+      };
+      const two = await run(2);
+      const one = await run(1);
+      let maxDiff = 0;
+      const [a, b] = [two.r.image.data, one.r.image.data];
+      for (let i = 0; i < a.length; i++) maxDiff = Math.max(maxDiff, Math.abs(a[i] - b[i]));
+      return {
+        caps, width: one.r.image.width, png: one.r.blob && one.r.blob.type, model: one.model,
+        threads: [two.threads, one.threads], maxDiff, isolated: crossOriginIsolated,
+      };
     })();
   </script>`);
   const server = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts', 'serve.mjs'), '--root', app, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -60,6 +75,10 @@ test('npm pack installs into a fresh folder and works from a page', async () => 
     assert.ok(r.width > 0);
     assert.equal(r.png, 'image/png');
     assert.ok(r.model.name.length > 0 && r.model.license.length > 0, JSON.stringify(r.model));
+    assert.equal(r.isolated, true, 'the test server sends COOP/COEP');
+    assert.deepEqual(r.threads, [2, 1], 'threads: 2 runs the threaded module, 1 the single-threaded one');
+    // Same kernels, the work split over threads: the images agree to a level.
+    assert.ok(r.maxDiff <= 1, `threaded vs single-threaded image: max difference ${r.maxDiff} levels`);
     assert.deepEqual(problems, []);
   } finally {
     await browser.close();

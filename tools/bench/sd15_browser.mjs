@@ -6,7 +6,9 @@
 // inputs (`generate --latents-out`), in the same run. Both sides load the model the way `auto`
 // does for bundles this size (sequential: each stage's weights are loaded when the stage
 // starts), so the first step includes loading the UNet; the second step is the UNet alone.
-//   node tools/bench/sd15_browser.mjs [int4|int8 ...] [--devices cpu,webgpu] [--steps 2]
+//   node tools/bench/sd15_browser.mjs [int4|int8 ...] [--devices cpu,cpu-threads,webgpu] [--steps 2]
+// (cpu: the single-threaded module, `threads: 1`; cpu-threads: the threaded module, `threads:
+// 'auto'`, one thread per core — the page is cross-origin isolated by serve.mjs.)
 // Needs pkg/ (pkg-scripts/build-wasm.sh), target/release/fastcomposer and the bundles from
 // tools/bench/sd15_sizes.sh. Prints one JSON line per run; exits 1 if a browser result does not
 // match native within the tolerances below or the page reported an error.
@@ -20,7 +22,7 @@ import { fileURLToPath } from 'node:url';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const args = process.argv.slice(2);
 const devIdx = args.indexOf('--devices');
-const devices = devIdx >= 0 ? args.splice(devIdx, 2)[1].split(',') : ['cpu', 'webgpu'];
+const devices = devIdx >= 0 ? args.splice(devIdx, 2)[1].split(',') : ['cpu', 'cpu-threads', 'webgpu'];
 const stepsIdx = args.indexOf('--steps');
 const STEPS = stepsIdx >= 0 ? Number(args.splice(stepsIdx, 2)[1]) : 2;
 const quants = args.length ? args : ['int4'];
@@ -29,7 +31,7 @@ const OPTS = { prompt: 'a cat <|image|> on the beach', steps: STEPS, alpha: 1, s
 // Tolerances, relative to the largest native magnitude: the CPU path runs the same f32 kernels
 // compiled to wasm SIMD (different summation order than AVX-512); WebGPU dequantizes and sums
 // in its own order on another implementation of f32 arithmetic.
-const TOL = { cpu: 1e-3, webgpu: 1e-2 };
+const TOL = { cpu: 1e-3, 'cpu-threads': 1e-3, webgpu: 1e-2 };
 
 function readSafetensors(file) {
   const b = fs.readFileSync(file);
@@ -95,7 +97,8 @@ async function browser(q, device) {
         adapter = { description: info.description || info.device || '', maxBufferSize: a.limits.maxBufferSize, maxStorageBufferBindingSize: a.limits.maxStorageBufferBindingSize };
       }
       const t0 = performance.now();
-      const gen = await createGenerator({ model: `/data/sd15_${q}.gguf`, device });
+      const threads = device === 'cpu-threads' ? 'auto' : 1;
+      const gen = await createGenerator({ model: `/data/sd15_${q}.gguf`, device: device === 'webgpu' ? 'webgpu' : 'cpu', threads });
       const t1 = performance.now();
       const subject = await gen.encodeSubject(await (await fetch('/fixtures/pipeline/photos/chelsea.png')).blob());
       const t2 = performance.now();
@@ -111,7 +114,7 @@ async function browser(q, device) {
       await session.end();
       await gen.dispose();
       return {
-        adapter, memory: gen.memory, loadMs: t1 - t0, subjectMs: t2 - t1, promptMs: t3 - t2, stepMs,
+        adapter, memory: gen.memory, threads: gen.threads, loadMs: t1 - t0, subjectMs: t2 - t1, promptMs: t3 - t2, stepMs,
         subject: Array.from(subject.values), latents: Array.from(latents),
       };
     }, { q, device, opts: OPTS });
@@ -143,7 +146,7 @@ for (const q of quants) {
       const pass = s.rel <= TOL[device] && l.rel <= TOL[device] && r.errors.length === 0;
       ok = ok && pass;
       Object.assign(line, {
-        adapter: r.adapter, memory: r.memory, loadMs: Math.round(r.loadMs), subjectMs: Math.round(r.subjectMs), promptMs: Math.round(r.promptMs), stepMs: r.stepMs.map(Math.round),
+        adapter: r.adapter, memory: r.memory, threads: r.threads, loadMs: Math.round(r.loadMs), subjectMs: Math.round(r.subjectMs), promptMs: Math.round(r.promptMs), stepMs: r.stepMs.map(Math.round),
         lastStepVsNative: +(last(r.stepMs) / last(nativeStepMs)).toFixed(2), subjectVsNative: s, latentsVsNative: l, tolerance: TOL[device], pass,
       });
     }

@@ -30,8 +30,14 @@ export interface CreateGeneratorOptions {
    * larger than the device's memory. 'auto' (default): sequential for bundles over 512 MiB.
    */
   memory?: 'auto' | 'resident' | 'sequential';
+  /**
+   * CPU threads for the CPU device: 'auto' (default: the number of cores, at most 8) or 1–64.
+   * More than one needs a cross-origin isolated page (COOP/COEP headers) and runs the package's
+   * threaded module (CPU only); otherwise, or with 1, the single-threaded module runs.
+   */
+  threads?: 'auto' | number;
   onProgress?: (p: LoadProgress) => void;
-  /** Where the .wasm file is, if not next to the package. */
+  /** Where the single-threaded .wasm file is, if not next to the package (then one thread). */
   wasmUrl?: string | URL;
 }
 
@@ -109,6 +115,8 @@ export interface Generator {
   readonly device: 'webgpu' | 'cpu';
   /** How the components are kept (see CreateGeneratorOptions.memory). */
   readonly memory: 'resident' | 'sequential';
+  /** CPU threads the module runs on (1: the single-threaded module). */
+  readonly threads: number;
   readonly imageSize: number;
   readonly marker: string;
   /** Where the bundle came from: "network", "network+cached", "cache" or "buffer". */

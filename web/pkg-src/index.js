@@ -2,7 +2,6 @@
 // The model lives in a Web Worker (worker.js); this module is the page-side API.
 
 const WORKER_URL = new URL('./worker.js', import.meta.url);
-const WASM_URL = new URL('./fastcomposer_bg.wasm', import.meta.url);
 
 function makeError(info) {
   const e = new Error(info && info.message ? info.message : String(info));
@@ -149,9 +148,10 @@ class Generator {
   }
 
   async _start() {
-    const { model, device, memory, onProgress, wasmUrl } = this._opts;
+    const { model, device, memory, onProgress, wasmUrl, threads } = this._opts;
     this._client = new WorkerClient();
-    await this._client.call('init', { wasmUrl: String(wasmUrl || WASM_URL) });
+    const started = await this._client.call('init', { wasmUrl: wasmUrl ? String(wasmUrl) : null, threads, device });
+    this.threads = started.threads;
     const info = await this._client.call('load', { model, device, memory }, onProgress);
     this.device = info.device;
     this.memory = info.memory;
@@ -245,17 +245,23 @@ class Generator {
  * 'webgpu' or 'cpu'. `memory`: 'auto' (default), 'resident' (every component stays loaded) or
  * 'sequential' (each component is loaded when its stage starts and the previous one freed: for
  * models larger than the device's memory; auto picks it for bundles over 512 MiB).
+ * `threads`: 'auto' (default: up to 8, the number of cores) or a number — CPU threads for the
+ * CPU device; more than one needs a cross-origin isolated page (COOP/COEP headers) and uses the
+ * package's threaded module, one runs the single-threaded module (`generator.threads` says which).
  * `onProgress` receives `{status:'download', file, loaded, total}`, `{status:'loading', device}`,
  * `{status:'ready', device}`.
  */
-export async function createGenerator({ model, device = 'auto', memory = 'auto', onProgress, wasmUrl } = {}) {
+export async function createGenerator({ model, device = 'auto', memory = 'auto', threads = 'auto', onProgress, wasmUrl } = {}) {
   if (!model) throw makeError({ name: 'InvalidInput', message: 'createGenerator needs a model (URL or ArrayBuffer)' });
+  if (threads !== 'auto' && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
+    throw makeError({ name: 'InvalidInput', message: `threads must be 'auto' or an integer from 1 to 64 (got ${String(threads)})` });
+  }
   if (!['auto', 'resident', 'sequential'].includes(memory)) {
     throw makeError({ name: 'InvalidInput', message: `unknown memory mode "${memory}" (expected auto, resident or sequential)` });
   }
   // A relative URL means relative to the page, not to the worker.
   if (typeof model === 'string' || model instanceof URL) model = new URL(String(model), globalThis.location && globalThis.location.href).href;
-  const g = new Generator({ model, device, memory, onProgress, wasmUrl });
+  const g = new Generator({ model, device, memory, threads, onProgress, wasmUrl });
   await g._start();
   return g;
 }

@@ -1,12 +1,38 @@
 // The worker that owns the model. The page never blocks: every call is a message.
 // Requests: { id, op, ...args }; replies: { id, ok, value } | { id, ok: false, error: { name, message } };
 // progress events: { id, progress: {...} }.
-import init, {
-  Generator,
-  parseBundleHeader,
-  verifyBundleChunk,
-  version,
-} from './fastcomposer.js';
+// The wasm module is imported when `init` asks for it: the threaded build (threads/: the CPU
+// kernels on rayon over Web Workers sharing the module's memory) where the page is cross-origin
+// isolated and more than one thread is wanted, else the single-threaded build (which also has
+// the WebGPU device; the threaded one does not).
+let Generator, parseBundleHeader, verifyBundleChunk, version;
+let threadCount = 1;
+
+async function loadWasm(wasmUrl, threads, device) {
+  const isolated = typeof SharedArrayBuffer !== 'undefined' && self.crossOriginIsolated === true;
+  const cores = (self.navigator && navigator.hardwareConcurrency) || 1;
+  const n = threads === 'auto' || threads == null ? Math.min(cores, 8) : threads;
+  const cpu = device === 'cpu' || (device === 'auto' && !(await hasWebGPU()));
+  let m = null;
+  if (cpu && n > 1 && isolated && !wasmUrl) {
+    try {
+      m = await import('./threads/fastcomposer.js');
+      await m.default();
+      await m.initThreadPool(n);
+      threadCount = n;
+    } catch (e) {
+      // The package was built without the threaded module, or it failed to start: run on one.
+      console.warn(`fastcomposer: running single-threaded (${(e && e.message) || e})`);
+      m = null;
+    }
+  }
+  if (!m) {
+    m = await import('./fastcomposer.js');
+    await m.default(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+    threadCount = 1;
+  }
+  ({ Generator, parseBundleHeader, verifyBundleChunk, version } = m);
+}
 
 // burn's GPU kernels use WGSL subgroup operations when the adapter offers the `subgroups`
 // feature. In a browser that fails twice: wgpu does not request the feature for the device
@@ -232,10 +258,10 @@ async function hasWebGPU() {
 }
 
 const ops = {
-  async init({ wasmUrl }) {
-    if (!ready) ready = init(wasmUrl ? { module_or_path: wasmUrl } : undefined);
+  async init({ wasmUrl, threads, device }) {
+    if (!ready) ready = loadWasm(wasmUrl, threads, device || 'auto');
     await ready;
-    return { version: version() };
+    return { version: version(), threads: threadCount };
   },
 
   async load({ model, device, memory }, report) {

@@ -30,6 +30,18 @@ pub fn start() {
     console_error_panic_hook::set_once();
 }
 
+/// The threaded build's `initThreadPool(n)` (wasm-bindgen-rayon): starts `n` Web Workers that
+/// share this module's memory as rayon's threads. The package's worker calls it once, after
+/// loading the module and before anything else.
+#[cfg(target_feature = "atomics")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
+/// Whether this build runs its CPU kernels on threads (and exports `initThreadPool`).
+#[wasm_bindgen]
+pub fn threaded() -> bool {
+    cfg!(target_feature = "atomics")
+}
+
 /// The crate's version.
 #[wasm_bindgen]
 pub fn version() -> String {
@@ -156,10 +168,19 @@ impl Generator {
             .map_err(js_error)?;
         let dev = match device.as_str() {
             "cpu" => Device::flex(),
+            #[cfg(feature = "webgpu")]
             "webgpu" => Device::wgpu_options()
                 .init_async()
                 .await
                 .map_err(|e| js_error(Error::Device(format!("cannot initialise WebGPU: {e}"))))?,
+            #[cfg(not(feature = "webgpu"))]
+            "webgpu" => {
+                return Err(js_error(Error::Device(
+                    "this build of the module has no WebGPU device (the threaded CPU build); \
+                     load the model with device \"cpu\""
+                        .into(),
+                )));
+            }
             other => {
                 return Err(js_error(Error::invalid(format!(
                     "unknown device `{other}` (expected cpu or webgpu)"
