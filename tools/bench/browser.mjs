@@ -1,6 +1,7 @@
 // Browser benchmark: wasm size, cold start (model load + first image) and per-step time in headless
-// Chromium on the CPU (wasm) and WebGPU (software adapter here) paths, and the native CLI on the
-// same machine in the same run.
+// Chromium on the CPU (wasm: the single-threaded module, and the threaded one with a thread per
+// core) and WebGPU (software adapter here) paths, and the native CLI on the same machine in the
+// same run.
 //   node tools/bench/browser.mjs [steps=10] [gpuSteps=3]     (needs pkg/ built and target/release/fastcomposer)
 import { chromium } from '../../tests/browser/node_modules/playwright-core/index.mjs';
 import { spawn, execFileSync } from 'node:child_process';
@@ -19,10 +20,13 @@ const MODEL = path.join(ROOT, 'models/default.gguf');
 const srv = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts/serve.mjs'), '--root', path.join(ROOT, 'web'), '--map', `/pkg/=${path.join(ROOT, 'pkg')}`,
   '--map', `/models/=${path.join(ROOT, 'models')}`, '--map', `/fixtures/=${path.join(ROOT, 'crate/tests/fixtures')}`, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
 const url = await new Promise((r) => srv.stdout.on('data', (d) => { const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(String(d)); if (m) r(m[0]); }));
-const wasmBytes = fs.statSync(path.join(ROOT, 'pkg/fastcomposer_bg.wasm')).size;
-const gz = zlib.gzipSync(fs.readFileSync(path.join(ROOT, 'pkg/fastcomposer_bg.wasm')), { level: 9 }).length;
+const size = (f) => {
+  const file = path.join(ROOT, f);
+  if (!fs.existsSync(file)) return null;
+  return { MB: +(fs.statSync(file).size / 1e6).toFixed(2), gzipMB: +(zlib.gzipSync(fs.readFileSync(file), { level: 9 }).length / 1e6).toFixed(2) };
+};
 
-async function run(device, n) {
+async function run(device, n, threads = 1) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-bench-'));
   const ctx = await chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true,
     args: ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'] });
@@ -30,18 +34,19 @@ async function run(device, n) {
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
   await page.goto(`${url}sw.js`); // a same-origin page without the demo's own model load
-  const r = await page.evaluate(async ({ device, n }) => {
+  const r = await page.evaluate(async ({ device, n, threads }) => {
     const { createGenerator } = await import('/pkg/index.js');
     const t0 = performance.now();
-    const gen = await createGenerator({ model: '/models/default.gguf', device });
+    const gen = await createGenerator({ model: '/models/default.gguf', device, threads });
+    const used = gen.threads;
     const tLoad = performance.now();
     const s = await gen.encodeSubject(await (await fetch('/fixtures/pipeline/photos/chelsea.png')).blob());
     const first = await gen.generate({ prompt: 'a cat <|image|> on the beach', subjects: [s], steps: n, seed: 1 });
     const tFirst = performance.now();
     const second = await gen.generate({ prompt: 'a cat <|image|> on the beach', subjects: [s], steps: n, seed: 2 });
     await gen.dispose();
-    return { loadMs: tLoad - t0, coldStartMs: tFirst - t0, firstPerStepMs: first.timings.perStepMs, warmPerStepMs: second.timings.perStepMs, warmDecodeMs: second.timings.decodeMs };
-  }, { device, n });
+    return { threads: used, loadMs: tLoad - t0, coldStartMs: tFirst - t0, firstPerStepMs: first.timings.perStepMs, warmPerStepMs: second.timings.perStepMs, warmDecodeMs: second.timings.decodeMs };
+  }, { device, n, threads });
   await ctx.close();
   return { device, steps: n, ...r, errors };
 }
@@ -55,10 +60,11 @@ function native(n) {
 
 const date = new Date().toISOString().slice(0, 16);
 console.log(`# ${date}Z ${os.cpus().length} cores, ${os.cpus()[0].model}; Chromium ${execFileSync('/usr/bin/chromium', ['--version']).toString().trim().split('\n').pop()}`);
-console.log(JSON.stringify({ wasmMB: +(wasmBytes / 1e6).toFixed(2), wasmGzipMB: +(gz / 1e6).toFixed(2) }));
+console.log(JSON.stringify({ wasm: size('pkg/fastcomposer_bg.wasm'), threadedWasm: size('pkg/threads/fastcomposer_bg.wasm') }));
 const n1 = native(1);
 const nN = native(steps + 1);
 console.log(JSON.stringify({ device: 'native-cpu', steps, totalMs1Step: n1, perStepMs: (nN - n1) / steps }));
 console.log(JSON.stringify(await run('cpu', steps)));
+console.log(JSON.stringify(await run('cpu', steps, 'auto')));
 console.log(JSON.stringify(await run('webgpu', gpuSteps)));
 srv.kill();
