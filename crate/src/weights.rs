@@ -539,7 +539,7 @@ impl HostQuantized {
         let shape = data.shape();
         let [rows, cols] = [*shape.first()?, *shape.get(1)?];
         let n = rows * cols;
-        if shape.len() != 2 || cols % BLOCK != 0 {
+        if shape.len() != 2 || cols == 0 || cols % BLOCK != 0 {
             return None;
         }
         let bytes = data.as_bytes();

@@ -69,6 +69,9 @@ enum Command {
         /// Largest attention-scores buffer in MiB (attention is sliced to fit).
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
+        /// Print the device-memory peaks of the run (wgpu on Vulkan/DX12; as `generate`'s).
+        #[arg(long)]
+        memory_report: bool,
     },
     /// Generate an image of the given subjects. Without --model it uses the built-in default
     /// model (small, trained here: cats, robots, birds and cups at 128x128).
@@ -229,6 +232,41 @@ fn read_text(path: &Path) -> Result<String> {
         .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))
 }
 
+/// `--memory-report`: wgpu's allocator report sampled every 2 ms (an error on other devices or
+/// on backends that do not report).
+fn memory_monitor(
+    memory_report: bool,
+    choice: DeviceChoice,
+) -> Result<Option<device::MemoryMonitor>> {
+    if !memory_report {
+        return Ok(None);
+    }
+    if choice != DeviceChoice::Wgpu {
+        return Err(Error::invalid(
+            "--memory-report reports device memory: use it with --device wgpu",
+        ));
+    }
+    match device::MemoryMonitor::start(std::time::Duration::from_millis(2)) {
+        Some(m) => Ok(Some(m)),
+        None => Err(Error::invalid(
+            "--memory-report needs --device wgpu on a backend whose allocator reports (Vulkan, DX12)",
+        )),
+    }
+}
+
+/// Prints the peaks so far (after `stage`), when reporting.
+fn report_memory(monitor: &Option<device::MemoryMonitor>, stage: &str) {
+    if let Some(m) = monitor {
+        let p = m.peak();
+        eprintln!(
+            "memory after {stage}: peak reserved {:.1} MiB, peak allocated {:.1} MiB, largest buffer {:.1} MiB",
+            mib(p.reserved),
+            mib(p.allocated),
+            mib(p.largest_allocation)
+        );
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Forward {
@@ -239,6 +277,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             device,
             attention_mib,
+            memory_report,
         } => {
             let component: Component = component.parse()?;
             let choice: DeviceChoice = device.parse()?;
@@ -246,10 +285,15 @@ fn run(cli: Cli) -> Result<()> {
             let weights = SafetensorsSource::from_file(&weights)?;
             let inputs = SafetensorsSource::from_file(&inputs)?;
             let device = device::create(choice)?;
+            let monitor = memory_monitor(memory_report, choice)?;
             let kernel = AttentionKernel::Sliced {
                 max_bytes: attention_mib.max(1) << 20,
             };
+            let t = std::time::Instant::now();
+            // The output is read back, so the device has finished when this returns.
             let data = forward_component(component, &config, &weights, &inputs, &device, kernel)?;
+            eprintln!("forward: {:.3} s", t.elapsed().as_secs_f64());
+            report_memory(&monitor, "the forward pass");
             write_out(&out, data)
         }
         Command::Generate {
@@ -313,33 +357,8 @@ fn run(cli: Cli) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?;
             let choice: device::DeviceChoice = device.parse()?;
             let device = device::create(choice)?;
-            let monitor = if memory_report {
-                if choice != device::DeviceChoice::Wgpu {
-                    return Err(Error::invalid(
-                        "--memory-report reports device memory: use it with --device wgpu",
-                    ));
-                }
-                let m = device::MemoryMonitor::start(std::time::Duration::from_millis(2));
-                if m.is_none() {
-                    return Err(Error::invalid(
-                        "--memory-report needs --device wgpu on a backend whose allocator reports (Vulkan, DX12)",
-                    ));
-                }
-                m
-            } else {
-                None
-            };
-            let report = |stage: &str| {
-                if let Some(m) = &monitor {
-                    let p = m.peak();
-                    eprintln!(
-                        "memory after {stage}: peak reserved {:.1} MiB, peak allocated {:.1} MiB, largest buffer {:.1} MiB",
-                        mib(p.reserved),
-                        mib(p.allocated),
-                        mib(p.largest_allocation)
-                    );
-                }
-            };
+            let monitor = memory_monitor(memory_report, choice)?;
+            let report = |stage: &str| report_memory(&monitor, stage);
             let kernel = AttentionKernel::Sliced {
                 max_bytes: attention_mib.max(1) << 20,
             };

@@ -36,12 +36,6 @@ pub fn start() {
 #[cfg(target_feature = "atomics")]
 pub use wasm_bindgen_rayon::init_thread_pool;
 
-/// Whether this build runs its CPU kernels on threads (and exports `initThreadPool`).
-#[wasm_bindgen]
-pub fn threaded() -> bool {
-    cfg!(target_feature = "atomics")
-}
-
 /// The crate's version.
 #[wasm_bindgen]
 pub fn version() -> String {
