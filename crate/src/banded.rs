@@ -214,7 +214,7 @@ impl Bands {
         };
         let mut sum: Option<Tensor<3>> = None;
         for x in &self.bands {
-            let s = grouped(x).sum_dim(2);
+            let s = crate::nn::sum_last(grouped(x));
             sum = Some(match sum {
                 Some(acc) => acc + s,
                 None => s,
@@ -224,7 +224,7 @@ impl Bands {
         let mut sq: Option<Tensor<3>> = None;
         for x in &self.bands {
             let d = grouped(x) - mean.clone();
-            let s = (d.clone() * d).sum_dim(2);
+            let s = crate::nn::sum_last(d.clone() * d);
             sq = Some(match sq {
                 Some(acc) => acc + s,
                 None => s,

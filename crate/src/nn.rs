@@ -160,9 +160,13 @@ impl GroupNorm {
         let g = self.groups;
         // Statistics in f32 whatever the compute dtype (as PyTorch does): in f16 the sum of
         // squares over a group (10 channels × 64×64 pixels in SD1.5) overflows.
-        let (xg, dtype) = to_f32(x.reshape([b, g, (c / g) * h * w]));
-        let (var, mean) = xg.clone().var_mean_bias(2);
-        let xg = (xg - mean) / (var + self.eps).sqrt();
+        let n = (c / g) * h * w;
+        let (xg, dtype) = to_f32(x.reshape([b, g, n]));
+        // Mean, then the mean of squared deviations, each summed in pieces (`sum_last`).
+        let mean = sum_last(xg.clone()) / n as f64;
+        let d = xg - mean;
+        let var = sum_last(d.clone() * d.clone()) / n as f64;
+        let xg = d / (var + self.eps).sqrt();
         let x = xg.reshape([b, c, h, w]).cast(dtype);
         let weight = self.weight.clone().reshape([1, c, 1, 1]);
         let bias = self.bias.clone().reshape([1, c, 1, 1]);
@@ -202,6 +206,28 @@ impl LayerNorm {
         };
         x * shape(&self.weight) + shape(&self.bias)
     }
+}
+
+/// Longest reduction [`sum_last`] hands to the device in one piece.
+const SUM_PIECE: usize = 4096;
+
+/// The sum over the last dimension, `[.., n]` -> `[.., 1]`, in pieces of at most
+/// [`SUM_PIECE`] values (the largest divisor of `n` up to it), then over the pieces, and so on.
+/// On wgpu (lavapipe, burn 0.22.1) one reduction over 262,144 values came out wrong — a sum of
+/// ones gave 262,124 — which put GroupNorm over the SD1.5 VAE decoder's groups at 512×512
+/// (4 channels × 256×256 pixels) off by up to 10 % (`tests/parity.rs` checks this on the test
+/// device). Pieces also keep f32 rounding small on every device.
+pub(crate) fn sum_last(x: Tensor<3>) -> Tensor<3> {
+    let [a, b, n] = x.dims();
+    if n <= SUM_PIECE {
+        return x.sum_dim(2);
+    }
+    let piece = (2..=SUM_PIECE).rev().find(|k| n % k == 0).unwrap_or(1);
+    if piece == 1 {
+        return x.sum_dim(2); // n has no divisor up to SUM_PIECE: one reduction
+    }
+    let partial = x.reshape([a * b, n / piece, piece]).sum_dim(2); // [a·b, n/piece, 1]
+    sum_last(partial.reshape([a, b, n / piece]))
 }
 
 /// `x` in f32 and the float dtype it had (reductions that overflow in f16 run in f32).

@@ -99,3 +99,68 @@ fn vae_decoder_on_row_bands_matches_diffusers() {
 fn vae_encoder_matches_diffusers() {
     check("vae", Component::VaeEncoder, "encode0", sliced());
 }
+
+/// GroupNorm over groups as long as the SD1.5 VAE decoder's at 512×512 (4 channels × 256×256 =
+/// 262,144 values), whole and on row bands, against an f64 reference computed here. On wgpu
+/// (lavapipe) a single reduction over that many values came out wrong (a sum of ones gave
+/// 262,124), putting the VAE's output at 512×512 off by up to 3.4 of 4.6; statistics are now
+/// summed in pieces (`nn::sum_last`).
+#[test]
+fn group_norm_over_long_groups_matches_f64() {
+    use burn::tensor::{Tensor, TensorData};
+    use fastcomposer::banded::Bands;
+    use fastcomposer::nn::GroupNorm;
+    let device = test_device();
+    let (c, h, w, groups) = (8usize, 256usize, 256usize, 2usize);
+    let mut rng = fastcomposer::rng::Pcg32::new(21);
+    let x: Vec<f32> = rng
+        .normals(c * h * w)
+        .iter()
+        .map(|v| 3.0 * v + 1.0)
+        .collect();
+    let weight = rng.normals(c);
+    let bias = rng.normals(c);
+    // The reference, in f64.
+    let n = c / groups * h * w;
+    let mut want = vec![0f32; x.len()];
+    for g in 0..groups {
+        let xs = &x[g * n..(g + 1) * n];
+        let mean = xs.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let var = xs.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        for (i, &v) in xs.iter().enumerate() {
+            let ch = g * (c / groups) + i / (h * w);
+            let y = (v as f64 - mean) / (var + 1e-6).sqrt() * weight[ch] as f64 + bias[ch] as f64;
+            want[g * n + i] = y as f32;
+        }
+    }
+    let gn = GroupNorm {
+        weight: Tensor::from_data(TensorData::new(weight, [c]), &device),
+        bias: Tensor::from_data(TensorData::new(bias, [c]), &device),
+        groups,
+        eps: 1e-6,
+    };
+    let input = || Tensor::<4>::from_data(TensorData::new(x.clone(), [1, c, h, w]), &device);
+    let values = |t: Tensor<4>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    let outputs = [
+        ("GroupNorm", values(gn.forward(input()))),
+        ("tensor-op GroupNorm", values(gn.forward_plain(input()))),
+        // 16 bands of 16 rows.
+        (
+            "banded GroupNorm",
+            values(
+                Bands::split(input(), c * 16 * w * 4)
+                    .group_norm(&gn)
+                    .concat(),
+            ),
+        ),
+    ];
+    for (what, got) in outputs {
+        let (d, m) = max_abs_diff(&got, &want);
+        assert!(d <= TOL * m, "{what}: max abs diff {d} (max {m})");
+    }
+}
