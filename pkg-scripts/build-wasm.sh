@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the wasm package into pkg/: the crate for wasm32-unknown-unknown, wasm-bindgen (CLI
 # pinned to the exact library version in Cargo.lock, installed from crates.io if missing),
-# wasm-opt when Debian's binaryen is installed, the JS API, its types and the default model.
+# wasm-opt when Debian's binaryen is installed, the threaded CPU module (pkg/threads/, below), the
+# JS API, its types and the default model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
