@@ -231,69 +231,43 @@ fn split_blocks(out: &mut [f32], bh: usize, lq: usize, rows: usize, dv: usize) -
     blocks
 }
 
-/// `row[..visible]` becomes `e^(x - max)` (the softmax's numerators) and the rest 0; returns
-/// their sum (≥ 1: the maximum's own term). Two passes: the maximum, then exp and sum together.
-/// With AVX2 where the CPU has it (chosen at run time; the build targets baseline x86-64).
-fn softmax_numerators(row: &mut [f32], visible: usize) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has the features this copy was compiled for.
-        return unsafe { softmax_numerators_avx512(row, visible) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features this copy was compiled for.
-        return unsafe { softmax_numerators_avx2(row, visible) };
-    }
-    softmax_numerators_generic(row, visible)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn softmax_numerators_avx512(row: &mut [f32], visible: usize) -> f32 {
-    softmax_numerators_generic(row, visible)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_numerators_avx2(row: &mut [f32], visible: usize) -> f32 {
-    softmax_numerators_generic(row, visible)
-}
-
-#[inline(always)]
-fn softmax_numerators_generic(row: &mut [f32], visible: usize) -> f32 {
-    const LANES: usize = 16;
-    let (seen, masked) = row.split_at_mut(visible);
-    masked.fill(0.0);
-    // Lane-wise maximum and sum so the loops vectorise (a single accumulator is a serial chain).
-    let mut m = [f32::NEG_INFINITY; LANES];
-    let mut chunks = seen.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, x) in m.iter_mut().zip(c) {
-            *a = a.max(*x);
+crate::cpu_ops::simd_fn!(
+    /// `row[..visible]` becomes `e^(x - max)` (the softmax's numerators) and the rest 0; returns
+    /// their sum (≥ 1: the maximum's own term). Two passes: the maximum, then exp and sum together.
+    fn softmax_numerators(row: &mut [f32], visible: usize) -> f32 {
+        const LANES: usize = 16;
+        let (seen, masked) = row.split_at_mut(visible);
+        masked.fill(0.0);
+        // Lane-wise maximum and sum so the loops vectorise (a single accumulator is a serial chain).
+        let mut m = [f32::NEG_INFINITY; LANES];
+        let mut chunks = seen.chunks_exact(LANES);
+        for c in &mut chunks {
+            for (a, x) in m.iter_mut().zip(c) {
+                *a = a.max(*x);
+            }
         }
-    }
-    let max = chunks
-        .remainder()
-        .iter()
-        .chain(m.iter())
-        .copied()
-        .fold(f32::NEG_INFINITY, f32::max);
-    let mut acc = [0f32; LANES];
-    let mut chunks = seen.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for (a, x) in acc.iter_mut().zip(c) {
+        let max = chunks
+            .remainder()
+            .iter()
+            .chain(m.iter())
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut acc = [0f32; LANES];
+        let mut chunks = seen.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for (a, x) in acc.iter_mut().zip(c) {
+                *x = exp_nonpositive_one(*x - max);
+                *a += *x;
+            }
+        }
+        let mut sum = acc.iter().sum::<f32>();
+        for x in chunks.into_remainder() {
             *x = exp_nonpositive_one(*x - max);
-            *a += *x;
+            sum += *x;
         }
+        sum
     }
-    let mut sum = acc.iter().sum::<f32>();
-    for x in chunks.into_remainder() {
-        *x = exp_nonpositive_one(*x - max);
-        sum += *x;
-    }
-    sum
-}
+);
 
 /// `e^x` in place for `x <= 0` ([`exp_nonpositive_one`] over a slice).
 pub fn exp_nonpositive(xs: &mut [f32]) {
