@@ -12,6 +12,13 @@ cargo fmt --all -- --check
 echo "== rust: tests (release profile, CPU device)"
 cargo test --release --workspace
 
+# The CPU device computes wide 3×3 convolutions by Winograd's form and narrow ones by burn's
+# kernel; the reference comparisons again with every 3×3 convolution forced to each tile size.
+for tile in 4 2; do
+  echo "== rust: parity and pipeline tests, 3x3 convolutions by Winograd F(${tile}x${tile}, 3x3)"
+  FASTCOMPOSER_WINOGRAD=$tile cargo test --release --test parity --test pipeline
+done
+
 # The same parity tests on burn's wgpu device natively, where a Vulkan device exists
 # (`apt-get install mesa-vulkan-drivers` gives lavapipe, a software one; CI installs it).
 # FASTCOMPOSER_TEST_WGPU=1 makes a missing Vulkan device an error instead of a skip.

@@ -14,7 +14,9 @@
 //! needs; what changes is the largest single buffer.
 
 use burn::tensor::Tensor;
-use burn::tensor::module::{conv2d, interpolate};
+use burn::tensor::module::interpolate;
+
+use crate::winograd::conv2d;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::nn::{Activation, Conv2d, GroupNorm, to_f32};

@@ -15,6 +15,16 @@ pub fn applies<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && crate::device::is_cpu(&x.device())
 }
 
+/// `f` over an f32 CPU-device tensor's values where they lie (no copy; the tensor is not
+/// consumed), or `None` for other tensors and for strided views.
+pub(crate) fn with_host_values<const D: usize, R>(
+    t: &Tensor<D>,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Option<R> {
+    let p = t.clone().try_into_primitive::<burn::backend::Flex>().ok()?;
+    p.as_slice::<f32>().map(f)
+}
+
 /// `f` over the tensor's values in place (no copy when the tensor is not shared), or `plain`
 /// where the host kernels do not apply.
 fn in_place<const D: usize>(

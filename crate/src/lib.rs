@@ -34,5 +34,6 @@ pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
 pub mod weights;
+pub mod winograd;
 
 pub use error::{Error, Result};

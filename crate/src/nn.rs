@@ -1,7 +1,7 @@
 //! The few layer types the models are made of, loaded by reference key names.
 //! Plain structs holding tensors: inference needs no autodiff or optimiser state.
 
-use burn::tensor::module::{conv2d, layer_norm, linear};
+use burn::tensor::module::{layer_norm, linear};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{FloatDType, Tensor, activation};
 
@@ -92,7 +92,7 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d(
+        crate::winograd::conv2d(
             x,
             self.weight.get(),
             self.bias.clone(),
