@@ -86,6 +86,11 @@ async function browser(q, device) {
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
   page.on('crash', () => errors.push('the page crashed'));
+  // Progress on stderr (a software-WebGPU run takes a long time): the page's stage marks.
+  const t0 = Date.now();
+  page.on('console', (m) => {
+    if (m.text().startsWith('sd15-bench:')) process.stderr.write(`[${q} ${device} +${Math.round((Date.now() - t0) / 1000)} s] ${m.text()}\n`);
+  });
   try {
     await page.goto(`${url}sw.js`); // a same-origin page without the demo's own model load
     const r = await page.evaluate(async ({ q, device, opts }) => {
@@ -100,15 +105,19 @@ async function browser(q, device) {
       const threads = device === 'cpu-threads' ? 'auto' : 1;
       const gen = await createGenerator({ model: `/data/sd15_${q}.gguf`, device: device === 'webgpu' ? 'webgpu' : 'cpu', threads });
       const t1 = performance.now();
+      console.log('sd15-bench: loaded');
       const subject = await gen.encodeSubject(await (await fetch('/fixtures/pipeline/photos/chelsea.png')).blob());
       const t2 = performance.now();
+      console.log('sd15-bench: subject encoded');
       const session = await gen.startDenoise({ ...opts, subjects: [subject] });
       const t3 = performance.now();
+      console.log('sd15-bench: prompt encoded');
       const stepMs = [];
       for (let i = 0; i < opts.steps; i++) {
         const t = performance.now();
         await session.step();
         stepMs.push(performance.now() - t);
+        console.log(`sd15-bench: step ${i + 1} done`);
       }
       const latents = await session.latents();
       await session.end();

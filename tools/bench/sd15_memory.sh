@@ -8,7 +8,8 @@
 #        apt-get install mesa-vulkan-drivers (lavapipe)). auto = sequential at this size.
 # CUBECL_AUTOTUNE_LEVEL=minimal keeps autotuning (whose benchmark runs are part of the peaks on
 # a first run) short on a software device.
-# Env: FASTCOMPOSER_BIN (a built CLI; default: cargo build --release here).
+# Env: FASTCOMPOSER_BIN (a built CLI; default: cargo build --release here); GENERATE_ARGS (more
+# `generate` flags, e.g. "--attention-mib 64").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${FASTCOMPOSER_BIN:-target/release/fastcomposer}
@@ -21,10 +22,10 @@ for q in ${@:-int8 int4}; do
   [ -x /usr/bin/time ] && timer=(/usr/bin/time -f "$q: %e s wall, %M KiB peak RSS")
   b=tools/.data/sd15_$q.gguf
   [ -f "$b" ] || { echo "$b is missing: run tools/bench/sd15_sizes.sh" >&2; exit 1; }
-  echo "== $q, --memory $mode"
+  echo "== $q, --memory $mode ${GENERATE_ARGS:-}"
   RUST_BACKTRACE=0 CUBECL_AUTOTUNE_LEVEL=${CUBECL_AUTOTUNE_LEVEL:-minimal} "${timer[@]}" \
     "$bin" generate --model "$b" \
     --prompt "a cat <|image|> on the beach" --subject crate/tests/fixtures/pipeline/photos/chelsea.png \
-    --steps 1 --seed 0 --device wgpu --memory "$mode" --memory-report --out "tools/.data/sd15_wgpu_$q.png" 2>&1 |
+    --steps 1 --seed 0 --device wgpu --memory "$mode" --memory-report ${GENERATE_ARGS:-} --out "tools/.data/sd15_wgpu_$q.png" 2>&1 |
     grep --line-buffered -v -E "XDG_RUNTIME_DIR|^Can.t have an error when submitting a task" || true
 done
