@@ -16,7 +16,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::module::interpolate;
 
-use crate::winograd::conv2d;
+use crate::conv::conv2d;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::nn::{Activation, Conv2d, GroupNorm, to_f32};

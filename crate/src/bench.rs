@@ -66,12 +66,17 @@ fn time<const D: usize>(
 /// convolutions at each level's width, the feed-forward and projection matmuls, self- and
 /// cross-attention at the 64×64 level (the attention kernel given), GroupNorm (+ SiLU).
 /// `weights`: `None` for f32 weights, or a bundle mode (int8, int4) for quantized ones.
+/// Convolutions run twice: with the kernel this crate picks for the device
+/// ([`crate::conv::conv2d`]) and with burn's own `conv2d`. `only`: just the operations whose
+/// name contains it.
 pub fn sd15_ops(
     device: &Device,
     iters: usize,
     weights: Option<QuantMode>,
     kernel: AttentionKernel,
+    only: Option<&str>,
 ) -> Result<Vec<OpTiming>> {
+    let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
     let vb = Loader::random_stored_as(device, weights);
     let wname = weights.map_or("f32", |m| m.name()).to_string();
     // Bytes per weight as held on the device.
@@ -96,13 +101,31 @@ pub fn sd15_ops(
     };
 
     for (c, hw) in [(320usize, 64usize), (640, 32), (1280, 16), (1280, 8)] {
+        let name = format!("conv3x3 {c}->{c} @{hw}x{hw}");
+        if !wanted(&name) {
+            continue;
+        }
         let conv = Conv2d::load(&vb.pp(format!("conv{c}_{hw}")), c, c, 3, 1, (1, 1), true)?;
         let x = input([b, c, hw, hw], device);
-        let t = time(device, iters, || conv.forward(x.clone()))?;
         let px = (b * hw * hw) as f64;
         let flop = 2.0 * px * (c * c * 9) as f64;
         let bytes = 2.0 * px * c as f64 * 4.0 + (c * c * 9) as f64 * wbytes;
-        push(format!("conv3x3 {c}->{c} @{hw}x{hw}"), t, flop, bytes);
+        let t = time(device, iters, || conv.forward(x.clone()))?;
+        push(name.clone(), t, flop, bytes);
+        let burn_kernel = if crate::device::is_cpu(device) {
+            "burn im2col + gemm"
+        } else {
+            "burn direct"
+        };
+        let t = time(device, iters, || {
+            burn::tensor::module::conv2d(
+                x.clone(),
+                conv.weight.get(),
+                conv.bias.clone(),
+                conv.options.clone(),
+            )
+        })?;
+        push(format!("{name} ({burn_kernel})"), t, flop, bytes);
     }
 
     let tokens = b * 64 * 64;
@@ -115,12 +138,16 @@ pub fn sd15_ops(
         (320, 2560, "linear 320->2560 (GEGLU in)"),
         (1280, 320, "linear 1280->320 (feed-forward out)"),
     ] {
+        let name = format!("{name} x{tokens} tokens");
+        if !wanted(&name) {
+            continue;
+        }
         let lin = Linear::load(&vb.pp(format!("lin{d_in}_{d_out}")), d_in, d_out, true)?;
         let x = input([b, tokens / b, d_in], device);
         let t = time(device, iters, || lin.forward(x.clone()))?;
         let flop = 2.0 * (tokens * d_in * d_out) as f64;
         let bytes = (tokens * (d_in + d_out)) as f64 * 4.0 + (d_in * d_out) as f64 * wbytes;
-        push(format!("{name} x{tokens} tokens"), t, flop, bytes);
+        push(name, t, flop, bytes);
     }
 
     let settings = crate::models::unet::attention::AttentionShape {
@@ -140,45 +167,44 @@ pub fn sd15_ops(
         kernels.push(AttentionKernel::Fused);
     }
     for k in kernels {
-        let attn = Attention::load(&vb.pp("attn1"), settings, k)?;
-        let t = time(device, iters, || attn.forward(x.clone(), None))?;
         let name = match k {
             AttentionKernel::Sliced { max_bytes } => format!("sliced, {} MiB", max_bytes >> 20),
             AttentionKernel::Fused => "burn fused".to_string(),
         };
-        push(
-            format!("self-attention 4096 tokens, 8x40 heads ({name})"),
-            t,
-            flop,
-            bytes,
-        );
+        let name = format!("self-attention 4096 tokens, 8x40 heads ({name})");
+        if !wanted(&name) {
+            continue;
+        }
+        let attn = Attention::load(&vb.pp("attn1"), settings, k)?;
+        let t = time(device, iters, || attn.forward(x.clone(), None))?;
+        push(name, t, flop, bytes);
     }
 
     let settings = crate::models::unet::attention::AttentionShape {
         cross_dim: Some(768),
         ..settings
     };
-    let attn = Attention::load(&vb.pp("attn2"), settings, kernel)?;
-    let ctx = input([b, 77, 768], device);
-    let t = time(device, iters, || attn.forward(x.clone(), Some(&ctx)))?;
-    let flop = 2.0 * (b as f64) * (2.0 * l * 77.0 * 320.0)
-        + 2.0 * 2.0 * (tokens * 320 * 320) as f64
-        + 2.0 * 2.0 * (b * 77 * 768 * 320) as f64;
-    push(
-        "cross-attention 4096 x 77 tokens".to_string(),
-        t,
-        flop,
-        bytes,
-    );
+    let name = "cross-attention 4096 x 77 tokens";
+    if wanted(name) {
+        let attn = Attention::load(&vb.pp("attn2"), settings, kernel)?;
+        let ctx = input([b, 77, 768], device);
+        let t = time(device, iters, || attn.forward(x.clone(), Some(&ctx)))?;
+        let flop = 2.0 * (b as f64) * (2.0 * l * 77.0 * 320.0)
+            + 2.0 * 2.0 * (tokens * 320 * 320) as f64
+            + 2.0 * 2.0 * (b * 77 * 768 * 320) as f64;
+        push(name.to_string(), t, flop, bytes);
+    }
 
-    let gn = GroupNorm::load(&vb.pp("norm"), 32, 320, 1e-5)?;
-    let x = input([b, 320, 64, 64], device);
-    let bytes = 2.0 * (tokens * 320) as f64 * 4.0;
-    let t = time(device, iters, || gn.forward(x.clone()))?;
-    push("group_norm 320 @64x64".to_string(), t, 0.0, bytes);
-    let t = time(device, iters, || {
-        gn.forward_act(x.clone(), crate::nn::Activation::Silu)
-    })?;
-    push("group_norm + silu 320 @64x64".to_string(), t, 0.0, bytes);
+    if wanted("group_norm 320 @64x64") || wanted("group_norm + silu 320 @64x64") {
+        let gn = GroupNorm::load(&vb.pp("norm"), 32, 320, 1e-5)?;
+        let x = input([b, 320, 64, 64], device);
+        let bytes = 2.0 * (tokens * 320) as f64 * 4.0;
+        let t = time(device, iters, || gn.forward(x.clone()))?;
+        push("group_norm 320 @64x64".to_string(), t, 0.0, bytes);
+        let t = time(device, iters, || {
+            gn.forward_act(x.clone(), crate::nn::Activation::Silu)
+        })?;
+        push("group_norm + silu 320 @64x64".to_string(), t, 0.0, bytes);
+    }
     Ok(out)
 }

@@ -14,6 +14,7 @@ pub mod banded;
 pub mod bench;
 pub mod bundle;
 pub mod components;
+pub mod conv;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
 pub mod cpu_ops;

@@ -92,7 +92,7 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        crate::winograd::conv2d(
+        crate::conv::conv2d(
             x,
             self.weight.get(),
             self.bias.clone(),

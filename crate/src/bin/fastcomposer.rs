@@ -213,6 +213,9 @@ enum Command {
         dtype: String,
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
+        /// Only the operations whose name contains this (e.g. "conv").
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Tokenize a prompt with subject markers; prints {"input_ids": [...77], "subject_positions": [...]}.
     Tokenize {
@@ -662,6 +665,7 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             dtype,
             attention_mib,
+            only,
         } => {
             let choice: DeviceChoice = device.parse()?;
             let mut device = device::create(choice)?;
@@ -673,7 +677,8 @@ fn run(cli: Cli) -> Result<()> {
             let adapter = (choice == DeviceChoice::Wgpu)
                 .then(device::wgpu_adapter)
                 .flatten();
-            for t in fastcomposer::bench::sd15_ops(&device, iters, quant, kernel)? {
+            for t in fastcomposer::bench::sd15_ops(&device, iters, quant, kernel, only.as_deref())?
+            {
                 let mut v = serde_json::to_value(&t).map_err(|e| Error::invalid(e.to_string()))?;
                 v["dtype"] = dtype.clone().into();
                 v["adapter"] = adapter.clone().into();

@@ -37,6 +37,14 @@ bench() { # out_dir torch_dtypes burn_runs
 # PyTorch and our f16 run first (the GPU comparison), then the memory peaks (seconds each on a
 # GPU), then int8 (longest autotuning) with what time is left.
 bench /tmp/ug1 "fp16 fp32" "f32:f16"
+# 3×3 convolutions: this crate's GPU kernel (stacked windows × kernel matrix) against burn's
+# direct one, per SD1.5 level (bench-ops times both).
+for dt in f16 f32; do
+  [ "$(left)" -gt 150 ] || { el "skip conv ops $dt (time)"; continue; }
+  el "conv ops $dt"
+  timeout 100 taskset -c 0-7 /tmp/fastcomposer bench-ops --device wgpu --iters 10 --only conv \
+    --dtype "$dt" >>"$OUT/ops_conv.jsonl" 2>/dev/null
+done
 wait $prep
 el "bundles ready"
 for run in "sequential int8" "sequential int4" "resident int8" "resident int4"; do

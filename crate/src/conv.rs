@@ -1,0 +1,171 @@
+//! *How* 2-D convolutions are computed. The model files say *what* they compute
+//! ([`Conv2d`](crate::nn::Conv2d), the VAE's banded layers) and call [`conv2d`]; this file picks
+//! the kernel per device:
+//! - the CPU device: 3×3 stride-1 convolutions by Winograd's form on the host
+//!   ([`crate::winograd`]), the rest by burn's im2col + gemm;
+//! - GPU devices: 3×3 stride-1 convolutions as matrix products — the input's 9 shifted windows
+//!   stacked into `[c_in·9, rows·w]` columns, times the kernel as a `[c_out, c_in·9]` matrix —
+//!   in bands of output rows whose columns stay within [`COLUMNS_BYTES`]. burn 0.22's only dense
+//!   3×3 kernel on WGSL devices is a direct convolution (its implicit-GEMM kernels need
+//!   cooperative matrices, which WGSL lacks), and on an H200 it ran at 0.5–1.5 TFLOP/s where
+//!   burn's matmul reached 1.4–2.6 in f32 and up to 13.7 in f16 (BENCHMARKS.md);
+//! - everything else: burn's `conv2d`, which is also the reference both paths are tested against.
+
+use burn::tensor::Tensor;
+use burn::tensor::module::conv2d as burn_conv2d;
+use burn::tensor::ops::{ConvOptions, PadMode};
+
+/// Largest stacked-windows buffer of one band on a GPU device.
+pub const COLUMNS_BYTES: usize = 32 << 20;
+
+/// Which kernel GPU devices use for 3×3 stride-1 convolutions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuConv {
+    /// Stacked windows times the kernel matrix, in bands (the default).
+    Matmul,
+    /// burn's direct convolution.
+    Direct,
+}
+
+/// `FASTCOMPOSER_GPU_CONV=direct` selects burn's direct kernel, for A/B benchmarks; read once.
+pub fn gpu_conv() -> GpuConv {
+    static CHOICE: std::sync::OnceLock<GpuConv> = std::sync::OnceLock::new();
+    *CHOICE.get_or_init(|| match std::env::var("FASTCOMPOSER_GPU_CONV").as_deref() {
+        Ok("direct") => GpuConv::Direct,
+        _ => GpuConv::Matmul,
+    })
+}
+
+/// `burn::tensor::module::conv2d`, computed by the kernel this device does best.
+pub fn conv2d(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    if crate::device::is_cpu(&x.device()) {
+        return crate::winograd::conv2d(x, weight, bias, options);
+    }
+    let wd = weight.dims();
+    let matmul_applies = gpu_conv() == GpuConv::Matmul
+        && wd[2] == 3
+        && wd[3] == 3
+        && wd[1] == x.dims()[1]
+        && options.stride == [1, 1]
+        && options.dilation == [1, 1]
+        && options.groups == 1;
+    if matmul_applies {
+        windows_matmul(x, weight, bias, &options, COLUMNS_BYTES)
+    } else {
+        burn_conv2d(x, weight, bias, options)
+    }
+}
+
+/// A k×k stride-1 convolution as matrix products: per image and band of output rows, the
+/// input's k² shifted windows stacked (`[c_in·k², rows·w_out]`, at most `budget` bytes unless
+/// one row is larger) and multiplied by the kernel as a `[c_out, c_in·k²]` matrix (the
+/// `(c_in, i, j)` order of both matches PyTorch's weight layout).
+pub fn windows_matmul(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    options: &ConvOptions<2>,
+    budget: usize,
+) -> Tensor<4> {
+    let [n, c_in, h, w] = x.dims();
+    let [c_out, _, kh, kw] = weight.dims();
+    let [(pt, pb), (pl, pr)] = options.padding;
+    let ho = (h + pt + pb + 1).saturating_sub(kh);
+    let wo = (w + pl + pr + 1).saturating_sub(kw);
+    let k = c_in * kh * kw;
+    if n * c_out * ho * wo == 0 || k == 0 {
+        return burn_conv2d(x, weight, bias, options.clone());
+    }
+    let weight = if weight.dtype() == x.dtype() {
+        weight
+    } else {
+        weight.cast(x.dtype())
+    };
+    let matrix = weight.reshape([c_out, k]);
+    let xp = x.pad([(pt, pb), (pl, pr)], PadMode::Constant(0.0));
+    let elem = xp.dtype().size();
+    let rows = (budget / (k * wo * elem).max(1)).clamp(1, ho);
+    let mut images = Vec::with_capacity(n);
+    for img in 0..n {
+        let mut bands = Vec::with_capacity(ho.div_ceil(rows));
+        for r0 in (0..ho).step_by(rows) {
+            let r = rows.min(ho - r0);
+            let mut windows = Vec::with_capacity(kh * kw);
+            for i in 0..kh {
+                for j in 0..kw {
+                    // [c_in, 1, r, wo]: input rows r0+i.., columns j.. of this image.
+                    let win = xp
+                        .clone()
+                        .slice([img..img + 1, 0..c_in, r0 + i..r0 + i + r, j..j + wo])
+                        .reshape([c_in, 1, r, wo]);
+                    windows.push(win);
+                }
+            }
+            let columns = Tensor::cat(windows, 1).reshape([k, r * wo]);
+            bands.push(matrix.clone().matmul(columns).reshape([1, c_out, r, wo]));
+        }
+        images.push(Tensor::cat(bands, 2));
+    }
+    let y = Tensor::cat(images, 0);
+    match bias {
+        Some(b) => {
+            let b = if b.dtype() == y.dtype() {
+                b
+            } else {
+                b.cast(y.dtype())
+            };
+            y + b.reshape([1, c_out, 1, 1])
+        }
+        None => y,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Pcg32;
+    use burn::tensor::{Device, TensorData};
+
+    #[test]
+    fn windows_matmul_matches_burns_convolution_in_bands() {
+        let device = Device::flex();
+        let mut rng = Pcg32::new(5);
+        for (n, c_in, c_out, h, w, pad, budget) in [
+            (2, 7, 5, 9, 11, [(1, 1), (1, 1)], 1 << 20),
+            // One row per band (a budget below one row's columns), asymmetric padding.
+            (1, 6, 4, 7, 5, [(0, 1), (0, 1)], 1),
+            // Bands of 3 rows over 8 output rows: 3 + 3 + 2.
+            (2, 4, 3, 8, 6, [(1, 1), (1, 1)], 4 * 9 * 6 * 4 * 3),
+            (1, 3, 2, 5, 5, [(0, 0), (0, 0)], 1 << 20),
+        ] {
+            let x = Tensor::<4>::from_data(
+                TensorData::new(rng.normals(n * c_in * h * w), [n, c_in, h, w]),
+                &device,
+            );
+            let wt = Tensor::<4>::from_data(
+                TensorData::new(rng.normals(c_out * c_in * 9), [c_out, c_in, 3, 3]),
+                &device,
+            );
+            let b = Tensor::<1>::from_data(TensorData::new(rng.normals(c_out), [c_out]), &device);
+            let options = ConvOptions::new_with_padding([1, 1], pad, [1, 1], 1);
+            let reference = burn_conv2d(x.clone(), wt.clone(), Some(b.clone()), options.clone());
+            let ours = windows_matmul(x, wt, Some(b), &options, budget);
+            assert_eq!(ours.dims(), reference.dims());
+            let diff = (ours - reference)
+                .abs()
+                .max()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap()[0];
+            assert!(
+                diff <= 1e-4,
+                "n {n} c {c_in}->{c_out} {h}x{w} {pad:?}: {diff}"
+            );
+        }
+    }
+}
