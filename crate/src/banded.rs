@@ -15,9 +15,9 @@
 
 use burn::tensor::Tensor;
 use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::conv::conv2d;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
 use crate::nn::{Activation, Conv2d, GroupNorm, to_f32};
 

@@ -164,3 +164,61 @@ fn group_norm_over_long_groups_matches_f64() {
         assert!(d <= TOL * m, "{what}: max abs diff {d} (max {m})");
     }
 }
+
+/// The convolution kernels this crate picks per device (`conv::conv2d`: Winograd on the CPU,
+/// stacked windows × kernel matrix on GPUs) against burn's own `conv2d` on the test device, at
+/// shapes where they apply (64 channels at 32×32, batch 2: Winograd F(4×4) on the CPU), and the
+/// GPU kernel in several row bands.
+#[test]
+fn convolution_kernels_match_burns_conv2d() {
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    use burn::tensor::{Tensor, TensorData};
+    let device = test_device();
+    let (n, c_in, c_out, hw) = (2usize, 64usize, 48usize, 32usize);
+    let mut rng = fastcomposer::rng::Pcg32::new(33);
+    let x = Tensor::<4>::from_data(
+        TensorData::new(rng.normals(n * c_in * hw * hw), [n, c_in, hw, hw]),
+        &device,
+    );
+    let scale = 1.0 / (9.0 * c_in as f32).sqrt();
+    let w: Vec<f32> = rng
+        .normals(c_out * c_in * 9)
+        .iter()
+        .map(|v| v * scale)
+        .collect();
+    let weight = Tensor::<4>::from_data(TensorData::new(w, [c_out, c_in, 3, 3]), &device);
+    let bias = Tensor::<1>::from_data(TensorData::new(rng.normals(c_out), [c_out]), &device);
+    let options = ConvOptions::new_with_padding([1, 1], [(1, 1), (1, 1)], [1, 1], 1);
+    let values = |t: Tensor<4>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    let want = values(conv2d(
+        x.clone(),
+        weight.clone(),
+        Some(bias.clone()),
+        options.clone(),
+    ));
+    let picked = fastcomposer::conv::conv2d(
+        x.clone(),
+        weight.clone(),
+        Some(bias.clone()),
+        options.clone(),
+    );
+    // A budget of 5 rows of columns: 32 rows in six bands of 5 and one of 2.
+    let banded =
+        fastcomposer::conv::windows_matmul(x, weight, Some(bias), &options, c_in * 9 * hw * 4 * 5);
+    for (name, got) in [
+        ("conv::conv2d", values(picked)),
+        ("windows_matmul", values(banded)),
+    ] {
+        let (diff, largest) = max_abs_diff(&got, &want);
+        assert!(
+            diff <= 1e-4 * largest.max(1.0),
+            "{name}: {diff} (largest {largest})"
+        );
+    }
+}
