@@ -11,9 +11,9 @@
 //!   burn's matmul reached 1.4–2.6 in f32 and up to 13.7 in f16 (BENCHMARKS.md);
 //! - everything else: burn's `conv2d`, which is also the reference both paths are tested against.
 
-use burn::tensor::Tensor;
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::{DType, Tensor};
 
 /// Largest stacked-windows buffer of one band on a GPU device.
 pub const COLUMNS_BYTES: usize = 32 << 20;
@@ -46,47 +46,56 @@ pub fn conv2d(
     if crate::device::is_cpu(&x.device()) {
         return crate::winograd::conv2d(x, weight, bias, options);
     }
-    let wd = weight.dims();
-    let matmul_applies = gpu_conv() == GpuConv::Matmul
-        && wd[2] == 3
-        && wd[3] == 3
-        && wd[1] == x.dims()[1]
-        && options.stride == [1, 1]
-        && options.dilation == [1, 1]
-        && options.groups == 1;
-    if matmul_applies {
-        windows_matmul(x, weight, bias, &options, COLUMNS_BYTES)
+    let [c_out, c_in, kh, kw] = weight.dims();
+    if matmul_applies(&x, [c_out, c_in, kh, kw], &options) {
+        let matrix = weight.reshape([c_out, c_in * kh * kw]);
+        windows_matmul(x, matrix, [kh, kw], bias, &options, COLUMNS_BYTES)
     } else {
         burn_conv2d(x, weight, bias, options)
     }
 }
 
+/// Whether [`windows_matmul`] computes this convolution on this (GPU) device: 3×3, stride 1,
+/// undilated, ungrouped, and not switched off by `FASTCOMPOSER_GPU_CONV=direct`.
+pub fn matmul_applies(x: &Tensor<4>, weight_dims: [usize; 4], options: &ConvOptions<2>) -> bool {
+    gpu_conv() == GpuConv::Matmul
+        && !crate::device::is_cpu(&x.device())
+        && weight_dims[2] == 3
+        && weight_dims[3] == 3
+        && weight_dims[1] == x.dims()[1]
+        && options.stride == [1, 1]
+        && options.dilation == [1, 1]
+        && options.groups == 1
+}
+
 /// A k×k stride-1 convolution as matrix products: per image and band of output rows, the
 /// input's k² shifted windows stacked (`[c_in·k², rows·w_out]`, at most `budget` bytes unless
-/// one row is larger) and multiplied by the kernel as a `[c_out, c_in·k²]` matrix (the
-/// `(c_in, i, j)` order of both matches PyTorch's weight layout).
+/// one row is larger) and multiplied by the kernel as a `[c_out, c_in·k²]` matrix — f32, or
+/// block-quantized as a bundle stores it (burn's quantized matmul then reads the blocks; no f32
+/// copy of the kernel is made). The `(c_in, i, j)` order of both matches PyTorch's weight layout.
 pub fn windows_matmul(
     x: Tensor<4>,
-    weight: Tensor<4>,
+    matrix: Tensor<2>,
+    kernel: [usize; 2],
     bias: Option<Tensor<1>>,
     options: &ConvOptions<2>,
     budget: usize,
 ) -> Tensor<4> {
     let [n, c_in, h, w] = x.dims();
-    let [c_out, _, kh, kw] = weight.dims();
+    let [c_out, k] = matrix.dims();
+    let [kh, kw] = kernel;
+    assert_eq!(k, c_in * kh * kw, "kernel matrix columns");
     let [(pt, pb), (pl, pr)] = options.padding;
     let ho = (h + pt + pb + 1).saturating_sub(kh);
     let wo = (w + pl + pr + 1).saturating_sub(kw);
-    let k = c_in * kh * kw;
     if n * c_out * ho * wo == 0 || k == 0 {
-        return burn_conv2d(x, weight, bias, options.clone());
+        return Tensor::zeros([n, c_out, ho, wo], &x.device());
     }
-    let weight = if weight.dtype() == x.dtype() {
-        weight
-    } else {
-        weight.cast(x.dtype())
+    let matrix = match matrix.dtype() {
+        DType::QFloat(_) => matrix,
+        d if d == x.dtype() => matrix,
+        _ => matrix.cast(x.dtype()),
     };
-    let matrix = weight.reshape([c_out, k]);
     let xp = x.pad([(pt, pb), (pl, pr)], PadMode::Constant(0.0));
     let elem = xp.dtype().size();
     let rows = (budget / (k * wo * elem).max(1)).clamp(1, ho);
@@ -154,7 +163,8 @@ mod tests {
             let b = Tensor::<1>::from_data(TensorData::new(rng.normals(c_out), [c_out]), &device);
             let options = ConvOptions::new_with_padding([1, 1], pad, [1, 1], 1);
             let reference = burn_conv2d(x.clone(), wt.clone(), Some(b.clone()), options.clone());
-            let ours = windows_matmul(x, wt, Some(b), &options, budget);
+            let matrix = wt.reshape([c_out, c_in * 9]);
+            let ours = windows_matmul(x, matrix, [3, 3], Some(b), &options, budget);
             assert_eq!(ours.dims(), reference.dims());
             let diff = (ours - reference)
                 .abs()

@@ -92,12 +92,28 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        crate::conv::conv2d(
-            x,
-            self.weight.get(),
-            self.bias.clone(),
-            self.options.clone(),
-        )
+        use crate::conv::{COLUMNS_BYTES, matmul_applies, windows_matmul};
+        match &self.weight {
+            // On a GPU the quantized kernel goes to the matmul as stored (no f32 copy per call).
+            ConvWeight::Quantized { matrix, shape }
+                if matmul_applies(&x, *shape, &self.options) =>
+            {
+                windows_matmul(
+                    x,
+                    matrix.clone(),
+                    [shape[2], shape[3]],
+                    self.bias.clone(),
+                    &self.options,
+                    COLUMNS_BYTES,
+                )
+            }
+            _ => crate::conv::conv2d(
+                x,
+                self.weight.get(),
+                self.bias.clone(),
+                self.options.clone(),
+            ),
+        }
     }
 }
 

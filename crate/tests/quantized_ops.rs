@@ -217,3 +217,40 @@ fn one_row_quantized_linear_then_activation_matches_dequantized() {
         );
     }
 }
+
+/// A 3×3 convolution with a quantized kernel as `Conv2d` runs it on the test device (on a GPU:
+/// burn's quantized matmul over the stacked input windows, the kernel kept in its blocks; on the
+/// CPU: host dequantization, then Winograd) against burn's `conv2d` with the dequantized kernel.
+#[test]
+fn quantized_convolution_matches_the_dequantized_kernel() {
+    use burn::tensor::TensorData;
+    use fastcomposer::bundle::write::QuantMode;
+    use fastcomposer::nn::Conv2d;
+    use fastcomposer::weights::Loader;
+    let device = common::test_device();
+    for mode in [QuantMode::Int8, QuantMode::Int4] {
+        let vb = Loader::random_stored_as(&device, Some(mode));
+        // c_in·9 = 576, a multiple of the 32-value blocks (as every SD1.5 convolution's is).
+        let conv = Conv2d::load(&vb.pp("conv"), 64, 40, 3, 1, (1, 1), true).unwrap();
+        let (n, hw) = (2usize, 20usize);
+        let mut rng = fastcomposer::rng::Pcg32::new(8);
+        let x = Tensor::<4>::from_data(
+            TensorData::new(rng.normals(n * 64 * hw * hw), [n, 64, hw, hw]),
+            &device,
+        );
+        let values =
+            |t: Tensor<4>| -> Vec<f32> { t.into_data().convert::<f32>().try_into_vec().unwrap() };
+        let want = values(burn::tensor::module::conv2d(
+            x.clone(),
+            conv.weight.get(),
+            conv.bias.clone(),
+            conv.options.clone(),
+        ));
+        let got = values(conv.forward(x));
+        let (diff, largest) = common::max_abs_diff(&got, &want);
+        assert!(
+            diff <= 1e-4 * largest.max(1.0),
+            "{mode:?}: max abs diff {diff} (largest {largest})"
+        );
+    }
+}
