@@ -6,6 +6,8 @@
 //! - [`models`]: `clip_text`, `clip_vision`, `fuser`, `unet`, `vae`;
 //! - [`scheduler`]: DDIM and PNDM behind one trait;
 //! - [`attention`]: how attention is computed (sliced within a memory budget, or fused);
+//! - [`conv`]: how convolutions are computed (Winograd on the CPU, [`winograd`]; matrix
+//!   products over stacked windows on GPUs);
 //! - [`weights`]: loading tensors by reference key names, with typed errors.
 
 pub mod attention;

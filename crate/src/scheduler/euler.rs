@@ -2,7 +2,7 @@
 //! Diffusion-Based Generative Models", Algorithm 2 with `s_churn = 0`: deterministic Euler steps
 //! on the probability-flow ODE in sigma space), epsilon prediction, "leading" timesteps.
 //!
-//! sigma(t) = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t]); the model sees
+//! `sigma(t) = sqrt((1 - alphas_cumprod[t]) / alphas_cumprod[t])`; the model sees
 //! x / sqrt(sigma² + 1), and the initial noise has standard deviation sqrt(sigma_max² + 1).
 
 use burn::tensor::Tensor;
