@@ -60,9 +60,15 @@ pub fn conv2d(
 pub fn matmul_applies(x: &Tensor<4>, weight_dims: [usize; 4], options: &ConvOptions<2>) -> bool {
     gpu_conv() == GpuConv::Matmul
         && !crate::device::is_cpu(&x.device())
-        && weight_dims[2] == 3
-        && weight_dims[3] == 3
         && weight_dims[1] == x.dims()[1]
+        && is_3x3_stride_1(weight_dims, options)
+}
+
+/// Whether a convolution with these options and weight dims `[c_out, c_in, kh, kw]` is a 3×3,
+/// stride-1, undilated, ungrouped one (what both fast paths compute).
+pub(crate) fn is_3x3_stride_1(weight_dims: [usize; 4], options: &ConvOptions<2>) -> bool {
+    weight_dims[2] == 3
+        && weight_dims[3] == 3
         && options.stride == [1, 1]
         && options.dilation == [1, 1]
         && options.groups == 1

@@ -99,16 +99,6 @@ pub fn choose(s: &Shape) -> Option<Tile> {
     }
 }
 
-/// Whether a convolution with these options and weight dims is a 3×3, stride-1, undilated,
-/// ungrouped one (the only kind Winograd's form here computes).
-fn is_3x3_stride_1(weight_dims: [usize; 4], options: &ConvOptions<2>) -> bool {
-    weight_dims[2] == 3
-        && weight_dims[3] == 3
-        && options.stride == [1, 1]
-        && options.dilation == [1, 1]
-        && options.groups == 1
-}
-
 /// `conv2d` as burn computes it, by Winograd's form on the host where it applies (f32 tensors
 /// on the CPU device, 3×3 stride 1, and the [`policy`] picks a tile size for the shape).
 pub fn conv2d(
@@ -136,7 +126,7 @@ pub fn conv2d(
         && weight.dtype() == DType::F32
         && crate::device::is_cpu(&x.device())
         && wd[1] == c_in
-        && is_3x3_stride_1(wd, &options);
+        && crate::conv::is_3x3_stride_1(wd, &options);
     let Some(tile) = tile.filter(|_| host) else {
         return burn_conv2d(x, weight, bias, options);
     };
@@ -718,12 +708,19 @@ mod tests {
         (reference, ours)
     }
 
-    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
+    /// Within 2e-5 of the reference's largest value (at least 1).
+    fn assert_close(reference: &[f32], ours: &[f32], what: &str) {
+        assert_eq!(reference.len(), ours.len());
+        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = reference
+            .iter()
+            .zip(ours)
             .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
+            .fold(0.0, f32::max);
+        assert!(
+            diff <= 2e-5 * scale.max(1.0),
+            "{what}: max abs diff {diff} (largest {scale})"
+        );
     }
 
     #[test]
@@ -749,12 +746,7 @@ mod tests {
             for tile in [Tile::F2, Tile::F4] {
                 for bias in [false, true] {
                     let (reference, ours) = both(s, tile, bias);
-                    let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let diff = max_abs_diff(&reference, &ours);
-                    assert!(
-                        diff <= 2e-5 * scale.max(1.0),
-                        "{s:?} {tile:?} bias {bias}: max abs diff {diff} (largest {scale})"
-                    );
+                    assert_close(&reference, &ours, &format!("{s:?} {tile:?} bias {bias}"));
                 }
             }
         }
@@ -781,12 +773,7 @@ mod tests {
             "one block of rows"
         );
         let (reference, ours) = both(s, Tile::F4, true);
-        let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = max_abs_diff(&reference, &ours);
-        assert!(
-            diff <= 2e-5 * scale.max(1.0),
-            "max abs diff {diff} (largest {scale})"
-        );
+        assert_close(&reference, &ours, "blocks");
     }
 
     #[test]
