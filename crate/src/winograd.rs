@@ -469,6 +469,44 @@ macro_rules! kernels {
 kernels!(f4, 6, BT6, G6, AT6);
 kernels!(f2, 4, BT4, G4, AT4);
 
+/// `M · d` for a small constant matrix `M` (`R×K`) and `d` (`K×C` values of `L` lanes each):
+/// row `r` is `Σ_k M[r][k] · d[k]`; zero coefficients are skipped (constants once inlined).
+#[inline(always)]
+fn times_left<const R: usize, const K: usize, const C: usize>(
+    m: &[[f32; K]; R],
+    d: &[[[f32; L]; C]; K],
+) -> [[[f32; L]; C]; R] {
+    let mut out = [[[0f32; L]; C]; R];
+    for (orow, mrow) in out.iter_mut().zip(m) {
+        for (&cf, drow) in mrow.iter().zip(d) {
+            if cf == 0.0 {
+                continue;
+            }
+            for (ov, dv) in orow.iter_mut().zip(drow) {
+                for l in 0..L {
+                    ov[l] += cf * dv[l];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `start + Σ_j row[j] · v[j]` over `L` lanes (one entry of `t · Mᵀ`, `row` a row of `M`).
+#[inline(always)]
+fn dot_lanes<const C: usize>(start: [f32; L], row: &[f32; C], v: &[[f32; L]; C]) -> [f32; L] {
+    let mut acc = start;
+    for (&cf, vv) in row.iter().zip(v) {
+        if cf == 0.0 {
+            continue;
+        }
+        for l in 0..L {
+            acc[l] += cf * vv[l];
+        }
+    }
+    acc
+}
+
 /// `dst[..n] = src[..n]` for `n ≤ L`: one fixed-size (vector) copy when `n == L`, where a
 /// variable-length copy would be a call to `memmove` per 16 values.
 #[inline(always)]
@@ -517,32 +555,10 @@ fn input_row_generic<const T: usize>(
                 }
             }
             // t = Bᵀ d, then V = t B.
-            let mut t = [[[0f32; L]; T]; T];
-            for (a, trow) in t.iter_mut().enumerate() {
-                for (i, drow) in d.iter().enumerate() {
-                    let cf = bt[a][i];
-                    if cf == 0.0 {
-                        continue;
-                    }
-                    for (tv, dv) in trow.iter_mut().zip(drow) {
-                        for l in 0..L {
-                            tv[l] += cf * dv[l];
-                        }
-                    }
-                }
-            }
+            let t = times_left(bt, &d);
             for (a, trow) in t.iter().enumerate() {
-                for b in 0..T {
-                    let mut acc = [0f32; L];
-                    for (j, tv) in trow.iter().enumerate() {
-                        let cf = bt[b][j];
-                        if cf == 0.0 {
-                            continue;
-                        }
-                        for l in 0..L {
-                            acc[l] += cf * tv[l];
-                        }
-                    }
+                for (b, brow) in bt.iter().enumerate() {
+                    let acc = dot_lanes([0.0; L], brow, trow);
                     copy_lanes(&mut dst[(a * T + b) * c_in + c0..], &acc, nl);
                 }
             }
@@ -580,26 +596,10 @@ fn weight_transform<const T: usize>(
                 }
             }
             // t = G f (T×3), then U = t Gᵀ (T×T).
-            let mut t = [[[0f32; L]; 3]; T];
-            for (a, trow) in t.iter_mut().enumerate() {
-                for (i, frow) in f.iter().enumerate() {
-                    let cf = g[a][i];
-                    for (tv, fv) in trow.iter_mut().zip(frow) {
-                        for l in 0..L {
-                            tv[l] += cf * fv[l];
-                        }
-                    }
-                }
-            }
+            let t = times_left(g, &f);
             for (a, trow) in t.iter().enumerate() {
-                for b in 0..T {
-                    let mut acc = [0f32; L];
-                    for (j, tv) in trow.iter().enumerate() {
-                        let cf = g[b][j];
-                        for l in 0..L {
-                            acc[l] += cf * tv[l];
-                        }
-                    }
+                for (b, grow) in g.iter().enumerate() {
+                    let acc = dot_lanes([0.0; L], grow, trow);
                     copy_lanes(&mut out[(a * T + b) * kn + kc..], &acc, nl);
                 }
             }
@@ -638,36 +638,15 @@ fn output_row_generic<const T: usize>(
             if let Some(bias) = bias {
                 copy_lanes(&mut b0, &bias[kc..], nl);
             }
-            // t = Aᵀ M (m×T), then Y = t A (m×m).
-            let mut t = [[[0f32; L]; T]; T];
-            for (i, trow) in t.iter_mut().enumerate().take(m) {
-                for (a, mrow) in mt.iter().enumerate() {
-                    let cf = at[i][a];
-                    if cf == 0.0 {
-                        continue;
-                    }
-                    for (tv, mv) in trow.iter_mut().zip(mrow) {
-                        for l in 0..L {
-                            tv[l] += cf * mv[l];
-                        }
-                    }
-                }
-            }
+            // t = Aᵀ M (m×T; Aᵀ's padding rows are zero), then Y = t A (m×m), plus the bias.
+            let t = times_left(at, &mt);
             for (i, trow) in t.iter().enumerate().take(m) {
                 for (j, arow) in at.iter().enumerate().take(m) {
                     let ox = tx * m + j;
                     if ox >= wo {
                         break;
                     }
-                    let mut acc = b0;
-                    for (tv, &cf) in trow.iter().zip(arow) {
-                        if cf == 0.0 {
-                            continue;
-                        }
-                        for l in 0..L {
-                            acc[l] += cf * tv[l];
-                        }
-                    }
+                    let acc = dot_lanes(b0, arow, trow);
                     copy_lanes(&mut out[(i * wo + ox) * c_out + k0 + kc..], &acc, nl);
                 }
             }
