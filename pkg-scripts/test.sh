@@ -26,6 +26,11 @@ if ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   echo "== rust: parity tests on wgpu (Vulkan)"
   export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
   FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test parity --test scheduler --test quantized_ops -- --test-threads 1
+  # f16 compute (what precision auto picks where the adapter has shader-f16; lavapipe has it)
+  # against the same fixtures, in its own process: burn fixes a device's float type once.
+  # FASTCOMPOSER_TEST_F16=1 makes a device without f16 an error instead of a skip. Minimal
+  # autotuning: its candidates are timed on lavapipe's software cores for every new shape.
+  FASTCOMPOSER_TEST_DEVICE=wgpu CUBECL_AUTOTUNE_LEVEL=minimal cargo test --release --test half_precision -- --test-threads 1
   # Sequential loading frees each stage's device memory before the next: same images as resident.
   FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test bundle sequential_residency -- --test-threads 1
 elif [ "${FASTCOMPOSER_TEST_WGPU:-0}" = "1" ]; then

@@ -43,7 +43,7 @@ async function loadModel() {
       },
     });
     const cpuThreads = state.gen.device === 'cpu' ? `, ${state.gen.threads} thread${state.gen.threads > 1 ? 's' : ''}` : '';
-    $('load-status').textContent = `Ready on ${state.gen.device}${cpuThreads} (${state.gen.imageSize}×${state.gen.imageSize} px)`;
+    $('load-status').textContent = `Ready on ${state.gen.device}${cpuThreads}, ${state.gen.precision} (${state.gen.imageSize}×${state.gen.imageSize} px)`;
     const m = state.gen.model;
     $('model-card').textContent = `Model: ${m.name} (${m.quantization}); licence: ${m.license.split('\n')[0]}`;
     $('generate').disabled = false;

@@ -3,6 +3,8 @@
 #[cfg(not(target_arch = "wasm32"))]
 use burn::tensor::Device;
 
+use burn::tensor::FloatDType;
+
 use crate::error::{Error, Result};
 
 /// Whether `device` is the CPU device (burn's flex backend), where some work is better done
@@ -32,6 +34,88 @@ impl std::str::FromStr for DeviceChoice {
             ))),
         }
     }
+}
+
+/// The float type a device computes in. Chosen once per device, before any tensor exists on it
+/// (see [`set_precision`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f16 on a GPU device that computes in it (WebGPU's `shader-f16`, Vulkan's
+    /// `shaderFloat16`), f32 otherwise (the CPU device always: it has no f16 arithmetic).
+    #[default]
+    Auto,
+    F32,
+    /// f16 weights and activations, as diffusers' `torch_dtype=torch.float16`; the GPU device
+    /// only. GroupNorm / LayerNorm statistics and the timestep embedding's sinusoids stay in f32
+    /// (as in the references).
+    F16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Precision::Auto),
+            "f32" | "fp32" | "float32" => Ok(Precision::F32),
+            "f16" | "fp16" | "float16" | "half" => Ok(Precision::F16),
+            other => Err(Error::invalid(format!(
+                "unknown precision `{other}` (expected auto, f32 or f16)"
+            ))),
+        }
+    }
+}
+
+/// `"f32"` or `"f16"`: the float type `device` computes in (its default float dtype).
+pub fn precision_name(device: &burn::tensor::Device) -> &'static str {
+    dtype_name(device.settings().float_dtype)
+}
+
+fn dtype_name(dtype: FloatDType) -> &'static str {
+    match dtype {
+        FloatDType::F16 => "f16",
+        FloatDType::BF16 => "bf16",
+        FloatDType::F64 => "f64",
+        _ => "f32",
+    }
+}
+
+/// Make `device` compute in `precision` and return the float type chosen. Call it before any
+/// tensor is created on `device`: burn fixes a device's float type at its first tensor. A device
+/// already fixed keeps its type; asking it for another is an [`Error::Device`] (natively, the
+/// wgpu device is one per process: one precision per process).
+pub fn set_precision(
+    device: &mut burn::tensor::Device,
+    precision: Precision,
+) -> Result<FloatDType> {
+    let f16_ok = !is_cpu(device) && device.supports_dtype(FloatDType::F16);
+    let want = match precision {
+        Precision::Auto if f16_ok => FloatDType::F16,
+        Precision::Auto | Precision::F32 => FloatDType::F32,
+        Precision::F16 if is_cpu(device) => {
+            return Err(Error::invalid(
+                "precision f16 needs a GPU device (the CPU device computes in f32)",
+            ));
+        }
+        Precision::F16 if !f16_ok => {
+            return Err(Error::Device(
+                "this GPU does not compute in f16 (no shader-f16 feature); use precision f32 or auto"
+                    .into(),
+            ));
+        }
+        Precision::F16 => FloatDType::F16,
+    };
+    if device.settings().float_dtype == want {
+        return Ok(want); // already so (f32 is every device's default)
+    }
+    device.configure(want).map_err(|e| {
+        Error::Device(format!(
+            "cannot switch the device to {}: it already computes in {} ({e:?}); the precision is \
+             chosen once, before the first model is loaded",
+            dtype_name(want),
+            precision_name(device)
+        ))
+    })?;
+    Ok(want)
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -144,5 +228,36 @@ impl MemoryMonitor {
         let peak = self.peak.clone();
         let _ = self.thread.join();
         peak.lock().map(|p| *p).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_device_computes_in_f32() {
+        let mut cpu = burn::tensor::Device::flex();
+        assert_eq!(
+            set_precision(&mut cpu, Precision::Auto).unwrap(),
+            FloatDType::F32
+        );
+        assert_eq!(
+            set_precision(&mut cpu, Precision::F32).unwrap(),
+            FloatDType::F32
+        );
+        let e = set_precision(&mut cpu, Precision::F16).unwrap_err();
+        assert_eq!(e.name(), "InvalidInput");
+        assert!(e.to_string().contains("GPU"), "{e}");
+        assert_eq!(precision_name(&cpu), "f32");
+    }
+
+    #[test]
+    fn precision_names() {
+        assert_eq!("AUTO".parse::<Precision>().unwrap(), Precision::Auto);
+        assert_eq!("fp16".parse::<Precision>().unwrap(), Precision::F16);
+        assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+        let e = "f8".parse::<Precision>().unwrap_err();
+        assert!(e.to_string().contains("`f8`"), "{e}");
     }
 }

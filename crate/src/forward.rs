@@ -148,12 +148,24 @@ pub fn forward_component(
 /// Read a tensor back to the host as f32 data.
 pub fn read<const D: usize>(t: Tensor<D>) -> Result<TensorData> {
     t.try_into_data()
+        .map(into_f32)
         .map_err(|e| Error::Device(format!("reading the result back failed: {e:?}")))
 }
 
-/// Read a tensor back to the host without blocking (required for WebGPU in a browser).
+/// Read a tensor back to the host as f32 data without blocking (required for WebGPU in a
+/// browser).
 pub async fn read_async<const D: usize>(t: Tensor<D>) -> Result<TensorData> {
     t.into_data_async()
         .await
+        .map(into_f32)
         .map_err(|e| Error::Device(format!("reading the result back failed: {e:?}")))
+}
+
+/// Float data of any precision (f16 on a device computing in it) as f32.
+fn into_f32(data: TensorData) -> TensorData {
+    use burn::tensor::DType;
+    match data.dtype() {
+        DType::F16 | DType::BF16 | DType::F64 => data.convert::<f32>(),
+        _ => data,
+    }
 }

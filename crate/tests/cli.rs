@@ -189,7 +189,10 @@ fn generate_writes_a_png() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    // --precision auto on the CPU device: f32.
+    assert!(stderr.contains("precision: f32"), "{stderr}");
     let img = image::open(&out).unwrap();
     assert_eq!((img.width(), img.height()), (64, 64));
 }
@@ -323,6 +326,28 @@ fn generate_bad_input_exits_with_code_2() {
                 "--guidance=-2",
             ],
             "guidance",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--precision",
+                "f16",
+            ],
+            "precision f16 needs a GPU device",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--precision",
+                "f8",
+            ],
+            "unknown precision `f8`",
         ),
         (
             vec![

@@ -213,12 +213,15 @@ test('WebGPU device loss: the interrupted call is a DeviceError and the next cal
       let first = 'no error';
       try { await gen.generate(opts); } catch (e) { first = `${e.name}: ${e.message}`; }
       const second = await gen.generate(opts);
-      return { first, width: second.image.width, device: gen.device };
+      const adapter = await navigator.gpu.requestAdapter();
+      return { first, width: second.image.width, device: gen.device, precision: gen.precision, f16: adapter.features.has('shader-f16') };
     });
     assert.ok(served >= 2, `the worker was not restarted (${served} worker scripts served)`);
     assert.match(r.first, /^DeviceError: .*lost/);
     assert.equal(r.width, 128);
     assert.equal(r.device, 'webgpu');
+    // precision 'auto': f16 exactly when the adapter has shader-f16 (kept across the reload).
+    assert.equal(r.precision, r.f16 ? 'f16' : 'f32');
     assertClean(problems);
   } finally {
     await ctx.close();
@@ -340,6 +343,31 @@ test('memory modes: sequential loading gives the resident model\'s image; a bad 
   assert.equal(r.diff.max, 0, `sequential loading changed the image: ${JSON.stringify(r.diff)}`);
   assert.equal(r.sequential.second, r.sequential.first, 'the second sequential generation differs');
   assert.match(r.bad, /^InvalidInput: unknown memory mode "low"/);
+  assertClean(problems);
+  await page.close();
+});
+
+test('precision: auto is f32 on the CPU device; f16 there and unknown values are typed errors', async () => {
+  const { page, problems } = await apiPage();
+  const r = await page.evaluate(async () => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const out = {};
+    const gen = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
+    out.auto = gen.precision;
+    await gen.dispose();
+    for (const precision of ['f16', 'double']) {
+      try {
+        await createGenerator({ model: 'models/default.gguf', device: 'cpu', precision });
+        out[precision] = 'no error';
+      } catch (e) {
+        out[precision] = `${e.name}: ${e.message}`;
+      }
+    }
+    return out;
+  });
+  assert.equal(r.auto, 'f32');
+  assert.match(r.f16, /^InvalidInput: .*precision f16 needs a GPU device/);
+  assert.match(r.double, /^InvalidInput: unknown precision "double"/);
   assertClean(problems);
   await page.close();
 });

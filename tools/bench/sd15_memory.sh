@@ -9,7 +9,9 @@
 # CUBECL_AUTOTUNE_LEVEL=minimal keeps autotuning (whose benchmark runs are part of the peaks on
 # a first run) short on a software device.
 # Env: FASTCOMPOSER_BIN (a built CLI; default: cargo build --release here); GENERATE_ARGS (more
-# `generate` flags, e.g. "--attention-mib 64").
+# `generate` flags, e.g. "--attention-mib 64", or "--precision f32": generate's default, auto,
+# computes in f16 on adapters with shader-f16 — lavapipe and NVIDIA's have it — and the peaks
+# in BENCHMARKS.md before 2026-11-29 are of f32 runs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${FASTCOMPOSER_BIN:-target/release/fastcomposer}

@@ -31,6 +31,12 @@ export interface CreateGeneratorOptions {
    */
   memory?: 'auto' | 'resident' | 'sequential';
   /**
+   * The float type the model computes in. 'auto' (default): 'f16' where the WebGPU adapter has
+   * the `shader-f16` feature (half the memory traffic), 'f32' otherwise and on the CPU device.
+   * 'f16' on a device without it fails with a DeviceError (InvalidInput on the CPU device).
+   */
+  precision?: 'auto' | 'f32' | 'f16';
+  /**
    * CPU threads for the CPU device: 'auto' (default: the number of cores, at most 8) or 1–64.
    * More than one needs a cross-origin isolated page (COOP/COEP headers) and runs the package's
    * threaded module (CPU only); otherwise, or with 1, the single-threaded module runs.
@@ -113,6 +119,8 @@ export interface DenoiseSession {
  */
 export interface Generator {
   readonly device: 'webgpu' | 'cpu';
+  /** The float type in use (see CreateGeneratorOptions.precision). */
+  readonly precision: 'f32' | 'f16';
   /** How the components are kept (see CreateGeneratorOptions.memory). */
   readonly memory: 'resident' | 'sequential';
   /** CPU threads the module runs on (1: the single-threaded module). */

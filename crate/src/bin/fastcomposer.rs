@@ -13,7 +13,7 @@ use fastcomposer::bundle::{Bundle, BundleInfo};
 use fastcomposer::components::Residency;
 use fastcomposer::convert::{ConvertOptions, convert};
 use fastcomposer::default_model;
-use fastcomposer::device::{self, DeviceChoice};
+use fastcomposer::device::{self, DeviceChoice, Precision};
 use fastcomposer::forward::{Component, forward_component, parse_config};
 use fastcomposer::model_dir::ModelDir;
 use fastcomposer::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
@@ -66,6 +66,9 @@ enum Command {
         /// cpu | wgpu
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// f32 | f16 | auto: the float type the component computes in (the output is f32).
+        #[arg(long, default_value = "f32")]
+        precision: String,
         /// Largest attention-scores buffer in MiB (attention is sliced to fit).
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
@@ -128,6 +131,10 @@ enum Command {
         /// cpu | wgpu
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// auto | f32 | f16: the float type the model computes in. auto: f16 on a GPU that
+        /// computes in it (shader-f16), f32 otherwise; f16 needs --device wgpu.
+        #[arg(long, default_value = "auto")]
+        precision: String,
         /// The image (PNG). Optional when --latents-out is given (then nothing is decoded).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -279,15 +286,18 @@ fn run(cli: Cli) -> Result<()> {
             inputs,
             out,
             device,
+            precision,
             attention_mib,
             memory_report,
         } => {
             let component: Component = component.parse()?;
             let choice: DeviceChoice = device.parse()?;
+            let precision: Precision = precision.parse()?;
             let config = read_text(&config)?;
             let weights = SafetensorsSource::from_file(&weights)?;
             let inputs = SafetensorsSource::from_file(&inputs)?;
-            let device = device::create(choice)?;
+            let mut device = device::create(choice)?;
+            device::set_precision(&mut device, precision)?;
             let monitor = memory_monitor(memory_report, choice)?;
             let kernel = AttentionKernel::Sliced {
                 max_bytes: attention_mib.max(1) << 20,
@@ -313,12 +323,14 @@ fn run(cli: Cli) -> Result<()> {
             scheduler,
             model,
             device,
+            precision,
             out,
             latents_out,
             memory_report,
             memory,
             attention_mib,
         } => {
+            let precision: Precision = precision.parse()?;
             if out.is_none() && latents_out.is_none() {
                 return Err(Error::invalid(
                     "nothing to write: give --out (the image) and/or --latents-out",
@@ -359,7 +371,9 @@ fn run(cli: Cli) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let choice: device::DeviceChoice = device.parse()?;
-            let device = device::create(choice)?;
+            let mut device = device::create(choice)?;
+            device::set_precision(&mut device, precision)?;
+            eprintln!("precision: {}", device::precision_name(&device));
             let monitor = memory_monitor(memory_report, choice)?;
             let report = |stage: &str| report_memory(&monitor, stage);
             let kernel = AttentionKernel::Sliced {
@@ -441,7 +455,10 @@ fn run(cli: Cli) -> Result<()> {
                     .join(", ")
             );
             if let Some(path) = &latents_out {
-                let mut named = vec![("latents".to_string(), d.latents().into_data())];
+                let mut named = vec![(
+                    "latents".to_string(),
+                    fastcomposer::forward::read(d.latents())?,
+                )];
                 for (i, e) in embeddings.iter().enumerate() {
                     let n = e.values.len();
                     named.push((
@@ -710,25 +727,19 @@ fn weights_mode(weights: &str) -> Result<Option<fastcomposer::bundle::write::Qua
     }
 }
 
-/// Make `dtype` (f32 or f16) the device's default float type; before any tensor is created.
+/// `--dtype` (f32 or f16) of the benchmarks: the device's compute type; before any tensor is
+/// created.
 fn configure_dtype(device: &mut burn::tensor::Device, dtype: &str) -> Result<()> {
-    let float = match dtype {
-        "f32" => return Ok(()),
-        "f16" => burn::tensor::FloatDType::F16,
+    let precision = match dtype {
+        "f32" => Precision::F32,
+        "f16" => Precision::F16,
         other => {
             return Err(Error::invalid(format!(
                 "unknown --dtype `{other}` (expected f32 or f16)"
             )));
         }
     };
-    if !device.supports_dtype(float) {
-        return Err(Error::Device(format!(
-            "this device does not compute in {dtype}"
-        )));
-    }
-    device
-        .configure(float)
-        .map_err(|e| Error::Device(format!("cannot switch to {dtype}: {e:?}")))
+    device::set_precision(device, precision).map(|_| ())
 }
 
 /// Peak resident set size of this process (Linux), in MiB.

@@ -13,6 +13,7 @@ use wasm_bindgen::prelude::*;
 use crate::attention::AttentionKernel;
 use crate::bundle::{Bundle, BundleInfo};
 use crate::components::Residency;
+use crate::device::Precision;
 use crate::error::Error;
 use crate::pipeline::{Denoiser, FastComposer, GenerateOptions, RgbImage, SubjectEmbedding};
 use crate::scheduler::SchedulerKind;
@@ -152,15 +153,24 @@ impl Generator {
     /// caller checks that WebGPU exists before asking for it. `memory`: `"auto"` (default),
     /// `"resident"` (every component stays loaded) or `"sequential"` (each component is loaded
     /// when its stage starts and the previous one freed: text encoder, image encoder, UNet,
-    /// VAE); auto is sequential for bundles over 512 MiB.
+    /// VAE); auto is sequential for bundles over 512 MiB. `precision`: `"auto"` (default: f16
+    /// when the WebGPU adapter has `shader-f16`, f32 otherwise), `"f32"` or `"f16"` (WebGPU
+    /// with `shader-f16` only). A WebGPU device keeps the precision of the first model loaded
+    /// on it.
     pub async fn load(
         bundle: Vec<u8>,
         device: String,
         memory: Option<String>,
+        precision: Option<String>,
     ) -> JsResult<Generator> {
         let residency = Residency::parse(memory.as_deref().unwrap_or("auto"), bundle.len() as u64)
             .map_err(js_error)?;
-        let dev = match device.as_str() {
+        let precision: Precision = precision
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .map_err(js_error)?;
+        let mut dev = match device.as_str() {
             "cpu" => Device::flex(),
             #[cfg(feature = "webgpu")]
             "webgpu" => Device::wgpu_options()
@@ -181,6 +191,7 @@ impl Generator {
                 ))));
             }
         };
+        crate::device::set_precision(&mut dev, precision).map_err(js_error)?;
         let bundle = Bundle::from_bytes(bundle).map_err(js_error)?;
         let model = FastComposer::load_bundle_with(
             std::sync::Arc::new(bundle),
@@ -199,6 +210,12 @@ impl Generator {
     #[wasm_bindgen(getter)]
     pub fn device(&self) -> String {
         self.device_name.clone()
+    }
+
+    /// `"f32"` or `"f16"`: the float type the model computes in (see `load`).
+    #[wasm_bindgen(getter)]
+    pub fn precision(&self) -> String {
+        crate::device::precision_name(self.model.device()).to_string()
     }
 
     /// `"resident"` or `"sequential"` (see `load`).

@@ -23,7 +23,13 @@ pub fn timestep_embedding(
     let freqs: Vec<f32> = (0..half)
         .map(|i| ((exponent_scale * i as f32) / (half as f32 - shift as f32)).exp())
         .collect();
-    let freqs = Tensor::<1>::from_data(TensorData::new(freqs, [half]), &device);
+    // In f32 whatever the compute type (timesteps up to 999 times frequencies near 1 need
+    // more than f16's 11 bits), cast at the end as diffusers does (`t_emb.to(sample.dtype)`).
+    let (timesteps, dtype) = crate::nn::to_f32(timesteps);
+    let freqs = Tensor::<1>::from_data(
+        TensorData::new(freqs, [half]),
+        (&device, burn::tensor::DType::F32),
+    );
     let args = timesteps.reshape([b, 1]) * freqs.reshape([1, half]);
     let (sin, cos) = (args.clone().sin(), args.cos());
     let mut emb = if flip_sin_to_cos {
@@ -32,9 +38,14 @@ pub fn timestep_embedding(
         Tensor::cat(vec![sin, cos], 1)
     };
     if dim % 2 == 1 {
-        emb = Tensor::cat(vec![emb, Tensor::zeros([b, 1], &device)], 1);
+        let zero = Tensor::zeros([b, 1], (&device, burn::tensor::DType::F32));
+        emb = Tensor::cat(vec![emb, zero], 1);
     }
-    emb
+    if dtype == burn::tensor::FloatDType::F32 {
+        emb
+    } else {
+        emb.cast(dtype)
+    }
 }
 
 /// `TimestepEmbedding`: `linear_1 -> act -> linear_2`.
