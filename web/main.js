@@ -30,6 +30,7 @@ async function loadModel() {
     state.gen = await createGenerator({
       model: url,
       device: $('device').value,
+      precision: $('precision').value,
       onProgress: (p) => {
         if (p.status === 'download') {
           $('load-progress').max = p.total || 1;

@@ -134,6 +134,8 @@ async function demoGenerate(page, { device, steps, seed, guidance = 5, alpha = 0
   await page.getByLabel('Device').selectOption(device);
   await page.getByRole('button', { name: 'Load model' }).click();
   await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  // The precision select is left on auto: f32 on the CPU and on this software adapter (no shader-f16).
+  assert.match(await page.locator('#load-status').textContent(), /, f32 \(/);
   await page.getByLabel('Subject photos', { exact: true }).setInputFiles(PHOTO);
   await page.getByLabel('Prompt', { exact: true }).fill(prompt);
   await setRange(page, 'steps', steps);
