@@ -1,6 +1,7 @@
 //! f16 compute (`Precision::F16`, what `auto` picks on a GPU with `shader-f16`) against the same
 //! reference fixtures as `parity.rs` and `pipeline.rs` (diffusers / transformers in f32), at f16
-//! tolerances: each output's max abs error ≤ `REL` × its largest reference magnitude.
+//! tolerances: each output's max abs error ≤ a stated fraction (`rel`, 1e-2 for a component) of
+//! its largest reference magnitude.
 //!
 //! burn fixes a device's float type once, so this test binary has the wgpu device to itself in
 //! f16. It runs with `FASTCOMPOSER_TEST_DEVICE=wgpu` (`pkg-scripts/test.sh` does, on lavapipe);
