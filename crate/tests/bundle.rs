@@ -6,8 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use burn::tensor::Tensor;
-use common::{fixtures, test_device};
+use common::{convert_bundle, fixtures, photo, rel_err, test_device, values};
 use fastcomposer::Error;
 use fastcomposer::attention::AttentionKernel;
 use fastcomposer::bundle::write::QuantMode;
@@ -15,7 +14,6 @@ use fastcomposer::bundle::{Bundle, BundleInfo};
 use fastcomposer::convert::{ConvertOptions, convert};
 use fastcomposer::model_dir::ModelDir;
 use fastcomposer::pipeline::{FastComposer, GenerateOptions, RgbImage, SubjectEmbedding};
-use fastcomposer::preprocess::decode_image;
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("fastcomposer-bundle-{}", std::process::id()));
@@ -28,19 +26,7 @@ fn model_dir() -> PathBuf {
 }
 
 fn convert_to(from: &Path, configs: Option<&Path>, quant: &str, name: &str) -> PathBuf {
-    let out = tmp(name);
-    convert(&ConvertOptions {
-        from: from.to_path_buf(),
-        configs: configs.map(Path::to_path_buf),
-        quant: quant.parse::<QuantMode>().unwrap(),
-        out: out.clone(),
-        name: None,
-        license: Some("MIT".into()),
-        card: None,
-        keep_vae_encoder: false,
-    })
-    .unwrap_or_else(|e| panic!("convert {quant}: {e}"));
-    out
+    convert_bundle(from, configs, quant, tmp(name))
 }
 
 fn reference() -> &'static FastComposer {
@@ -66,16 +52,6 @@ fn load(path: &Path) -> FastComposer {
     .unwrap()
 }
 
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec::<f32>().unwrap()
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let den: f32 = b.iter().map(|y| y * y).sum();
-    (num / den.max(1e-20)).sqrt()
-}
-
 fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
     let mse: f64 = a
         .pixels
@@ -89,14 +65,6 @@ fn psnr(a: &RgbImage, b: &RgbImage) -> f64 {
     } else {
         10.0 * (255.0f64.powi(2) / mse).log10()
     }
-}
-
-fn photo(name: &str) -> image::RgbImage {
-    decode_image(
-        &std::fs::read(fixtures().join(format!("pipeline/photos/{name}.png"))).unwrap(),
-        name,
-    )
-    .unwrap()
 }
 
 /// Per-component relative errors and the end-to-end PSNR of `m` against the f32 reference.

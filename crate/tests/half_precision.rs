@@ -14,14 +14,15 @@ mod common;
 use std::sync::OnceLock;
 
 use burn::tensor::{Device, FloatDType};
-use common::{fixture, fixtures, max_abs_diff};
+use common::{
+    case, case_options, component_error, convert_bundle, fixtures, max_abs_diff, photo, rel_err,
+    values,
+};
 use fastcomposer::attention::AttentionKernel;
 use fastcomposer::device::{self, DeviceChoice, Precision};
-use fastcomposer::forward::{Component, forward_component};
+use fastcomposer::forward::Component;
 use fastcomposer::model_dir::ModelDir;
 use fastcomposer::pipeline::{FastComposer, GenerateOptions, SubjectEmbedding};
-use fastcomposer::preprocess::decode_image;
-use serde_json::Value;
 
 /// The wgpu device in f16, or why there is none.
 fn f16_device() -> Result<Device, String> {
@@ -65,17 +66,7 @@ fn check_with(dir: &str, component: Component, case: &str, rel: f32, kernel: Att
     let Some(device) = device_or_skip(&format!("{dir}/{case}")) else {
         return;
     };
-    let config = std::fs::read_to_string(fixtures().join(dir).join("config.json")).unwrap();
-    let weights = fixture(&format!("{dir}/weights.safetensors"));
-    let inputs = fixture(&format!("{dir}/{case}.in.safetensors"));
-    let (want_shape, want) = fixture(&format!("{dir}/{case}.out.safetensors"))
-        .read_f32("out")
-        .unwrap();
-    let got = forward_component(component, &config, &weights, &inputs, &device, kernel)
-        .unwrap_or_else(|e| panic!("{dir}/{case}: {e}"));
-    assert_eq!(got.shape().to_vec(), want_shape, "{dir}/{case}: shape");
-    let got = got.try_into_vec::<f32>().unwrap();
-    let (err, mag) = max_abs_diff(&got, &want);
+    let (err, mag) = component_error(dir, component, case, &device, kernel);
     println!(
         "{dir}/{case} in f16: max abs error {err:.2e} = {:.2e} of max |ref| {mag:.2}",
         err / mag
@@ -88,8 +79,8 @@ fn check_with(dir: &str, component: Component, case: &str, rel: f32, kernel: Att
 
 // Tolerances: f16 keeps 11 significant bits (4.9e-4 relative rounding). Measured on lavapipe
 // (2026-11-29; each test prints its own): components 0.9e-3 – 5.1e-3 of the output's largest
-// magnitude, against 1e-2 here; whole generations 0.2e-2 – 0.7e-2 (latents) and 0.7e-2 (image),
-// against 2e-2; quantized bundles 0.8e-2 – 1.0e-2 relative L2 against f32, against 3e-2 (CFG
+// magnitude, against 1e-2 here; whole generations 0.1e-2 – 0.7e-2 (latents) and 0.2e-2 – 0.7e-2
+// (image), against 2e-2; quantized bundles 0.7e-2 – 1.0e-2 relative L2 against f32, against 3e-2 (CFG
 // at guidance 5 multiplies the difference of two f16 UNet outputs). A wrong kernel or a value
 // lost to f16's range gives errors of order 1.
 
@@ -139,15 +130,8 @@ fn generation_in_f16_matches_the_reference() {
     };
     let dir = ModelDir::open(&fixtures().join("pipeline/model")).unwrap();
     let model = FastComposer::load(&dir.config, &dir, &device, AttentionKernel::default()).unwrap();
-    let photo = |name: &str| {
-        let bytes = std::fs::read(fixtures().join(format!("pipeline/photos/{name}.png"))).unwrap();
-        decode_image(&bytes, name).unwrap()
-    };
     for k in [1, 4] {
-        let json =
-            std::fs::read_to_string(fixtures().join(format!("pipeline/case{k}.json"))).unwrap();
-        let c: Value = serde_json::from_str(&json).unwrap();
-        let f = fixture(&format!("pipeline/case{k}.safetensors"));
+        let (c, f) = case(k);
         let subjects: Vec<SubjectEmbedding> = c["subjects"]
             .as_array()
             .unwrap()
@@ -158,46 +142,25 @@ fn generation_in_f16_matches_the_reference() {
                     .unwrap()
             })
             .collect();
-        let opts = GenerateOptions {
-            prompt: c["prompt"].as_str().unwrap().into(),
-            negative_prompt: c["negative_prompt"].as_str().unwrap().into(),
-            steps: c["steps"].as_u64().unwrap() as usize,
-            guidance: c["guidance"].as_f64().unwrap(),
-            alpha: c["alpha"].as_f64().unwrap(),
-            seed: 0,
-            width: Some(c["width"].as_u64().unwrap() as usize),
-            height: Some(c["height"].as_u64().unwrap() as usize),
-            scheduler: c["scheduler"].as_str().unwrap().parse().unwrap(),
-        };
         let (_, latents) = f.read_f32("latents").unwrap();
-        let mut d = model.start(&opts, &subjects, Some(latents)).unwrap();
+        let mut d = model
+            .start(&case_options(&c), &subjects, Some(latents))
+            .unwrap();
         while !d.is_done() {
             d.step().unwrap();
         }
         assert_eq!(d.latents().dtype(), burn::tensor::DType::F16);
-        let got = fastcomposer::forward::read(d.latents())
-            .unwrap()
-            .try_into_vec::<f32>()
-            .unwrap();
+        let got = values(d.latents());
         let (_, want) = f.read_f32("final_latents").unwrap();
         let (err, mag) = max_abs_diff(&got, &want);
         println!("case{k} in f16: final latents max abs error {err:.2e} (max |ref| {mag:.2})");
         assert!(err <= 2e-2 * mag, "case{k} in f16: latents error {err}");
-        let img = fastcomposer::forward::read(d.decode().unwrap())
-            .unwrap()
-            .try_into_vec::<f32>()
-            .unwrap();
+        let img = values(d.decode().unwrap());
         let (_, want) = f.read_f32("image").unwrap();
         let (err, mag) = max_abs_diff(&img, &want);
         println!("case{k} in f16: image max abs error {err:.2e} (max |ref| {mag:.2})");
         assert!(err <= 2e-2 * mag, "case{k} in f16: image error {err}");
     }
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-    let den: f32 = b.iter().map(|y| y * y).sum();
-    (num / den.max(1e-20)).sqrt()
 }
 
 /// Quantized weights (int8 and int4 blocks: burn's quantized matmul and the quantized
@@ -206,18 +169,12 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn quantized_bundles_in_f16_match_f32() {
     use fastcomposer::bundle::Bundle;
-    use fastcomposer::bundle::write::QuantMode;
-    use fastcomposer::convert::{ConvertOptions, convert};
     let Some(device) = device_or_skip("quantized bundles") else {
         return;
     };
     let cpu = device::create(DeviceChoice::Cpu).unwrap();
     let dir = std::env::temp_dir().join(format!("fastcomposer-f16-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let photo = |name: &str| {
-        let bytes = std::fs::read(fixtures().join(format!("pipeline/photos/{name}.png"))).unwrap();
-        decode_image(&bytes, name).unwrap()
-    };
     let opts = GenerateOptions {
         prompt: "a woman <|image|> and a cat <|image|> in the snow".into(),
         steps: 2,
@@ -229,18 +186,12 @@ fn quantized_bundles_in_f16_match_f32() {
         ..Default::default()
     };
     for mode in ["int8", "int4"] {
-        let path = dir.join(format!("{mode}.gguf"));
-        convert(&ConvertOptions {
-            from: fixtures().join("pipeline/model"),
-            configs: None,
-            quant: mode.parse::<QuantMode>().unwrap(),
-            out: path.clone(),
-            name: None,
-            license: Some("MIT".into()),
-            card: None,
-            keep_vae_encoder: false,
-        })
-        .unwrap();
+        let path = convert_bundle(
+            &fixtures().join("pipeline/model"),
+            None,
+            mode,
+            dir.join(format!("{mode}.gguf")),
+        );
         let bundle = Bundle::open(&path).unwrap();
         let run = |d: &Device| {
             let m = FastComposer::load_bundle(&bundle, d, AttentionKernel::default()).unwrap();
@@ -252,14 +203,8 @@ fn quantized_bundles_in_f16_match_f32() {
             while !g.is_done() {
                 g.step().unwrap();
             }
-            let read = |t| {
-                fastcomposer::forward::read::<4>(t)
-                    .unwrap()
-                    .try_into_vec::<f32>()
-                    .unwrap()
-            };
             let dtype = g.latents().dtype();
-            (dtype, read(g.latents()), read(g.decode().unwrap()))
+            (dtype, values(g.latents()), values(g.decode().unwrap()))
         };
         let (dtype, lat16, img16) = run(&device);
         assert_eq!(

@@ -3,25 +3,14 @@
 
 mod common;
 
-use common::{fixture, fixtures, max_abs_diff, test_device};
+use common::{component_error, max_abs_diff, test_device};
 use fastcomposer::attention::AttentionKernel;
-use fastcomposer::forward::{Component, forward_component};
+use fastcomposer::forward::Component;
 
 const TOL: f32 = 1e-4;
 
 fn check(dir: &str, component: Component, case: &str, kernel: AttentionKernel) {
-    let config = std::fs::read_to_string(fixtures().join(dir).join("config.json")).unwrap();
-    let weights = fixture(&format!("{dir}/weights.safetensors"));
-    let inputs = fixture(&format!("{dir}/{case}.in.safetensors"));
-    let (want_shape, want) = fixture(&format!("{dir}/{case}.out.safetensors"))
-        .read_f32("out")
-        .unwrap();
-    let device = test_device();
-    let got = forward_component(component, &config, &weights, &inputs, &device, kernel)
-        .unwrap_or_else(|e| panic!("{dir}/{case}: {e}"));
-    assert_eq!(got.shape().to_vec(), want_shape, "{dir}/{case}: shape");
-    let got = got.try_into_vec::<f32>().unwrap();
-    let (err, mag) = max_abs_diff(&got, &want);
+    let (err, mag) = component_error(dir, component, case, &test_device(), kernel);
     println!("{dir}/{case}: max abs error {err:.2e} (max |ref| {mag:.2})");
     assert!(err <= TOL, "{dir}/{case}: max abs error {err:e} > {TOL:e}");
 }

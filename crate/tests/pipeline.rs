@@ -6,14 +6,13 @@ mod common;
 
 use std::sync::OnceLock;
 
-use common::{fixture, fixtures, max_abs_diff, test_device};
+use common::{case, case_options, fixture, fixtures, max_abs_diff, photo, test_device};
 use fastcomposer::Error;
 use fastcomposer::attention::AttentionKernel;
 use fastcomposer::model_dir::ModelDir;
 use fastcomposer::pipeline::{FastComposer, GenerateOptions, SubjectEmbedding};
 use fastcomposer::preprocess::{decode_image, subject_pixel_values};
 use fastcomposer::scheduler::SchedulerKind;
-use serde_json::Value;
 
 fn model() -> &'static FastComposer {
     static M: OnceLock<FastComposer> = OnceLock::new();
@@ -27,11 +26,6 @@ fn model() -> &'static FastComposer {
         )
         .unwrap()
     })
-}
-
-fn photo(name: &str) -> image::RgbImage {
-    let bytes = std::fs::read(fixtures().join(format!("pipeline/photos/{name}.png"))).unwrap();
-    decode_image(&bytes, name).unwrap()
 }
 
 fn subject(name: &str) -> SubjectEmbedding {
@@ -53,28 +47,6 @@ fn subject_preprocessing_matches_the_reference() {
     }
 }
 
-fn case(k: usize) -> (Value, fastcomposer::weights::SafetensorsSource) {
-    let json = std::fs::read_to_string(fixtures().join(format!("pipeline/case{k}.json"))).unwrap();
-    (
-        serde_json::from_str(&json).unwrap(),
-        fixture(&format!("pipeline/case{k}.safetensors")),
-    )
-}
-
-fn options(c: &Value) -> GenerateOptions {
-    GenerateOptions {
-        prompt: c["prompt"].as_str().unwrap().into(),
-        negative_prompt: c["negative_prompt"].as_str().unwrap().into(),
-        steps: c["steps"].as_u64().unwrap() as usize,
-        guidance: c["guidance"].as_f64().unwrap(),
-        alpha: c["alpha"].as_f64().unwrap(),
-        seed: 0,
-        width: Some(c["width"].as_u64().unwrap() as usize),
-        height: Some(c["height"].as_u64().unwrap() as usize),
-        scheduler: c["scheduler"].as_str().unwrap().parse().unwrap(),
-    }
-}
-
 #[test]
 fn end_to_end_matches_the_reference() {
     // alpha 0 / 0.5 / 1, one and two subjects, DDIM and PNDM, guidance 1 and 5.
@@ -88,7 +60,7 @@ fn end_to_end_matches_the_reference() {
             .collect();
         let (_, latents) = f.read_f32("latents").unwrap();
         let mut d = model()
-            .start(&options(&c), &subjects, Some(latents))
+            .start(&case_options(&c), &subjects, Some(latents))
             .unwrap();
         while !d.is_done() {
             d.step().unwrap();

@@ -39,3 +39,92 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     }
     (d, m)
 }
+
+/// Relative L2 error of `a` against `b`.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let num: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let den: f32 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-20)).sqrt()
+}
+
+/// A subject photo from the pipeline fixtures (`astronaut`, `chelsea`, `coffee`).
+pub fn photo(name: &str) -> image::RgbImage {
+    let bytes = std::fs::read(fixtures().join(format!("pipeline/photos/{name}.png"))).unwrap();
+    fastcomposer::preprocess::decode_image(&bytes, name).unwrap()
+}
+
+/// Pipeline reference case `k`: its settings (JSON) and tensors.
+pub fn case(k: usize) -> (serde_json::Value, SafetensorsSource) {
+    let json = std::fs::read_to_string(fixtures().join(format!("pipeline/case{k}.json"))).unwrap();
+    (
+        serde_json::from_str(&json).unwrap(),
+        fixture(&format!("pipeline/case{k}.safetensors")),
+    )
+}
+
+/// A reference case's generation options (seed 0: its starting latents are given).
+pub fn case_options(c: &serde_json::Value) -> fastcomposer::pipeline::GenerateOptions {
+    fastcomposer::pipeline::GenerateOptions {
+        prompt: c["prompt"].as_str().unwrap().into(),
+        negative_prompt: c["negative_prompt"].as_str().unwrap().into(),
+        steps: c["steps"].as_u64().unwrap() as usize,
+        guidance: c["guidance"].as_f64().unwrap(),
+        alpha: c["alpha"].as_f64().unwrap(),
+        seed: 0,
+        width: Some(c["width"].as_u64().unwrap() as usize),
+        height: Some(c["height"].as_u64().unwrap() as usize),
+        scheduler: c["scheduler"].as_str().unwrap().parse().unwrap(),
+    }
+}
+
+/// Convert `from` (a model directory or checkpoint) to a bundle at `out` in `quant` mode.
+pub fn convert_bundle(
+    from: &std::path::Path,
+    configs: Option<&std::path::Path>,
+    quant: &str,
+    out: PathBuf,
+) -> PathBuf {
+    fastcomposer::convert::convert(&fastcomposer::convert::ConvertOptions {
+        from: from.to_path_buf(),
+        configs: configs.map(std::path::Path::to_path_buf),
+        quant: quant.parse().unwrap(),
+        out: out.clone(),
+        name: None,
+        license: Some("MIT".into()),
+        card: None,
+        keep_vae_encoder: false,
+    })
+    .unwrap_or_else(|e| panic!("convert {quant}: {e}"));
+    out
+}
+
+/// One component (`forward_component`) on `device` against its reference fixture under
+/// `dir`: the max abs error and the largest reference magnitude (the shapes must agree).
+pub fn component_error(
+    dir: &str,
+    component: fastcomposer::forward::Component,
+    case: &str,
+    device: &Device,
+    kernel: fastcomposer::attention::AttentionKernel,
+) -> (f32, f32) {
+    let config = std::fs::read_to_string(fixtures().join(dir).join("config.json")).unwrap();
+    let weights = fixture(&format!("{dir}/weights.safetensors"));
+    let inputs = fixture(&format!("{dir}/{case}.in.safetensors"));
+    let (want_shape, want) = fixture(&format!("{dir}/{case}.out.safetensors"))
+        .read_f32("out")
+        .unwrap();
+    let got = fastcomposer::forward::forward_component(
+        component, &config, &weights, &inputs, device, kernel,
+    )
+    .unwrap_or_else(|e| panic!("{dir}/{case}: {e}"));
+    assert_eq!(got.shape().to_vec(), want_shape, "{dir}/{case}: shape");
+    max_abs_diff(&got.try_into_vec::<f32>().unwrap(), &want)
+}
+
+/// A tensor's values on the host, as f32 whatever the device computes in.
+pub fn values<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
+    fastcomposer::forward::read(t)
+        .unwrap()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
