@@ -349,7 +349,7 @@ test('memory modes: sequential loading gives the resident model\'s image; a bad 
   await page.close();
 });
 
-test('precision: auto is f32 on the CPU device; f16 there and unknown values are typed errors', async () => {
+test('precision: auto is f32 on the CPU device; f16 there, on WebGPU without shader-f16 and unknown values are typed errors', async () => {
   const { page, problems } = await apiPage();
   const r = await page.evaluate(async () => {
     const { createGenerator } = await import('./pkg/index.js');
@@ -357,19 +357,28 @@ test('precision: auto is f32 on the CPU device; f16 there and unknown values are
     const gen = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
     out.auto = gen.precision;
     await gen.dispose();
-    for (const precision of ['f16', 'double']) {
+    const attempt = async (opts) => {
       try {
-        await createGenerator({ model: 'models/default.gguf', device: 'cpu', precision });
-        out[precision] = 'no error';
+        const g = await createGenerator({ model: 'models/default.gguf', ...opts });
+        await g.dispose();
+        return 'no error';
       } catch (e) {
-        out[precision] = `${e.name}: ${e.message}`;
+        return `${e.name}: ${e.message}`;
       }
-    }
+    };
+    out.f16 = await attempt({ device: 'cpu', precision: 'f16' });
+    out.double = await attempt({ device: 'cpu', precision: 'double' });
+    // This software adapter has no shader-f16: asking WebGPU for f16 is a DeviceError.
+    const adapter = await navigator.gpu.requestAdapter();
+    out.adapterF16 = adapter.features.has('shader-f16');
+    out.webgpuF16 = await attempt({ device: 'webgpu', precision: 'f16' });
     return out;
   });
   assert.equal(r.auto, 'f32');
   assert.match(r.f16, /^InvalidInput: .*precision f16 needs a GPU device/);
   assert.match(r.double, /^InvalidInput: unknown precision "double"/);
+  if (r.adapterF16) assert.equal(r.webgpuF16, 'no error');
+  else assert.match(r.webgpuF16, /^DeviceError: .*does not compute in f16/);
   assertClean(problems);
   await page.close();
 });
