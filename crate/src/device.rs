@@ -126,17 +126,66 @@ fn wgpu_init() -> &'static WgpuInit {
     use std::sync::OnceLock;
     static WGPU: OnceLock<WgpuInit> = OnceLock::new();
     WGPU.get_or_init(|| {
-        Device::wgpu_options()
+        let (device, setup) = Device::wgpu_options()
             .init_with_setup()
-            .map(|(device, setup)| {
-                let info = setup.adapter.get_info();
-                let adapter = format!(
-                    "{} ({:?}, {:?}, driver {} {})",
-                    info.name, info.backend, info.device_type, info.driver, info.driver_info
-                );
-                (device, setup.device, adapter)
-            })
-            .map_err(|e| format!("cannot initialise wgpu: {e}"))
+            .map_err(|e| format!("cannot initialise wgpu: {e}"))?;
+        let info = setup.adapter.get_info();
+        let compiler = wgpu_compiler(&device);
+        #[cfg(feature = "spirv")]
+        if compiler == Some("wgpu<spirv>")
+            && !explicit_workgroup_layout(&setup.adapter)
+            && std::env::var_os("FASTCOMPOSER_ALLOW_IMPLICIT_SMEM").is_none()
+        {
+            return Err(format!(
+                "{}: this build compiles kernels to SPIR-V (feature `spirv`), which needs the \
+                 Vulkan extension VK_KHR_workgroup_memory_explicit_layout; this adapter lacks it \
+                 (CubeCL 0.11's SPIR-V for shared memory without it is invalid and crashes the \
+                 driver). Use the default build (WGSL kernels) on this adapter",
+                info.name
+            ));
+        }
+        let adapter = format!(
+            "{} ({:?}, {:?}, driver {} {}; kernels {})",
+            info.name,
+            info.backend,
+            info.device_type,
+            info.driver,
+            info.driver_info,
+            compiler.unwrap_or("unknown")
+        );
+        Ok((device, setup.device, adapter))
+    })
+}
+
+/// The shader language burn's wgpu runtime compiles kernels to on `device`, as CubeCL names its
+/// runtime: `wgpu<wgsl>` (what a browser runs), or `wgpu<spirv>` on a Vulkan adapter in a build
+/// with the `spirv` feature (and an adapter with the Vulkan features CubeCL's SPIR-V needs).
+/// `None` when `device` is not the default wgpu device this crate creates.
+#[cfg(not(target_arch = "wasm32"))]
+fn wgpu_compiler(device: &Device) -> Option<&'static str> {
+    let default = burn::cubecl::wgpu::WgpuDevice::default();
+    // Only ask for the client of the device already initialised (asking for another would
+    // initialise a second runtime).
+    (Device::from(default.clone()) == *device)
+        .then(|| burn::cubecl::Device::Wgpu(default).client().name())
+}
+
+/// Whether a Vulkan adapter has VK_KHR_workgroup_memory_explicit_layout (true for adapters of
+/// other APIs). CubeCL 0.11.3's SPIR-V compiler declares shared memory correctly only with it:
+/// without it, its `lower_shared_implicit` gives each shared array's variable the pointer type
+/// as its value type (and the array type to the address taken of it), which `spirv-val` rejects
+/// and Mesa's lavapipe crashes on while compiling burn's matmul. NVIDIA's, AMD's and Intel's
+/// Vulkan drivers have the extension; lavapipe (Mesa 22.3 and 25.0) does not.
+/// `FASTCOMPOSER_ALLOW_IMPLICIT_SMEM=1` lets such an adapter through, for a build whose
+/// cubecl-spirv has the fix (`tools/bench/spirv_lavapipe.sh` patches one in).
+#[cfg(all(feature = "spirv", not(target_arch = "wasm32")))]
+fn explicit_workgroup_layout(adapter: &burn::tensor::wgpu::wgpu::Adapter) -> bool {
+    use burn::tensor::wgpu::wgpu::hal::api::Vulkan;
+    // SAFETY: only reads the capabilities the adapter reported when it was enumerated.
+    let vulkan = unsafe { adapter.as_hal::<Vulkan>() };
+    vulkan.is_none_or(|a| {
+        a.physical_device_capabilities()
+            .supports_extension(c"VK_KHR_workgroup_memory_explicit_layout")
     })
 }
 
@@ -153,7 +202,8 @@ pub fn create(choice: DeviceChoice) -> Result<Device> {
     }
 }
 
-/// The wgpu adapter in use (name, backend, type, driver), once the wgpu device is created.
+/// The wgpu adapter in use (name, backend, type, driver, kernel language), once the wgpu device
+/// is created.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn wgpu_adapter() -> Option<String> {
     wgpu_init().as_ref().ok().map(|(_, _, a)| a.clone())

@@ -217,3 +217,24 @@ fn convolution_kernels_match_burns_conv2d() {
         );
     }
 }
+
+/// The wgpu device names its adapter and the language its kernels are compiled to, and that
+/// language is the one this build selects: WGSL (what a browser runs) by default, SPIR-V on
+/// Vulkan with the `spirv` feature. On the CPU device there is no adapter to name.
+#[test]
+fn wgpu_adapter_names_its_kernel_language() {
+    if std::env::var("FASTCOMPOSER_TEST_DEVICE").as_deref() != Ok("wgpu") {
+        return;
+    }
+    let _device = test_device();
+    let adapter = fastcomposer::device::wgpu_adapter().expect("the wgpu device names its adapter");
+    let want = if cfg!(feature = "spirv") && adapter.contains("(Vulkan,") {
+        "kernels wgpu<spirv>)"
+    } else {
+        "kernels wgpu<wgsl>)"
+    };
+    assert!(
+        adapter.ends_with(want),
+        "{adapter:?} should end with {want:?}"
+    );
+}

@@ -16,6 +16,12 @@ from safetensors.numpy import load_file
 FP32_PEAK = {"H200": 67.0, "H100 80GB HBM3": 67.0, "H100 SXM": 67.0, "H100 PCIe": 51.0, "H100 NVL": 60.0}
 
 
+def kernels(row):
+    """The kernel language of one of our runs, from its adapter line ("...; kernels wgpu<spirv>")."""
+    adapter = row.get("adapter") or ""
+    return adapter.rsplit("kernels ", 1)[1].rstrip(")") if "kernels " in adapter else "wgpu"
+
+
 def main():
     log, out = sys.argv[1], sys.argv[2]
     rows = [json.loads(line) for line in open(log) if line.startswith("{")]
@@ -32,7 +38,7 @@ def main():
     print("| run | mean ms/step (min) | first (load+tune) | vs PyTorch fp16 | TFLOP/s | % of fp32 peak |")
     print("|---|---|---|---|---|---|")
     for name, r in [(f"PyTorch {v['device'][6:].upper()} {k} (diffusers)", v) for k, v in sorted(torch.items())] + [
-        (f"ours, wgpu, weights {r['weights']}, compute {r['dtype']}", r) for r in ours
+        (f"ours, {kernels(r)}, weights {r['weights']}, compute {r['dtype']}", r) for r in ours
     ]:
         ms = r["mean_ms"]
         tf = gflop / ms if gflop else float("nan")  # GFLOP / ms = TFLOP/s

@@ -373,6 +373,12 @@ fn run(cli: Cli) -> Result<()> {
             let choice: device::DeviceChoice = device.parse()?;
             let mut device = device::create(choice)?;
             device::set_precision(&mut device, precision)?;
+            if let Some(adapter) = (choice == device::DeviceChoice::Wgpu)
+                .then(device::wgpu_adapter)
+                .flatten()
+            {
+                eprintln!("adapter: {adapter}");
+            }
             eprintln!("precision: {}", device::precision_name(&device));
             let monitor = memory_monitor(memory_report, choice)?;
             let report = |stage: &str| report_memory(&monitor, stage);

@@ -10,12 +10,13 @@ T0=$SECONDS
 el() { echo "[+$((SECONDS - T0)) s] $*"; }
 python3 - <<'PY' || exit 1
 import hashlib, lzma, os
-i, h = open(".devrun/splice.txt").read().split()
-rest = lzma.decompress(open(".devrun/rest.xz", "rb").read())
-b = rest[: int(i)] + open("models/default.gguf", "rb").read() + rest[int(i):]
-assert hashlib.sha256(b).hexdigest() == h, "spliced binary differs"
-open("/tmp/fastcomposer", "wb").write(b)
-os.chmod("/tmp/fastcomposer", 0o755)
+for name, out in [("rest", "/tmp/fastcomposer"), ("rest-spirv", "/tmp/fastcomposer-spirv")]:
+    i, h = open(f".devrun/{name}.splice").read().split()
+    rest = lzma.decompress(open(f".devrun/{name}.xz", "rb").read())
+    b = rest[: int(i)] + open("models/default.gguf", "rb").read() + rest[int(i):]
+    assert hashlib.sha256(b).hexdigest() == h, f"spliced binary {name} differs"
+    open(out, "wb").write(b)
+    os.chmod(out, 0o755)
 PY
 mkdir -p /tmp/site && tar -C /tmp/site -xJf .devrun/diffusers.tar.xz
 for f in .devrun/*.deb; do dpkg -x "$f" /; done
@@ -27,24 +28,32 @@ timeout 90 /tmp/fastcomposer bench-unet --config tiny --latent 8 --batch 1 --ite
 (taskset -c 8-15 tools/bench/sd15_sizes.sh int8 int4 >"$OUT/sizes.log" 2>&1) &
 prep=$!
 left() { echo $((${DEADLINE:-570} - (SECONDS - T0))); }
-bench() { # out_dir torch_dtypes burn_runs
+bench() { # out_dir binary torch_dtypes burn_runs [seconds at most per run of ours]
   local t; t=$(left)
-  [ "$t" -gt 60 ] || { el "skip bench $3 (time)"; return; }
-  el "bench torch=[$2] ours=[$3]"
-  STEP_TIMEOUT=$((t - 60)) TORCH_DTYPES="$2" BURN_RUNS="$3" taskset -c 0-7 tools/bench/unet_gpu.sh 10 "$1"
+  [ "$t" -gt 60 ] || { el "skip bench $2 $4 (time)"; return; }
+  t=$((t - 60))
+  [ "$t" -le "${5:-$t}" ] || t=$5
+  el "bench $2 torch=[$3] ours=[$4] (≤ $t s each)"
+  FASTCOMPOSER_BIN=$2 STEP_TIMEOUT=$t TORCH_DTYPES="$3" BURN_RUNS="$4" \
+    taskset -c 0-7 tools/bench/unet_gpu.sh 10 "$1"
   cp "$1/unet_gpu.jsonl" "$OUT/$(basename "$1").jsonl"
 }
-# PyTorch and our f16 run first (the GPU comparison), then the memory peaks (seconds each on a
-# GPU), then int8 (longest autotuning) with what time is left.
-bench /tmp/ug1 "fp16 fp32" "f32:f16"
+conv_ops() { # binary dtype out_name
+  [ "$(left)" -gt 150 ] || { el "skip conv ops $1 $2 (time)"; return; }
+  el "conv ops $1 $2"
+  timeout 100 taskset -c 0-7 "$1" bench-ops --device wgpu --iters 10 --only conv \
+    --dtype "$2" >>"$OUT/$3.jsonl" 2>/dev/null
+}
+# PyTorch first (the baseline), then ours in f16 with SPIR-V kernels (cooperative matrices: tensor
+# cores) and with WGSL kernels (what a browser runs), then the memory peaks (seconds each on a
+# GPU), then int8 weights (longest autotuning) with what time is left.
+bench /tmp/ug1 /tmp/fastcomposer-spirv "fp16 fp32" "f32:f16" 220
+bench /tmp/ug2 /tmp/fastcomposer "" "f32:f16" 150
 # 3×3 convolutions: this crate's GPU kernel (stacked windows × kernel matrix) against burn's
-# direct one, per SD1.5 level (bench-ops times both).
-for dt in f16 f32; do
-  [ "$(left)" -gt 150 ] || { el "skip conv ops $dt (time)"; continue; }
-  el "conv ops $dt"
-  timeout 100 taskset -c 0-7 /tmp/fastcomposer bench-ops --device wgpu --iters 10 --only conv \
-    --dtype "$dt" >>"$OUT/ops_conv.jsonl" 2>/dev/null
-done
+# (direct on WGSL; implicit GEMM with cooperative matrices possible on SPIR-V), per SD1.5 level
+# (bench-ops times both).
+conv_ops /tmp/fastcomposer-spirv f16 ops_conv_spirv
+conv_ops /tmp/fastcomposer f16 ops_conv
 wait $prep
 el "bundles ready"
 for run in "sequential int8" "sequential int4" "resident int8" "resident int4"; do
@@ -53,5 +62,6 @@ for run in "sequential int8" "sequential int4" "resident int8" "resident int4"; 
   timeout 80 tools/bench/sd15_memory.sh $run >>"$OUT/memory.log" 2>&1
   pkill -f /tmp/fastcomposer || true
 done
-bench /tmp/ug2 "" "int8:f32"
+bench /tmp/ug3 /tmp/fastcomposer-spirv "" "int8:f16"
+bench /tmp/ug4 /tmp/fastcomposer "" "int8:f32"
 el end
