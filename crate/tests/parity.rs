@@ -223,10 +223,9 @@ fn convolution_kernels_match_burns_conv2d() {
 /// Vulkan with the `spirv` feature. On the CPU device there is no adapter to name.
 #[test]
 fn wgpu_adapter_names_its_kernel_language() {
-    if std::env::var("FASTCOMPOSER_TEST_DEVICE").as_deref() != Ok("wgpu") {
+    if fastcomposer::device::is_cpu(&test_device()) {
         return;
     }
-    let _device = test_device();
     let adapter = fastcomposer::device::wgpu_adapter().expect("the wgpu device names its adapter");
     let want = if cfg!(feature = "spirv") && adapter.contains("(Vulkan,") {
         "kernels wgpu<spirv>)"
