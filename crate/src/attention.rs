@@ -15,13 +15,54 @@ use crate::cpu_ops::exp_nonpositive_one;
 /// Default budget for one materialised scores buffer.
 pub const DEFAULT_MAX_SCORES_BYTES: usize = 128 << 20;
 
+/// Largest head size [`AttentionKernel::Fused`] gives burn's fused operation. CubeCL's flash
+/// kernels keep a query row's whole head in registers: SD1.5's UNet (40, 80, 160) and CLIP (64)
+/// fit; the VAE's single 512-wide head did not finish compiling on lavapipe in 10 minutes, so
+/// wider heads take the sliced kernel.
+pub const FUSED_MAX_HEAD_DIM: usize = 160;
+
 /// Which kernel computes attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttentionKernel {
     /// `softmax(q kᵀ · scale) v`, sliced so one scores buffer stays within `max_bytes`.
     Sliced { max_bytes: usize },
-    /// burn's fused attention operation (flash-style where the backend has one).
+    /// burn's fused attention operation where it runs CubeCL's flash kernels (natively on
+    /// wgpu, see [`crate::device::flash_attention_runs`]): no scores buffer at all. Elsewhere,
+    /// and for heads wider than [`FUSED_MAX_HEAD_DIM`], the sliced kernel at the default budget.
+    /// (On the CPU device in f32 both kernels are the host kernel, see
+    /// `host_attention_applies`.)
     Fused,
+}
+
+impl AttentionKernel {
+    /// The kernel named `name` (`sliced` or `fused`); `max_bytes` is the sliced kernel's budget.
+    pub fn from_name(name: &str, max_bytes: usize) -> crate::Result<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "sliced" => Ok(AttentionKernel::Sliced {
+                max_bytes: max_bytes.max(1),
+            }),
+            "fused" | "flash" => Ok(AttentionKernel::Fused),
+            other => Err(crate::Error::invalid(format!(
+                "unknown attention kernel `{other}` (expected sliced or fused)"
+            ))),
+        }
+    }
+
+    /// The largest buffer this kernel's choice implies elsewhere (the VAE decoder's row bands).
+    pub fn max_buffer_bytes(&self) -> usize {
+        match *self {
+            AttentionKernel::Sliced { max_bytes } => max_bytes,
+            AttentionKernel::Fused => DEFAULT_MAX_SCORES_BYTES,
+        }
+    }
+
+    /// A short name: `sliced` or `fused`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttentionKernel::Sliced { .. } => "sliced",
+            AttentionKernel::Fused => "fused",
+        }
+    }
 }
 
 impl Default for AttentionKernel {
@@ -41,28 +82,47 @@ pub fn sdpa(
     causal: bool,
     kernel: AttentionKernel,
 ) -> Tensor<4> {
+    if host_attention_applies(&q) {
+        return host_sdpa(q, k, v, scale, causal);
+    }
     match kernel {
+        AttentionKernel::Fused
+            if q.dims()[3] > FUSED_MAX_HEAD_DIM
+                || !crate::device::flash_attention_runs(&q.device()) =>
+        {
+            sliced(q, k, v, scale, causal, DEFAULT_MAX_SCORES_BYTES)
+        }
         AttentionKernel::Fused => attention(
-            q,
+            rescale_for_default(q, scale),
             k,
             v,
             None,
             None,
             AttentionModuleOptions {
-                scale: Some(scale),
+                scale: None,
                 softcap: None,
                 is_causal: causal,
             },
         ),
-        AttentionKernel::Sliced { .. } if host_attention_applies(&q) => {
-            host_sdpa(q, k, v, scale, causal)
-        }
         AttentionKernel::Sliced { max_bytes } => sliced(q, k, v, scale, causal, max_bytes),
     }
 }
 
-/// On the CPU device (f32), attention runs on the host in blocks of query rows (scores for one
-/// block stay in cache; blocks in parallel natively) instead of as separate matmul / softmax
+/// burn's CubeCL backends run their flash kernels only with the default scale (1/√head size;
+/// any explicit `scale` falls back to separate kernels over a materialised scores matrix), so a
+/// different scale is folded into the queries instead.
+fn rescale_for_default(q: Tensor<4>, scale: f64) -> Tensor<4> {
+    let default = (q.dims()[3] as f64).powf(-0.5);
+    if (scale / default - 1.0).abs() < 1e-12 {
+        q
+    } else {
+        q * (scale / default)
+    }
+}
+
+/// On the CPU device (f32), attention runs on the host in blocks of query rows, whichever kernel
+/// was asked for (scores for one block stay in cache; blocks in parallel natively) instead of as
+/// separate matmul / softmax
 /// kernels over whole score matrices: burn's CPU softmax takes a scalar `exp` per score, and
 /// SD1.5's self-attention at 64×64 has 268 M scores per layer.
 fn host_attention_applies(q: &Tensor<4>) -> bool {
@@ -392,6 +452,26 @@ mod tests {
             }
         }
         assert!(exp_nonpositive_one(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn kernels_by_name() {
+        assert_eq!(
+            AttentionKernel::from_name("sliced", 1 << 20).unwrap(),
+            AttentionKernel::Sliced { max_bytes: 1 << 20 }
+        );
+        assert_eq!(
+            AttentionKernel::from_name("Fused", 0).unwrap(),
+            AttentionKernel::Fused
+        );
+        assert_eq!(
+            AttentionKernel::Fused.max_buffer_bytes(),
+            DEFAULT_MAX_SCORES_BYTES
+        );
+        let e = AttentionKernel::from_name("paged", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown attention kernel `paged`"), "{e}");
     }
 
     #[test]

@@ -161,7 +161,7 @@ pub fn sd15_ops(
     let l = (tokens / b) as f64;
     let flop = 2.0 * (b as f64) * (2.0 * l * l * 320.0) + 4.0 * 2.0 * (tokens * 320 * 320) as f64;
     let bytes = 2.0 * (tokens * 320) as f64 * 4.0;
-    // The kernel asked for, and burn's fused attention for comparison.
+    // The kernel asked for, and burn's fused (flash) attention for comparison.
     let mut kernels = vec![kernel];
     if kernel != AttentionKernel::Fused {
         kernels.push(AttentionKernel::Fused);
@@ -169,7 +169,7 @@ pub fn sd15_ops(
     for k in kernels {
         let name = match k {
             AttentionKernel::Sliced { max_bytes } => format!("sliced, {} MiB", max_bytes >> 20),
-            AttentionKernel::Fused => "burn fused".to_string(),
+            AttentionKernel::Fused => "fused, flash".to_string(),
         };
         let name = format!("self-attention 4096 tokens, 8x40 heads ({name})");
         if !wanted(&name) {

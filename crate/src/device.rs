@@ -170,6 +170,30 @@ fn wgpu_compiler(device: &Device) -> Option<&'static str> {
         .then(|| burn::cubecl::Device::Wgpu(default).client().name())
 }
 
+/// Whether burn's fused attention operation runs a flash kernel on `device` (no scores matrix)
+/// rather than its fallback, which materialises every head's whole scores matrix at once (1 GiB
+/// for SD1.5's self-attention at 512×512). The flash kernels need kernel autotuning (native
+/// builds only: burn's default strategy without it is the fallback) and plane (subgroup)
+/// operations, which CubeCL's unit flash kernel refuses below a plane size of 2.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn flash_attention_runs(device: &Device) -> bool {
+    let default = burn::cubecl::wgpu::WgpuDevice::default();
+    Device::from(default.clone()) == *device
+        && burn::cubecl::Device::Wgpu(default)
+            .client()
+            .properties()
+            .hardware
+            .plane_size_max
+            >= 2
+}
+
+/// In the browser burn does not autotune, and its fused attention is the fallback (see the
+/// native function).
+#[cfg(target_arch = "wasm32")]
+pub fn flash_attention_runs(_device: &burn::tensor::Device) -> bool {
+    false
+}
+
 /// Whether a Vulkan adapter has VK_KHR_workgroup_memory_explicit_layout (true for adapters of
 /// other APIs). CubeCL 0.11.3's SPIR-V compiler declares shared memory correctly only with it:
 /// without it, its `lower_shared_implicit` gives each shared array's variable the pointer type

@@ -107,6 +107,26 @@ fn unet_in_f16_matches_diffusers() {
     }
 }
 
+/// burn's fused attention (flash kernels on wgpu; f32 accumulation) in f16: the UNet's self- and
+/// cross-attention and the text encoder's causal attention.
+#[test]
+fn fused_attention_in_f16_matches_the_references() {
+    check_with(
+        "unet_sd_order",
+        Component::Unet,
+        "case0",
+        1e-2,
+        AttentionKernel::Fused,
+    );
+    check_with(
+        "text_encoder",
+        Component::TextEncoder,
+        "case0",
+        1e-2,
+        AttentionKernel::Fused,
+    );
+}
+
 #[test]
 fn vae_decoder_in_f16_matches_diffusers() {
     check("vae", Component::VaeDecoder, "decode0", 1e-2);

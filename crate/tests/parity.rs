@@ -64,6 +64,78 @@ fn unet_attention_slicing_does_not_change_the_result() {
     );
 }
 
+/// burn's fused attention operation (flash kernels on wgpu: no scores buffer at all), held to the
+/// same references as the sliced kernel: the UNet (self- and cross-attention) and the text
+/// encoder (causal).
+#[test]
+fn fused_attention_matches_the_references() {
+    check(
+        "unet_sd_order",
+        Component::Unet,
+        "case0",
+        AttentionKernel::Fused,
+    );
+    check(
+        "text_encoder",
+        Component::TextEncoder,
+        "case0",
+        AttentionKernel::Fused,
+    );
+}
+
+/// burn's fused attention against the sliced kernel at the lengths SD1.5 runs at 512×512 (4,096
+/// latent tokens; head size 40 in the UNet, one head of 512 in the VAE), cross-attention to 77
+/// tokens, and the text encoder's causal 77 × 64.
+#[test]
+fn fused_attention_matches_sliced_at_sd15_lengths() {
+    use burn::tensor::{Tensor, TensorData};
+    use fastcomposer::attention::sdpa;
+    let device = test_device();
+    // Natively on wgpu (lavapipe and GPUs have subgroups) burn's flash kernels run, not the
+    // fallback that holds every scores matrix at once.
+    let flash = fastcomposer::device::flash_attention_runs(&device);
+    println!("flash kernels: {flash}");
+    assert_eq!(flash, !fastcomposer::device::is_cpu(&device));
+    let mut rng = fastcomposer::rng::Pcg32::new(41);
+    for (h, lq, lk, dh, causal) in [
+        (1, 4096, 4096, 40, false),
+        (2, 4096, 77, 40, false),
+        (2, 1024, 1024, 80, false),
+        (2, 256, 256, 160, false),
+        (12, 77, 77, 64, true),
+    ] {
+        let mut t = |l: usize| {
+            Tensor::<4>::from_data(
+                TensorData::new(rng.normals(h * l * dh), [1, h, l, dh]),
+                &device,
+            )
+        };
+        let (q, k, v) = (t(lq), t(lk), t(lk));
+        let scale = (dh as f64).powf(-0.5);
+        let values = |t: Tensor<4>| {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        let want = values(sdpa(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            scale,
+            causal,
+            sliced(),
+        ));
+        let got = values(sdpa(q, k, v, scale, causal, AttentionKernel::Fused));
+        let (d, m) = max_abs_diff(&got, &want);
+        println!("{h}x{lq}x{lk}x{dh} causal={causal}: max abs diff {d:.2e} (max {m:.2})");
+        assert!(
+            d <= TOL * m,
+            "{h}x{lq}x{lk}x{dh}: max abs diff {d} (max {m})"
+        );
+    }
+}
+
 #[test]
 fn vae_decoder_matches_diffusers() {
     check("vae", Component::VaeDecoder, "decode0", sliced());

@@ -8,7 +8,8 @@
 #      FP32_PEAK_TFLOPS  the card's fp32 (non-tensor) peak (default: from the GPU's name)
 #      STEP_TIMEOUT      seconds allowed per bench-unet run (default 240)
 #      TORCH_DTYPES      PyTorch runs (default "fp16 fp32"; "" for none)
-#      BURN_RUNS         our runs as weights:dtype (default "int8:f32 int8:f16 f32:f16 f32:f32")
+#      BURN_RUNS         our runs as weights:dtype[:attention] (default "int8:f32 int8:f16 f32:f16
+#                        f32:f32"; attention sliced (default) or fused: burn's flash kernels)
 #      CONFIG, LATENT, TORCH_DEVICE  (default sd15, 64, cuda; for trying the script without a GPU)
 # Ours, each: --weights int8|f32 (int8: Q8_0 blocks as a bundle stores them, dequantized before
 # each use) × --dtype f32|f16 (f16: the device's default float type, weights and activations).
@@ -35,11 +36,13 @@ for dt in ${TORCH_DTYPES-fp16 fp32}; do
     echo "torch $dt failed: $(tail -3 "$out/torch_$dt.err")"
 done
 for wd in ${BURN_RUNS:-int8:f32 int8:f16 f32:f16 f32:f32}; do
-  set -- ${wd/:/ }
+  IFS=: read -r w d a <<<"$wd"
+  a=${a:-sliced}
+  name=burn_${w}_${d}$([ "$a" = sliced ] || echo "_$a")
   RUST_BACKTRACE=0 timeout "${STEP_TIMEOUT:-240}" "$bin" bench-unet --config "${CONFIG:-sd15}" \
     --latent "${LATENT:-64}" \
-    --batch 2 --iters "$iters" --device wgpu --weights "$1" --dtype "$2" \
-    --out "$out/burn_$1_$2.safetensors" 2>"$out/burn_$1_$2.err" | tee -a "$log" ||
-    echo "bench-unet --weights $1 --dtype $2 failed: $(grep -v XDG_RUNTIME "$out/burn_$1_$2.err" | tail -3)"
+    --batch 2 --iters "$iters" --device wgpu --weights "$w" --dtype "$d" --attention "$a" \
+    --out "$out/$name.safetensors" 2>"$out/$name.err" | tee -a "$log" ||
+    echo "bench-unet --weights $w --dtype $d --attention $a failed: $(grep -v XDG_RUNTIME "$out/$name.err" | tail -3)"
 done
 "$py" tools/bench/unet_gpu_report.py "$log" "$out"

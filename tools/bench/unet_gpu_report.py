@@ -38,7 +38,8 @@ def main():
     print("| run | mean ms/step (min) | first (load+tune) | vs PyTorch fp16 | TFLOP/s | % of fp32 peak |")
     print("|---|---|---|---|---|---|")
     for name, r in [(f"PyTorch {v['device'][6:].upper()} {k} (diffusers)", v) for k, v in sorted(torch.items())] + [
-        (f"ours, {kernels(r)}, weights {r['weights']}, compute {r['dtype']}", r) for r in ours
+        (f"ours, {kernels(r)}, weights {r['weights']}, compute {r['dtype']}, "
+         f"attention {r.get('attention', 'sliced')}", r) for r in ours
     ]:
         ms = r["mean_ms"]
         tf = gflop / ms if gflop else float("nan")  # GFLOP / ms = TFLOP/s
@@ -50,18 +51,18 @@ def main():
         print(f"| {name} | {ms:.1f}{f' ({mn:.1f})' if mn else ''} | {r['first_ms'] / 1e3:.1f} s | "
               f"{ratio} | {tf:.1f} | {pct} |")
 
-    def load(w, d):
-        p = os.path.join(out, f"burn_{w}_{d}.safetensors")
+    def load(w, d, a="sliced"):
+        p = os.path.join(out, f"burn_{w}_{d}{'' if a == 'sliced' else '_' + a}.safetensors")
         return load_file(p)["out"] if os.path.exists(p) else None
 
     for a, b in [(("f32", "f16"), ("f32", "f32")), (("int8", "f16"), ("int8", "f32")),
-                 (("int8", "f32"), ("f32", "f32"))]:
+                 (("int8", "f32"), ("f32", "f32")), (("f32", "f16", "fused"), ("f32", "f16"))]:
         x, y = load(*a), load(*b)
         if x is None or y is None:
             continue
         err = float(np.abs(x - y).max() / np.abs(y).max())
         rms = float(np.sqrt(np.mean((x - y) ** 2)) / np.sqrt(np.mean(y**2)))
-        print(f"output {a[0]}/{a[1]} vs {b[0]}/{b[1]}: max |diff| / max |ref| = {err:.2e}, "
+        print(f"output {'/'.join(a)} vs {'/'.join(b)}: max |diff| / max |ref| = {err:.2e}, "
               f"relative RMS = {rms:.2e}")
 
 

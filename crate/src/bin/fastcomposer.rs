@@ -72,6 +72,10 @@ enum Command {
         /// Largest attention-scores buffer in MiB (attention is sliced to fit).
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
+        /// Attention kernel: sliced (scores in slices within --attention-mib) or fused (burn's
+        /// fused operation: flash kernels on wgpu, no scores buffer).
+        #[arg(long, default_value = "sliced")]
+        attention: String,
         /// Print the device-memory peaks of the run (wgpu on Vulkan/DX12; as `generate`'s).
         #[arg(long)]
         memory_report: bool,
@@ -123,6 +127,10 @@ enum Command {
         /// budget of the VAE decoder.
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
+        /// Attention kernel: sliced (scores in slices within --attention-mib) or fused (burn's
+        /// fused operation: flash kernels on wgpu, no scores buffer).
+        #[arg(long, default_value = "sliced")]
+        attention: String,
         /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
         /// (text_encoder/, image_encoder/, fuser/, unet/, vae/, scheduler/). Default: the
         /// built-in model.
@@ -192,6 +200,10 @@ enum Command {
         device: String,
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
+        /// Attention kernel: sliced (scores in slices within --attention-mib) or fused (burn's
+        /// fused operation: flash kernels on wgpu, no scores buffer).
+        #[arg(long, default_value = "sliced")]
+        attention: String,
         /// How the random weights are stored: f32, or as a bundle of that mode stores them
         /// (int8, int4, mixed: quantized blocks dequantized before each use; f16 loads as f32,
         /// as an f16 bundle does).
@@ -220,6 +232,10 @@ enum Command {
         dtype: String,
         #[arg(long, default_value_t = 128)]
         attention_mib: usize,
+        /// Attention kernel: sliced (scores in slices within --attention-mib) or fused (burn's
+        /// fused operation: flash kernels on wgpu, no scores buffer).
+        #[arg(long, default_value = "sliced")]
+        attention: String,
         /// Only the operations whose name contains this (e.g. "conv").
         #[arg(long)]
         only: Option<String>,
@@ -288,6 +304,7 @@ fn run(cli: Cli) -> Result<()> {
             device,
             precision,
             attention_mib,
+            attention,
             memory_report,
         } => {
             let component: Component = component.parse()?;
@@ -299,9 +316,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut device = device::create(choice)?;
             device::set_precision(&mut device, precision)?;
             let monitor = memory_monitor(memory_report, choice)?;
-            let kernel = AttentionKernel::Sliced {
-                max_bytes: attention_mib.max(1) << 20,
-            };
+            let kernel = AttentionKernel::from_name(&attention, attention_mib.max(1) << 20)?;
             let t = std::time::Instant::now();
             // The output is read back, so the device has finished when this returns.
             let data = forward_component(component, &config, &weights, &inputs, &device, kernel)?;
@@ -329,6 +344,7 @@ fn run(cli: Cli) -> Result<()> {
             memory_report,
             memory,
             attention_mib,
+            attention,
         } => {
             let precision: Precision = precision.parse()?;
             if out.is_none() && latents_out.is_none() {
@@ -382,9 +398,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("precision: {}", device::precision_name(&device));
             let monitor = memory_monitor(memory_report, choice)?;
             let report = |stage: &str| report_memory(&monitor, stage);
-            let kernel = AttentionKernel::Sliced {
-                max_bytes: attention_mib.max(1) << 20,
-            };
+            let kernel = AttentionKernel::from_name(&attention, attention_mib.max(1) << 20)?;
             let t0 = std::time::Instant::now();
             let model = match &model {
                 Some(path) if path.is_dir() => {
@@ -602,6 +616,7 @@ fn run(cli: Cli) -> Result<()> {
             iters,
             device,
             attention_mib,
+            attention,
             weights,
             dtype,
             out,
@@ -621,9 +636,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut device = device::create(choice)?;
             configure_dtype(&mut device, &dtype)?;
             let loader = Loader::random_stored_as(&device, weights_mode(&weights)?);
-            let kernel = AttentionKernel::Sliced {
-                max_bytes: attention_mib.max(1) << 20,
-            };
+            let kernel = AttentionKernel::from_name(&attention, attention_mib.max(1) << 20)?;
             let t0 = Instant::now();
             let model = UNet2DConditionModel::load(&loader, &unet_config, kernel)?;
             device.sync().map_err(|e| Error::Device(format!("{e:?}")))?;
@@ -674,6 +687,7 @@ fn run(cli: Cli) -> Result<()> {
             let json = serde_json::json!({
                 "config": config, "latent": latent, "batch": batch, "device": format!("{choice:?}"),
                 "weights": weights, "dtype": dtype, "attention_mib": attention_mib,
+                "attention": kernel.name(),
                 "nonfinite": nonfinite,
                 "adapter": (choice == DeviceChoice::Wgpu).then(device::wgpu_adapter).flatten(),
                 "load_s": load_s, "first_ms": first, "mean_ms": mean, "iters": rest.len(),
@@ -688,15 +702,14 @@ fn run(cli: Cli) -> Result<()> {
             weights,
             dtype,
             attention_mib,
+            attention,
             only,
         } => {
             let choice: DeviceChoice = device.parse()?;
             let mut device = device::create(choice)?;
             configure_dtype(&mut device, &dtype)?;
             let quant = weights_mode(&weights)?;
-            let kernel = AttentionKernel::Sliced {
-                max_bytes: attention_mib.max(1) << 20,
-            };
+            let kernel = AttentionKernel::from_name(&attention, attention_mib.max(1) << 20)?;
             let adapter = (choice == DeviceChoice::Wgpu)
                 .then(device::wgpu_adapter)
                 .flatten();

@@ -192,10 +192,7 @@ impl VaeDecoder {
             act: resnet.act,
             config: c.clone(),
             // One budget for the largest buffer: attention scores and activations alike.
-            max_buffer_bytes: match kernel {
-                AttentionKernel::Sliced { max_bytes } => max_bytes,
-                AttentionKernel::Fused => crate::attention::DEFAULT_MAX_SCORES_BYTES,
-            },
+            max_buffer_bytes: kernel.max_buffer_bytes(),
         })
     }
 

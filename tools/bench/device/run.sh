@@ -38,22 +38,28 @@ bench() { # out_dir binary torch_dtypes burn_runs [seconds at most per run of ou
     taskset -c 0-7 tools/bench/unet_gpu.sh 10 "$1"
   cp "$1/unet_gpu.jsonl" "$OUT/$(basename "$1").jsonl"
 }
-conv_ops() { # binary dtype out_name
-  [ "$(left)" -gt 150 ] || { el "skip conv ops $1 $2 (time)"; return; }
-  el "conv ops $1 $2"
-  timeout 100 taskset -c 0-7 "$1" bench-ops --device wgpu --iters 10 --only conv \
+ops() { # binary dtype out_name only
+  [ "$(left)" -gt 150 ] || { el "skip $4 ops $1 $2 (time)"; return; }
+  el "$4 ops $1 $2"
+  timeout 100 taskset -c 0-7 "$1" bench-ops --device wgpu --iters 10 --only "$4" \
     --dtype "$2" >>"$OUT/$3.jsonl" 2>/dev/null
 }
 # PyTorch first (the baseline), then ours in f16 with SPIR-V kernels (cooperative matrices: tensor
-# cores) and with WGSL kernels (what a browser runs), then the memory peaks (seconds each on a
-# GPU), then int8 weights (longest autotuning) with what time is left.
+# cores) and with WGSL kernels (what a browser runs), attention and convolution kernels A/B, then
+# the memory peaks (seconds each on a GPU), then int8 weights (longest autotuning) with what time
+# is left.
 bench /tmp/ug1 /tmp/fastcomposer-spirv "fp16 fp32" "f32:f16" 220
 bench /tmp/ug2 /tmp/fastcomposer "" "f32:f16" 150
+# Self-attention at 64×64 (4,096 tokens): the sliced kernel against burn's flash kernels
+# (bench-ops times both), then the UNet step with flash attention (SPIR-V build).
+ops /tmp/fastcomposer-spirv f16 ops_attention_spirv self-attention
+ops /tmp/fastcomposer f16 ops_attention self-attention
+bench /tmp/ug5 /tmp/fastcomposer-spirv "" "f32:f16:fused" 150
 # 3×3 convolutions: this crate's GPU kernel (stacked windows × kernel matrix) against burn's
 # (direct on WGSL; implicit GEMM with cooperative matrices possible on SPIR-V), per SD1.5 level
 # (bench-ops times both).
-conv_ops /tmp/fastcomposer-spirv f16 ops_conv_spirv
-conv_ops /tmp/fastcomposer f16 ops_conv
+ops /tmp/fastcomposer-spirv f16 ops_conv_spirv conv
+ops /tmp/fastcomposer f16 ops_conv conv
 wait $prep
 el "bundles ready"
 for run in "sequential int8" "sequential int4" "resident int8" "resident int4"; do
