@@ -17,8 +17,8 @@ pub const DEFAULT_MAX_SCORES_BYTES: usize = 128 << 20;
 
 /// Largest head size [`AttentionKernel::Fused`] gives burn's fused operation. CubeCL's flash
 /// kernels keep a query row's whole head in registers: SD1.5's UNet (40, 80, 160) and CLIP (64)
-/// fit; the VAE's single 512-wide head did not finish compiling on lavapipe in 10 minutes, so
-/// wider heads take the sliced kernel.
+/// fit; with the VAE's single 512-wide head (1,024 tokens) the flash kernel had not finished on
+/// lavapipe after 20 minutes (the process past 10 GB), so wider heads take the sliced kernel.
 pub const FUSED_MAX_HEAD_DIM: usize = 160;
 
 /// Which kernel computes attention.

@@ -161,9 +161,10 @@ pub fn sd15_ops(
     let l = (tokens / b) as f64;
     let flop = 2.0 * (b as f64) * (2.0 * l * l * 320.0) + 4.0 * 2.0 * (tokens * 320 * 320) as f64;
     let bytes = 2.0 * (tokens * 320) as f64 * 4.0;
-    // The kernel asked for, and burn's fused (flash) attention for comparison.
+    // The kernel asked for, and burn's fused (flash) attention for comparison (not on the CPU
+    // device, where both are the host kernel).
     let mut kernels = vec![kernel];
-    if kernel != AttentionKernel::Fused {
+    if kernel != AttentionKernel::Fused && !crate::device::is_cpu(device) {
         kernels.push(AttentionKernel::Fused);
     }
     for k in kernels {
