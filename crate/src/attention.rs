@@ -28,31 +28,43 @@ pub enum AttentionKernel {
     Sliced { max_bytes: usize },
     /// burn's fused attention operation where it runs CubeCL's flash kernels (natively on
     /// wgpu, see [`crate::device::flash_attention_runs`]): no scores buffer at all. Elsewhere,
-    /// and for heads wider than [`FUSED_MAX_HEAD_DIM`], the sliced kernel at the default budget.
+    /// and for heads wider than [`FUSED_MAX_HEAD_DIM`], the sliced kernel within `max_bytes`.
     /// (On the CPU device in f32 both kernels are the host kernel, see
     /// `host_attention_applies`.)
-    Fused,
+    Fused { max_bytes: usize },
 }
 
 impl AttentionKernel {
-    /// The kernel named `name` (`sliced` or `fused`); `max_bytes` is the sliced kernel's budget.
+    /// The kernel named `name` (`sliced` or `fused`); `max_bytes` is the sliced kernel's budget
+    /// (for `fused`: where the sliced kernel stands in).
     pub fn from_name(name: &str, max_bytes: usize) -> crate::Result<Self> {
         match name.to_ascii_lowercase().as_str() {
             "sliced" => Ok(AttentionKernel::Sliced {
                 max_bytes: max_bytes.max(1),
             }),
-            "fused" | "flash" => Ok(AttentionKernel::Fused),
+            "fused" | "flash" => Ok(AttentionKernel::Fused {
+                max_bytes: max_bytes.max(1),
+            }),
             other => Err(crate::Error::invalid(format!(
                 "unknown attention kernel `{other}` (expected sliced or fused)"
             ))),
         }
     }
 
-    /// The largest buffer this kernel's choice implies elsewhere (the VAE decoder's row bands).
+    /// burn's fused operation with the default budget where the sliced kernel stands in.
+    pub fn fused() -> Self {
+        AttentionKernel::Fused {
+            max_bytes: DEFAULT_MAX_SCORES_BYTES,
+        }
+    }
+
+    /// The budget for one buffer this kernel was given: the largest scores slice, and the
+    /// VAE decoder's row bands.
     pub fn max_buffer_bytes(&self) -> usize {
         match *self {
-            AttentionKernel::Sliced { max_bytes } => max_bytes,
-            AttentionKernel::Fused => DEFAULT_MAX_SCORES_BYTES,
+            AttentionKernel::Sliced { max_bytes } | AttentionKernel::Fused { max_bytes } => {
+                max_bytes
+            }
         }
     }
 
@@ -60,7 +72,7 @@ impl AttentionKernel {
     pub fn name(&self) -> &'static str {
         match self {
             AttentionKernel::Sliced { .. } => "sliced",
-            AttentionKernel::Fused => "fused",
+            AttentionKernel::Fused { .. } => "fused",
         }
     }
 }
@@ -86,13 +98,13 @@ pub fn sdpa(
         return host_sdpa(q, k, v, scale, causal);
     }
     match kernel {
-        AttentionKernel::Fused
+        AttentionKernel::Fused { max_bytes }
             if q.dims()[3] > FUSED_MAX_HEAD_DIM
                 || !crate::device::flash_attention_runs(&q.device()) =>
         {
-            sliced(q, k, v, scale, causal, DEFAULT_MAX_SCORES_BYTES)
+            sliced(q, k, v, scale, causal, max_bytes)
         }
-        AttentionKernel::Fused => attention(
+        AttentionKernel::Fused { .. } => attention(
             rescale_for_default(q, scale),
             k,
             v,
@@ -122,9 +134,8 @@ fn rescale_for_default(q: Tensor<4>, scale: f64) -> Tensor<4> {
 
 /// On the CPU device (f32), attention runs on the host in blocks of query rows, whichever kernel
 /// was asked for (scores for one block stay in cache; blocks in parallel natively) instead of as
-/// separate matmul / softmax
-/// kernels over whole score matrices: burn's CPU softmax takes a scalar `exp` per score, and
-/// SD1.5's self-attention at 64×64 has 268 M scores per layer.
+/// separate matmul / softmax kernels over whole score matrices: burn's CPU softmax takes a
+/// scalar `exp` per score, and SD1.5's self-attention at 64×64 has 268 M scores per layer.
 fn host_attention_applies(q: &Tensor<4>) -> bool {
     crate::device::is_cpu(&q.device()) && q.dtype() == burn::tensor::DType::F32
 }
@@ -460,14 +471,10 @@ mod tests {
             AttentionKernel::from_name("sliced", 1 << 20).unwrap(),
             AttentionKernel::Sliced { max_bytes: 1 << 20 }
         );
-        assert_eq!(
-            AttentionKernel::from_name("Fused", 0).unwrap(),
-            AttentionKernel::Fused
-        );
-        assert_eq!(
-            AttentionKernel::Fused.max_buffer_bytes(),
-            DEFAULT_MAX_SCORES_BYTES
-        );
+        let fused = AttentionKernel::from_name("Fused", 1 << 22).unwrap();
+        assert_eq!(fused, AttentionKernel::Fused { max_bytes: 1 << 22 });
+        assert_eq!(fused.max_buffer_bytes(), 1 << 22);
+        assert_eq!(fused.name(), "fused");
         let e = AttentionKernel::from_name("paged", 1)
             .unwrap_err()
             .to_string();

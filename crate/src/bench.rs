@@ -164,13 +164,15 @@ pub fn sd15_ops(
     // The kernel asked for, and burn's fused (flash) attention for comparison (not on the CPU
     // device, where both are the host kernel).
     let mut kernels = vec![kernel];
-    if kernel != AttentionKernel::Fused && !crate::device::is_cpu(device) {
-        kernels.push(AttentionKernel::Fused);
+    if kernel.name() != "fused" && !crate::device::is_cpu(device) {
+        kernels.push(AttentionKernel::Fused {
+            max_bytes: kernel.max_buffer_bytes(),
+        });
     }
     for k in kernels {
         let name = match k {
             AttentionKernel::Sliced { max_bytes } => format!("sliced, {} MiB", max_bytes >> 20),
-            AttentionKernel::Fused => "fused, flash".to_string(),
+            AttentionKernel::Fused { .. } => "fused, flash".to_string(),
         };
         let name = format!("self-attention 4096 tokens, 8x40 heads ({name})");
         if !wanted(&name) {

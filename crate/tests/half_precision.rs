@@ -116,14 +116,14 @@ fn fused_attention_in_f16_matches_the_references() {
         Component::Unet,
         "case0",
         1e-2,
-        AttentionKernel::Fused,
+        AttentionKernel::fused(),
     );
     check_with(
         "text_encoder",
         Component::TextEncoder,
         "case0",
         1e-2,
-        AttentionKernel::Fused,
+        AttentionKernel::fused(),
     );
 }
 

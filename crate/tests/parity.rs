@@ -73,13 +73,13 @@ fn fused_attention_matches_the_references() {
         "unet_sd_order",
         Component::Unet,
         "case0",
-        AttentionKernel::Fused,
+        AttentionKernel::fused(),
     );
     check(
         "text_encoder",
         Component::TextEncoder,
         "case0",
-        AttentionKernel::Fused,
+        AttentionKernel::fused(),
     );
 }
 
@@ -126,7 +126,7 @@ fn fused_attention_matches_sliced_at_sd15_lengths() {
             causal,
             sliced(),
         ));
-        let got = values(sdpa(q, k, v, scale, causal, AttentionKernel::Fused));
+        let got = values(sdpa(q, k, v, scale, causal, AttentionKernel::fused()));
         let (d, m) = max_abs_diff(&got, &want);
         println!("{h}x{lq}x{lk}x{dh} causal={causal}: max abs diff {d:.2e} (max {m:.2})");
         assert!(
