@@ -84,8 +84,8 @@ fn fused_attention_matches_the_references() {
 }
 
 /// burn's fused attention against the sliced kernel at the lengths SD1.5 runs at 512×512 (4,096
-/// latent tokens; head size 40 in the UNet, one head of 512 in the VAE), cross-attention to 77
-/// tokens, and the text encoder's causal 77 × 64.
+/// latent tokens; head sizes 40, 80 and 160 in the UNet), cross-attention to 77 tokens, the text
+/// encoder's causal 77 × 64, and the default model's heads of 16 and 32.
 #[test]
 fn fused_attention_matches_sliced_at_sd15_lengths() {
     use burn::tensor::{Tensor, TensorData};
@@ -103,6 +103,10 @@ fn fused_attention_matches_sliced_at_sd15_lengths() {
         (2, 1024, 1024, 80, false),
         (2, 256, 256, 160, false),
         (12, 77, 77, 64, true),
+        // The default model's sizes (heads of 16 and 32).
+        (8, 256, 256, 16, false),
+        (8, 64, 77, 32, false),
+        (4, 77, 77, 32, true),
     ] {
         let mut t = |l: usize| {
             Tensor::<4>::from_data(
