@@ -45,15 +45,17 @@ ops() { # binary dtype out_name only
     --dtype "$2" >>"$OUT/$3.jsonl" 2>/dev/null
 }
 # PyTorch first (the baseline), then ours in f16 with SPIR-V kernels (cooperative matrices: tensor
-# cores) and with WGSL kernels (what a browser runs), attention and convolution kernels A/B, then
-# the memory peaks (seconds each on a GPU), then int8 weights (longest autotuning) with what time
-# is left.
+# cores) and with WGSL kernels (what a browser runs), the attention kernels A/B, int8 weights in
+# f16 (the int8 row; longest autotuning), the UNet step with flash attention, the
+# convolution kernels A/B, then the memory peaks (already measured on lavapipe, so last but one)
+# and int8 on WGSL with what time is left.
 bench /tmp/ug1 /tmp/fastcomposer-spirv "fp16 fp32" "f32:f16" 220
 bench /tmp/ug2 /tmp/fastcomposer "" "f32:f16" 150
 # Self-attention at 64×64 (4,096 tokens): the sliced kernel against burn's flash kernels
-# (bench-ops times both), then the UNet step with flash attention (SPIR-V build).
+# (bench-ops times both).
 ops /tmp/fastcomposer-spirv f16 ops_attention_spirv self-attention
 ops /tmp/fastcomposer f16 ops_attention self-attention
+bench /tmp/ug3 /tmp/fastcomposer-spirv "" "int8:f16" 180
 bench /tmp/ug5 /tmp/fastcomposer-spirv "" "f32:f16:fused" 150
 # 3×3 convolutions: this crate's GPU kernel (stacked windows × kernel matrix) against burn's
 # (direct on WGSL; implicit GEMM with cooperative matrices possible on SPIR-V), per SD1.5 level
@@ -68,6 +70,5 @@ for run in "sequential int8" "sequential int4" "resident int8" "resident int4"; 
   timeout 80 tools/bench/sd15_memory.sh $run >>"$OUT/memory.log" 2>&1
   pkill -f /tmp/fastcomposer || true
 done
-bench /tmp/ug3 /tmp/fastcomposer-spirv "" "int8:f16"
 bench /tmp/ug4 /tmp/fastcomposer "" "int8:f32"
 el end
