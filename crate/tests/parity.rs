@@ -85,7 +85,8 @@ fn fused_attention_matches_the_references() {
 
 /// burn's fused attention against the sliced kernel at the lengths SD1.5 runs at 512×512 (4,096
 /// latent tokens; head sizes 40, 80 and 160 in the UNet), cross-attention to 77 tokens, the text
-/// encoder's causal 77 × 64, and the default model's heads of 16 and 32.
+/// encoder's causal 77 × 64, and the default model's heads of 16, 32 and 48 at CFG batch 2; inputs
+/// split into heads by a transpose, as the models do.
 #[test]
 fn fused_attention_matches_sliced_at_sd15_lengths() {
     use burn::tensor::{Tensor, TensorData};
@@ -97,22 +98,25 @@ fn fused_attention_matches_sliced_at_sd15_lengths() {
     println!("flash kernels: {flash}");
     assert_eq!(flash, !fastcomposer::device::is_cpu(&device));
     let mut rng = fastcomposer::rng::Pcg32::new(41);
-    for (h, lq, lk, dh, causal) in [
-        (1, 4096, 4096, 40, false),
-        (2, 4096, 77, 40, false),
-        (2, 1024, 1024, 80, false),
-        (2, 256, 256, 160, false),
-        (12, 77, 77, 64, true),
-        // The default model's sizes (heads of 16 and 32).
-        (8, 256, 256, 16, false),
-        (8, 64, 77, 32, false),
-        (4, 77, 77, 32, true),
+    for (b, h, lq, lk, dh, causal) in [
+        (1, 1, 4096, 4096, 40, false),
+        (1, 2, 4096, 77, 40, false),
+        (1, 2, 1024, 1024, 80, false),
+        (1, 2, 256, 256, 160, false),
+        (1, 12, 77, 77, 64, true),
+        // The default model's sizes: CFG batch 2, heads of 16, 32 and 48.
+        (2, 4, 256, 256, 16, false),
+        (2, 4, 64, 77, 32, false),
+        (2, 4, 16, 16, 48, false),
+        (2, 4, 77, 77, 32, true),
     ] {
+        // Laid out as the models make them: [B, L, H, d] split into heads by a transpose.
         let mut t = |l: usize| {
             Tensor::<4>::from_data(
-                TensorData::new(rng.normals(h * l * dh), [1, h, l, dh]),
+                TensorData::new(rng.normals(b * h * l * dh), [b, l, h, dh]),
                 &device,
             )
+            .swap_dims(1, 2)
         };
         let (q, k, v) = (t(lq), t(lk), t(lk));
         let scale = (dh as f64).powf(-0.5);
@@ -132,10 +136,10 @@ fn fused_attention_matches_sliced_at_sd15_lengths() {
         ));
         let got = values(sdpa(q, k, v, scale, causal, AttentionKernel::fused()));
         let (d, m) = max_abs_diff(&got, &want);
-        println!("{h}x{lq}x{lk}x{dh} causal={causal}: max abs diff {d:.2e} (max {m:.2})");
+        println!("{b}x{h}x{lq}x{lk}x{dh} causal={causal}: max abs diff {d:.2e} (max {m:.2})");
         assert!(
             d <= TOL * m,
-            "{h}x{lq}x{lk}x{dh}: max abs diff {d} (max {m})"
+            "{b}x{h}x{lq}x{lk}x{dh}: max abs diff {d} (max {m})"
         );
     }
 }
