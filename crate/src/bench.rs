@@ -164,7 +164,7 @@ pub fn sd15_ops(
     // The kernel asked for, and burn's fused (flash) attention for comparison (not on the CPU
     // device, where both are the host kernel).
     let mut kernels = vec![kernel];
-    if kernel.name() != "fused" && !crate::device::is_cpu(device) {
+    if !matches!(kernel, AttentionKernel::Fused { .. }) && !crate::device::is_cpu(device) {
         kernels.push(AttentionKernel::Fused {
             max_bytes: kernel.max_buffer_bytes(),
         });

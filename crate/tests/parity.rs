@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{component_error, max_abs_diff, test_device};
+use common::{component_error, max_abs_diff, test_device, values};
 use fastcomposer::attention::AttentionKernel;
 use fastcomposer::forward::Component;
 
@@ -120,12 +120,6 @@ fn fused_attention_matches_sliced_at_sd15_lengths() {
         };
         let (q, k, v) = (t(lq), t(lk), t(lk));
         let scale = (dh as f64).powf(-0.5);
-        let values = |t: Tensor<4>| {
-            t.into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .unwrap()
-        };
         let want = values(sdpa(
             q.clone(),
             k.clone(),
@@ -209,12 +203,6 @@ fn group_norm_over_long_groups_matches_f64() {
         eps: 1e-6,
     };
     let input = || Tensor::<4>::from_data(TensorData::new(x.clone(), [1, c, h, w]), &device);
-    let values = |t: Tensor<4>| {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap()
-    };
     let outputs = [
         ("GroupNorm", values(gn.forward(input()))),
         ("tensor-op GroupNorm", values(gn.forward_plain(input()))),
@@ -259,12 +247,6 @@ fn convolution_kernels_match_burns_conv2d() {
     let weight = Tensor::<4>::from_data(TensorData::new(w, [c_out, c_in, 3, 3]), &device);
     let bias = Tensor::<1>::from_data(TensorData::new(rng.normals(c_out), [c_out]), &device);
     let options = ConvOptions::new_with_padding([1, 1], [(1, 1), (1, 1)], [1, 1], 1);
-    let values = |t: Tensor<4>| {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .unwrap()
-    };
     let want = values(conv2d(
         x.clone(),
         weight.clone(),
