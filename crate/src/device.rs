@@ -157,34 +157,44 @@ fn wgpu_init() -> &'static WgpuInit {
     })
 }
 
+/// Whether `device` is the default wgpu device this crate creates. Only its CubeCL client may be
+/// asked for: asking for another device's would initialise a second runtime.
+#[cfg(not(target_arch = "wasm32"))]
+fn is_default_wgpu(device: &Device) -> bool {
+    Device::from(burn::cubecl::wgpu::WgpuDevice::default()) == *device
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn default_wgpu_cubecl() -> burn::cubecl::Device {
+    burn::cubecl::Device::Wgpu(burn::cubecl::wgpu::WgpuDevice::default())
+}
+
 /// The shader language burn's wgpu runtime compiles kernels to on `device`, as CubeCL names its
 /// runtime: `wgpu<wgsl>` (what a browser runs), or `wgpu<spirv>` on a Vulkan adapter in a build
 /// with the `spirv` feature (and an adapter with the Vulkan features CubeCL's SPIR-V needs).
 /// `None` when `device` is not the default wgpu device this crate creates.
 #[cfg(not(target_arch = "wasm32"))]
 fn wgpu_compiler(device: &Device) -> Option<&'static str> {
-    let default = burn::cubecl::wgpu::WgpuDevice::default();
-    // Only ask for the client of the device already initialised (asking for another would
-    // initialise a second runtime).
-    (Device::from(default.clone()) == *device)
-        .then(|| burn::cubecl::Device::Wgpu(default).client().name())
+    is_default_wgpu(device).then(|| default_wgpu_cubecl().client().name())
 }
 
 /// Whether burn's fused attention operation runs a flash kernel on `device` (no scores matrix)
 /// rather than its fallback, which materialises every head's whole scores matrix at once (1 GiB
 /// for SD1.5's self-attention at 512×512). The flash kernels need kernel autotuning (native
 /// builds only: burn's default strategy without it is the fallback) and plane (subgroup)
-/// operations, which CubeCL's unit flash kernel refuses below a plane size of 2.
+/// operations, which CubeCL's unit flash kernel refuses below a plane size of 2. Asked on every
+/// fused attention call, so the adapter's plane size is read once.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn flash_attention_runs(device: &Device) -> bool {
-    let default = burn::cubecl::wgpu::WgpuDevice::default();
-    Device::from(default.clone()) == *device
-        && burn::cubecl::Device::Wgpu(default)
-            .client()
-            .properties()
-            .hardware
-            .plane_size_max
-            >= 2
+    static PLANE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    is_default_wgpu(device)
+        && *PLANE.get_or_init(|| {
+            default_wgpu_cubecl()
+                .client()
+                .properties()
+                .hardware
+                .plane_size_max
+        }) >= 2
 }
 
 /// In the browser burn does not autotune, and its fused attention is the fallback (see the
