@@ -42,6 +42,25 @@ struct Cli {
     command: Command,
 }
 
+/// How attention is computed (`forward`, `bench-unet`, `bench-ops`; `generate` keeps the sliced
+/// kernel, see its `--attention-mib`).
+#[derive(clap::Args)]
+struct AttentionArgs {
+    /// Largest attention-scores buffer in MiB (attention is sliced to fit).
+    #[arg(long, default_value_t = 128)]
+    attention_mib: usize,
+    /// Attention kernel: sliced (scores in slices within --attention-mib) or fused (burn's fused
+    /// operation: flash kernels on wgpu, no scores buffer).
+    #[arg(long, default_value = "sliced")]
+    attention: String,
+}
+
+impl AttentionArgs {
+    fn kernel(&self) -> Result<AttentionKernel> {
+        AttentionKernel::from_name(&self.attention, self.attention_mib.max(1) << 20)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run one model component on named input tensors (parity checks against the reference
@@ -69,13 +88,8 @@ enum Command {
         /// f32 | f16 | auto: the float type the component computes in (the output is f32).
         #[arg(long, default_value = "f32")]
         precision: String,
-        /// Largest attention-scores buffer in MiB (attention is sliced to fit).
-        #[arg(long, default_value_t = 128)]
-        attention_mib: usize,
-        /// Attention kernel: sliced (scores in slices within --attention-mib) or fused (burn's
-        /// fused operation: flash kernels on wgpu, no scores buffer).
-        #[arg(long, default_value = "sliced")]
-        attention: String,
+        #[command(flatten)]
+        attention: AttentionArgs,
         /// Print the device-memory peaks of the run (wgpu on Vulkan/DX12; as `generate`'s).
         #[arg(long)]
         memory_report: bool,
@@ -194,12 +208,8 @@ enum Command {
         iters: usize,
         #[arg(long, default_value = "cpu")]
         device: String,
-        #[arg(long, default_value_t = 128)]
-        attention_mib: usize,
-        /// Attention kernel: sliced (scores in slices within --attention-mib) or fused (burn's
-        /// fused operation: flash kernels on wgpu, no scores buffer).
-        #[arg(long, default_value = "sliced")]
-        attention: String,
+        #[command(flatten)]
+        attention: AttentionArgs,
         /// How the random weights are stored: f32, or as a bundle of that mode stores them
         /// (int8, int4, mixed: quantized blocks dequantized before each use; f16 loads as f32,
         /// as an f16 bundle does).
@@ -226,12 +236,8 @@ enum Command {
         /// Compute dtype: f32 or f16.
         #[arg(long, default_value = "f32")]
         dtype: String,
-        #[arg(long, default_value_t = 128)]
-        attention_mib: usize,
-        /// Attention kernel: sliced (scores in slices within --attention-mib) or fused (burn's
-        /// fused operation: flash kernels on wgpu, no scores buffer).
-        #[arg(long, default_value = "sliced")]
-        attention: String,
+        #[command(flatten)]
+        attention: AttentionArgs,
         /// Only the operations whose name contains this (e.g. "conv").
         #[arg(long)]
         only: Option<String>,
@@ -299,7 +305,6 @@ fn run(cli: Cli) -> Result<()> {
             out,
             device,
             precision,
-            attention_mib,
             attention,
             memory_report,
         } => {
@@ -312,7 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut device = device::create(choice)?;
             device::set_precision(&mut device, precision)?;
             let monitor = memory_monitor(memory_report, choice)?;
-            let kernel = AttentionKernel::from_name(&attention, attention_mib.max(1) << 20)?;
+            let kernel = attention.kernel()?;
             let t = std::time::Instant::now();
             // The output is read back, so the device has finished when this returns.
             let data = forward_component(component, &config, &weights, &inputs, &device, kernel)?;
@@ -615,7 +620,6 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             iters,
             device,
-            attention_mib,
             attention,
             weights,
             dtype,
@@ -636,7 +640,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut device = device::create(choice)?;
             configure_dtype(&mut device, &dtype)?;
             let loader = Loader::random_stored_as(&device, weights_mode(&weights)?);
-            let kernel = AttentionKernel::from_name(&attention, attention_mib.max(1) << 20)?;
+            let kernel = attention.kernel()?;
             let t0 = Instant::now();
             let model = UNet2DConditionModel::load(&loader, &unet_config, kernel)?;
             device.sync().map_err(|e| Error::Device(format!("{e:?}")))?;
@@ -686,7 +690,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let json = serde_json::json!({
                 "config": config, "latent": latent, "batch": batch, "device": format!("{choice:?}"),
-                "weights": weights, "dtype": dtype, "attention_mib": attention_mib,
+                "weights": weights, "dtype": dtype, "attention_mib": attention.attention_mib,
                 "attention": kernel.name(),
                 "nonfinite": nonfinite,
                 "adapter": (choice == DeviceChoice::Wgpu).then(device::wgpu_adapter).flatten(),
@@ -701,7 +705,6 @@ fn run(cli: Cli) -> Result<()> {
             iters,
             weights,
             dtype,
-            attention_mib,
             attention,
             only,
         } => {
@@ -709,7 +712,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut device = device::create(choice)?;
             configure_dtype(&mut device, &dtype)?;
             let quant = weights_mode(&weights)?;
-            let kernel = AttentionKernel::from_name(&attention, attention_mib.max(1) << 20)?;
+            let kernel = attention.kernel()?;
             let adapter = (choice == DeviceChoice::Wgpu)
                 .then(device::wgpu_adapter)
                 .flatten();
