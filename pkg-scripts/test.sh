@@ -32,7 +32,9 @@ if ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   # autotuning: its candidates are timed on lavapipe's software cores for every new shape.
   FASTCOMPOSER_TEST_DEVICE=wgpu CUBECL_AUTOTUNE_LEVEL=minimal cargo test --release --test half_precision -- --test-threads 1
   # Sequential loading frees each stage's device memory before the next: same images as resident.
-  FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test bundle sequential_residency -- --test-threads 1
+  # Whole generations from an int8 bundle with burn's flash attention kernels: the sliced one's.
+  FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test bundle -- --test-threads 1 \
+    sequential_residency fused_attention_generates
 elif [ "${FASTCOMPOSER_TEST_WGPU:-0}" = "1" ]; then
   echo "FASTCOMPOSER_TEST_WGPU=1 but no Vulkan driver is installed" >&2
   exit 1

@@ -105,9 +105,9 @@ pub fn sdpa(
             sliced(q, k, v, scale, causal, max_bytes)
         }
         AttentionKernel::Fused { .. } => attention(
-            rescale_for_default(q, scale),
-            k,
-            v,
+            row_major(rescale_for_default(q, scale)),
+            row_major(k),
+            row_major(v),
             None,
             None,
             AttentionModuleOptions {
@@ -118,6 +118,19 @@ pub fn sdpa(
         ),
         AttentionKernel::Sliced { max_bytes } => sliced(q, k, v, scale, causal, max_bytes),
     }
+}
+
+/// `t` laid out row-major. CubeCL's flash kernels (cubek-attention 0.3.1) pick their vector
+/// widths from the shapes alone, as if every input were row-major, but index with the real
+/// strides: an input whose head dimension is not contiguous is read wrong. Ours are views: the
+/// heads split off by a transpose, and the quantized linear layer's output is itself a
+/// transpose (`(W·xᵀ)ᵀ`, the head dimension strided by the number of rows), which gave the
+/// default model's CFG batch wrong text embeddings and UNet outputs (up to 6.0 of 3.3).
+/// Reshaping to rank 2 copies a tensor that is not contiguous (burn cannot express that
+/// reshape as a view) and is free for one that is.
+fn row_major(t: Tensor<4>) -> Tensor<4> {
+    let [b, h, l, d] = t.dims();
+    t.reshape([b * h * l, d]).reshape([b, h, l, d])
 }
 
 /// burn's CubeCL backends run their flash kernels only with the default scale (1/√head size;

@@ -86,7 +86,10 @@ fn fused_attention_matches_the_references() {
 /// burn's fused attention against the sliced kernel at the lengths SD1.5 runs at 512×512 (4,096
 /// latent tokens; head sizes 40, 80 and 160 in the UNet), cross-attention to 77 tokens, the text
 /// encoder's causal 77 × 64, and the default model's heads of 16, 32 and 48 at CFG batch 2; inputs
-/// split into heads by a transpose, as the models do.
+/// laid out as the models make them: split into heads by a transpose after a float linear layer
+/// (head dimension contiguous), or after a quantized one, whose output `(W·xᵀ)ᵀ` is itself a
+/// transpose (head dimension strided; CubeCL's flash kernels read such inputs wrong, hence
+/// `attention::row_major`).
 #[test]
 fn fused_attention_matches_sliced_at_sd15_lengths() {
     use burn::tensor::{Tensor, TensorData};
@@ -98,24 +101,31 @@ fn fused_attention_matches_sliced_at_sd15_lengths() {
     println!("flash kernels: {flash}");
     assert_eq!(flash, !fastcomposer::device::is_cpu(&device));
     let mut rng = fastcomposer::rng::Pcg32::new(41);
-    for (b, h, lq, lk, dh, causal) in [
-        (1, 1, 4096, 4096, 40, false),
-        (1, 2, 4096, 77, 40, false),
-        (1, 2, 1024, 1024, 80, false),
-        (1, 2, 256, 256, 160, false),
-        (1, 12, 77, 77, 64, true),
+    // `quantized`: laid out as a quantized linear layer leaves them.
+    for (b, h, lq, lk, dh, causal, quantized) in [
+        (1, 1, 4096, 4096, 40, false, false),
+        (1, 2, 4096, 77, 40, false, true),
+        (1, 2, 1024, 1024, 80, false, false),
+        (1, 2, 256, 256, 160, false, true),
+        (1, 12, 77, 77, 64, true, false),
+        (1, 12, 77, 77, 64, true, true),
         // The default model's sizes: CFG batch 2, heads of 16, 32 and 48.
-        (2, 4, 256, 256, 16, false),
-        (2, 4, 64, 77, 32, false),
-        (2, 4, 16, 16, 48, false),
-        (2, 4, 77, 77, 32, true),
+        (2, 4, 256, 256, 16, false, false),
+        (2, 4, 256, 256, 16, false, true),
+        (2, 4, 64, 77, 32, false, true),
+        (2, 4, 16, 16, 48, false, true),
+        (2, 4, 77, 77, 32, true, false),
+        (2, 4, 77, 77, 32, true, true),
     ] {
-        // Laid out as the models make them: [B, L, H, d] split into heads by a transpose.
         let mut t = |l: usize| {
-            Tensor::<4>::from_data(
-                TensorData::new(rng.normals(b * h * l * dh), [b, l, h, dh]),
-                &device,
-            )
+            let values = rng.normals(b * h * l * dh);
+            if quantized {
+                // `[d_out, rows]` = `[H, d, B, L]` row-major, transposed to `[B, L, H, d]`.
+                Tensor::<4>::from_data(TensorData::new(values, [h, dh, b, l]), &device)
+                    .permute([2, 3, 0, 1])
+            } else {
+                Tensor::<4>::from_data(TensorData::new(values, [b, l, h, dh]), &device)
+            }
             .swap_dims(1, 2)
         };
         let (q, k, v) = (t(lq), t(lk), t(lk));
@@ -130,11 +140,9 @@ fn fused_attention_matches_sliced_at_sd15_lengths() {
         ));
         let got = values(sdpa(q, k, v, scale, causal, AttentionKernel::fused()));
         let (d, m) = max_abs_diff(&got, &want);
-        println!("{b}x{h}x{lq}x{lk}x{dh} causal={causal}: max abs diff {d:.2e} (max {m:.2})");
-        assert!(
-            d <= TOL * m,
-            "{b}x{h}x{lq}x{lk}x{dh}: max abs diff {d} (max {m})"
-        );
+        let shape = format!("{b}x{h}x{lq}x{lk}x{dh} causal={causal} quantized={quantized}");
+        println!("{shape}: max abs diff {d:.2e} (max {m:.2})");
+        assert!(d <= TOL * m, "{shape}: max abs diff {d} (max {m})");
     }
 }
 
