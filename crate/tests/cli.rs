@@ -296,6 +296,17 @@ fn generate_bad_input_exits_with_code_2() {
                 cat,
                 "--subject",
                 "PHOTOS/chelsea.png",
+                "--attention",
+                "paged",
+            ],
+            "unknown attention kernel `paged`",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
                 "--steps",
                 "0",
             ],

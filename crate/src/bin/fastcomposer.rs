@@ -42,11 +42,11 @@ struct Cli {
     command: Command,
 }
 
-/// How attention is computed (`forward`, `bench-unet`, `bench-ops`; `generate` keeps the sliced
-/// kernel, see its `--attention-mib`).
+/// How attention is computed (`generate`, `forward`, `bench-unet`, `bench-ops`).
 #[derive(clap::Args)]
 struct AttentionArgs {
-    /// Largest attention-scores buffer in MiB (attention is sliced to fit).
+    /// Largest attention-scores buffer in MiB (attention is sliced to fit); also the row-band
+    /// budget of the VAE decoder.
     #[arg(long, default_value_t = 128)]
     attention_mib: usize,
     /// Attention kernel: sliced (scores in slices within --attention-mib) or fused (burn's fused
@@ -137,10 +137,8 @@ enum Command {
         /// 512 MiB. Diffusers-layout directories are always resident.
         #[arg(long, default_value = "auto")]
         memory: String,
-        /// Largest attention-scores buffer in MiB (attention is sliced to fit); also the row-band
-        /// budget of the VAE decoder.
-        #[arg(long, default_value_t = 128)]
-        attention_mib: usize,
+        #[command(flatten)]
+        attention: AttentionArgs,
         /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
         /// (text_encoder/, image_encoder/, fuser/, unet/, vae/, scheduler/). Default: the
         /// built-in model.
@@ -344,7 +342,7 @@ fn run(cli: Cli) -> Result<()> {
             latents_out,
             memory_report,
             memory,
-            attention_mib,
+            attention,
         } => {
             let precision: Precision = precision.parse()?;
             if out.is_none() && latents_out.is_none() {
@@ -359,7 +357,9 @@ fn run(cli: Cli) -> Result<()> {
                     subjects.len()
                 )));
             }
-            Residency::parse(&memory, 0)?; // a bad mode fails before any work
+            // A bad mode or kernel name fails before any work.
+            Residency::parse(&memory, 0)?;
+            let kernel = attention.kernel()?;
             let opts = GenerateOptions {
                 prompt,
                 negative_prompt: negative,
@@ -398,12 +398,6 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("precision: {}", device::precision_name(&device));
             let monitor = memory_monitor(memory_report, choice)?;
             let report = |stage: &str| report_memory(&monitor, stage);
-            // Whole generations keep the sliced kernel: with the fused one the default model's
-            // latents came out ~1 % off after one step on lavapipe (BENCHMARKS.md), which the
-            // per-component checks do not show.
-            let kernel = AttentionKernel::Sliced {
-                max_bytes: attention_mib.max(1) << 20,
-            };
             let t0 = std::time::Instant::now();
             let model = match &model {
                 Some(path) if path.is_dir() => {
