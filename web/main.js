@@ -31,6 +31,7 @@ async function loadModel() {
       model: url,
       device: $('device').value,
       precision: $('precision').value,
+      attention: $('attention').value,
       onProgress: (p) => {
         if (p.status === 'download') {
           $('load-progress').max = p.total || 1;
@@ -44,7 +45,8 @@ async function loadModel() {
       },
     });
     const cpuThreads = state.gen.device === 'cpu' ? `, ${state.gen.threads} thread${state.gen.threads > 1 ? 's' : ''}` : '';
-    $('load-status').textContent = `Ready on ${state.gen.device}${cpuThreads}, ${state.gen.precision} (${state.gen.imageSize}×${state.gen.imageSize} px)`;
+    const flash = state.gen.attention === 'fused' ? ', flash attention' : '';
+    $('load-status').textContent = `Ready on ${state.gen.device}${cpuThreads}, ${state.gen.precision}${flash} (${state.gen.imageSize}×${state.gen.imageSize} px)`;
     const m = state.gen.model;
     $('model-card').textContent = `Model: ${m.name} (${m.quantization}); licence: ${m.license.split('\n')[0]}`;
     $('generate').disabled = false;

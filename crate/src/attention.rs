@@ -6,8 +6,6 @@
 //! latent would need 2·8·4096·4096·4 B = 1 GiB of scores at once; at the default budget
 //! (128 MiB) it runs in slices that fit WebGPU's default storage-binding limit.
 
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Tensor, TensorData, activation::softmax};
 
 use crate::cpu_ops::exp_nonpositive_one;
@@ -26,9 +24,10 @@ pub const FUSED_MAX_HEAD_DIM: usize = 160;
 pub enum AttentionKernel {
     /// `softmax(q kᵀ · scale) v`, sliced so one scores buffer stays within `max_bytes`.
     Sliced { max_bytes: usize },
-    /// burn's fused attention operation where it runs CubeCL's flash kernels (natively on
-    /// wgpu, see [`crate::device::flash_attention_runs`]): no scores buffer at all. Elsewhere,
-    /// and for heads wider than [`FUSED_MAX_HEAD_DIM`], the sliced kernel within `max_bytes`.
+    /// CubeCL's flash kernels on wgpu where the adapter has subgroups (natively burn's fused
+    /// attention operation, autotuned; in the browser the unit kernel, `flash.rs`; see
+    /// [`crate::device::flash_attention_runs`]): no scores buffer at all. Elsewhere, and for
+    /// heads wider than [`FUSED_MAX_HEAD_DIM`], the sliced kernel within `max_bytes`.
     /// (On the CPU device in f32 both kernels are the host kernel, see
     /// `host_attention_applies`.)
     Fused { max_bytes: usize },
@@ -104,18 +103,7 @@ pub fn sdpa(
         {
             sliced(q, k, v, scale, causal, max_bytes)
         }
-        AttentionKernel::Fused { .. } => attention(
-            row_major(rescale_for_default(q, scale)),
-            row_major(k),
-            row_major(v),
-            None,
-            None,
-            AttentionModuleOptions {
-                scale: None,
-                softcap: None,
-                is_causal: causal,
-            },
-        ),
+        AttentionKernel::Fused { .. } => flash(rescale_for_default(q, scale), k, v, causal),
         AttentionKernel::Sliced { max_bytes } => sliced(q, k, v, scale, causal, max_bytes),
     }
 }
@@ -128,9 +116,42 @@ pub fn sdpa(
 /// default model's CFG batch wrong text embeddings and UNet outputs (up to 6.0 of 3.3).
 /// Reshaping to rank 2 copies a tensor that is not contiguous (burn cannot express that
 /// reshape as a view) and is free for one that is.
-fn row_major(t: Tensor<4>) -> Tensor<4> {
+#[cfg(any(not(target_arch = "wasm32"), feature = "webgpu"))]
+pub(crate) fn row_major(t: Tensor<4>) -> Tensor<4> {
     let [b, h, l, d] = t.dims();
     t.reshape([b * h * l, d]).reshape([b, h, l, d])
+}
+
+/// Attention with burn's default scale by a flash kernel: natively burn's fused operation (its
+/// autotuner picks among CubeCL's flash kernels), in the browser CubeCL's unit kernel by name.
+#[cfg(not(target_arch = "wasm32"))]
+fn flash(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    use burn::tensor::{module::attention, ops::AttentionModuleOptions};
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: causal,
+    };
+    attention(
+        row_major(q),
+        row_major(k),
+        row_major(v),
+        None,
+        None,
+        options,
+    )
+}
+
+#[cfg(all(target_arch = "wasm32", feature = "webgpu"))]
+fn flash(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    crate::flash::flash_attention_unit(q, k, v, causal)
+}
+
+/// Not reached: the threaded CPU build has no device that runs flash kernels.
+#[cfg(all(target_arch = "wasm32", not(feature = "webgpu")))]
+fn flash(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let scale = (q.dims()[3] as f64).powf(-0.5);
+    sliced(q, k, v, scale, causal, DEFAULT_MAX_SCORES_BYTES)
 }
 
 /// burn's CubeCL backends run their flash kernels only with the default scale (1/√head size;

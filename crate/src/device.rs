@@ -159,12 +159,12 @@ fn wgpu_init() -> &'static WgpuInit {
 
 /// Whether `device` is the default wgpu device this crate creates. Only its CubeCL client may be
 /// asked for: asking for another device's would initialise a second runtime.
-#[cfg(not(target_arch = "wasm32"))]
-fn is_default_wgpu(device: &Device) -> bool {
-    Device::from(burn::cubecl::wgpu::WgpuDevice::default()) == *device
+#[cfg(any(not(target_arch = "wasm32"), feature = "webgpu"))]
+fn is_default_wgpu(device: &burn::tensor::Device) -> bool {
+    burn::tensor::Device::from(burn::cubecl::wgpu::WgpuDevice::default()) == *device
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(any(not(target_arch = "wasm32"), feature = "webgpu"))]
 fn default_wgpu_cubecl() -> burn::cubecl::Device {
     burn::cubecl::Device::Wgpu(burn::cubecl::wgpu::WgpuDevice::default())
 }
@@ -178,14 +178,14 @@ fn wgpu_compiler(device: &Device) -> Option<&'static str> {
     is_default_wgpu(device).then(|| default_wgpu_cubecl().client().name())
 }
 
-/// Whether burn's fused attention operation runs a flash kernel on `device` (no scores matrix)
-/// rather than its fallback, which materialises every head's whole scores matrix at once (1 GiB
-/// for SD1.5's self-attention at 512×512). The flash kernels need kernel autotuning (native
-/// builds only: burn's default strategy without it is the fallback) and plane (subgroup)
-/// operations, which CubeCL's unit flash kernel refuses below a plane size of 2. Asked on every
-/// fused attention call, so the adapter's plane size is read once.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn flash_attention_runs(device: &Device) -> bool {
+/// Whether a flash kernel computes fused attention on `device` (no scores matrix) rather than
+/// burn's fallback, which materialises every head's whole scores matrix at once (1 GiB for
+/// SD1.5's self-attention at 512×512). Natively burn's operation autotunes among CubeCL's flash
+/// kernels; in the browser, which has no autotuning, `flash.rs` calls the unit kernel by name.
+/// Both need plane (subgroup) operations: CubeCL's unit flash kernel refuses a plane size below
+/// 2. Asked on every fused attention call, so the adapter's plane size is read once.
+#[cfg(any(not(target_arch = "wasm32"), feature = "webgpu"))]
+pub fn flash_attention_runs(device: &burn::tensor::Device) -> bool {
     static PLANE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     is_default_wgpu(device)
         && *PLANE.get_or_init(|| {
@@ -197,9 +197,8 @@ pub fn flash_attention_runs(device: &Device) -> bool {
         }) >= 2
 }
 
-/// In the browser burn does not autotune, and its fused attention is the fallback (see the
-/// native function).
-#[cfg(target_arch = "wasm32")]
+/// The threaded CPU wasm build has no wgpu device.
+#[cfg(all(target_arch = "wasm32", not(feature = "webgpu")))]
 pub fn flash_attention_runs(_device: &burn::tensor::Device) -> bool {
     false
 }

@@ -23,6 +23,8 @@ pub mod cpu_ops;
 pub mod default_model;
 pub mod device;
 pub mod error;
+#[cfg(feature = "webgpu")]
+pub mod flash;
 pub mod forward;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod model_dir;

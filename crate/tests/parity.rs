@@ -138,9 +138,26 @@ fn fused_attention_matches_sliced_at_sd15_lengths() {
             causal,
             sliced(),
         ));
+        let shape = format!("{b}x{h}x{lq}x{lk}x{dh} causal={causal} quantized={quantized}");
+        if flash {
+            // The unit flash kernel by name, as the browser runs it (natively burn's autotuner
+            // picks among the flash kernels).
+            let q = q.clone() * (scale * (dh as f64).sqrt());
+            let got = values(fastcomposer::flash::flash_attention_unit(
+                q,
+                k.clone(),
+                v.clone(),
+                causal,
+            ));
+            let (d, m) = max_abs_diff(&got, &want);
+            println!("{shape}, unit kernel: max abs diff {d:.2e} (max {m:.2})");
+            assert!(
+                d <= TOL * m,
+                "{shape}, unit kernel: max abs diff {d} (max {m})"
+            );
+        }
         let got = values(sdpa(q, k, v, scale, causal, AttentionKernel::fused()));
         let (d, m) = max_abs_diff(&got, &want);
-        let shape = format!("{b}x{h}x{lq}x{lk}x{dh} causal={causal} quantized={quantized}");
         println!("{shape}: max abs diff {d:.2e} (max {m:.2})");
         assert!(d <= TOL * m, "{shape}: max abs diff {d} (max {m})");
     }

@@ -230,6 +230,53 @@ test('WebGPU device loss: the interrupted call is a DeviceError and the next cal
   }
 });
 
+test('attention: fused runs the flash kernel on WebGPU and gives the sliced kernel\'s image; the CPU keeps sliced; a bad name is a typed error', async () => {
+  const { page, problems } = await apiPage();
+  const r = await page.evaluate(async (steps) => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const photo = await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob();
+    const out = {};
+    for (const attention of ['sliced', 'fused']) {
+      const gen = await createGenerator({ model: 'models/default.gguf', device: 'webgpu', attention });
+      const s = await gen.encodeSubject(photo);
+      const t0 = performance.now();
+      const { image } = await gen.generate({ prompt: 'a cat <|image|> on the beach', subjects: [s], steps, seed: 5 });
+      out[attention] = { kernel: gen.attention, ms: performance.now() - t0, pixels: image.data };
+      await gen.dispose();
+    }
+    let max = 0;
+    let total = 0;
+    const [p, q] = [out.sliced.pixels, out.fused.pixels];
+    for (let i = 0; i < p.length; i++) {
+      const d = Math.abs(p[i] - q[i]);
+      max = Math.max(max, d);
+      total += d;
+    }
+    out.diff = { max, mean: total / p.length };
+    delete out.sliced.pixels;
+    delete out.fused.pixels;
+    const cpu = await createGenerator({ model: 'models/default.gguf', device: 'cpu', attention: 'fused' });
+    out.cpu = cpu.attention;
+    await cpu.dispose();
+    try {
+      await createGenerator({ model: 'models/default.gguf', device: 'cpu', attention: 'paged' });
+      out.bad = 'no error';
+    } catch (e) {
+      out.bad = `${e.name}: ${e.message}`;
+    }
+    return out;
+  }, GPU_STEPS);
+  console.log(`fused vs sliced on WebGPU: max |diff| ${r.diff.max}, mean ${r.diff.mean.toFixed(4)} (8-bit levels); ` +
+    `generate ${r.sliced.ms.toFixed(0)} ms sliced, ${r.fused.ms.toFixed(0)} ms fused`);
+  assert.equal(r.sliced.kernel, 'sliced');
+  assert.equal(r.fused.kernel, 'fused', 'the flash kernel does not run on this adapter');
+  assert.ok(r.diff.max <= 2, `the fused kernel changed the image: ${JSON.stringify(r.diff)}`);
+  assert.equal(r.cpu, 'sliced');
+  assert.match(r.bad, /^InvalidInput: unknown attention kernel "paged"/);
+  assertClean(problems);
+  await page.close();
+});
+
 test('example subjects add a photo and a marker after the noun', async () => {
   const { page, problems } = await openPage(browser, server.url);
   await page.getByRole('button', { name: 'green robot' }).click();

@@ -37,6 +37,13 @@ export interface CreateGeneratorOptions {
    */
   precision?: 'auto' | 'f32' | 'f16';
   /**
+   * How attention is computed. 'sliced' (default): scores in slices of at most 128 MiB.
+   * 'fused': on WebGPU with subgroups, CubeCL's flash-attention kernel (no scores buffer);
+   * elsewhere, and for heads wider than 160, the sliced kernel stands in. The two agree to
+   * float rounding.
+   */
+  attention?: 'sliced' | 'fused';
+  /**
    * CPU threads for the CPU device: 'auto' (default: the number of cores, at most 8) or 1–64.
    * More than one needs a cross-origin isolated page (COOP/COEP headers) and runs the package's
    * threaded module (CPU only); otherwise, or with 1, the single-threaded module runs.
@@ -121,6 +128,8 @@ export interface Generator {
   readonly device: 'webgpu' | 'cpu';
   /** The float type in use (see CreateGeneratorOptions.precision). */
   readonly precision: 'f32' | 'f16';
+  /** The attention kernel that runs: 'fused' only where the flash kernel does (see options). */
+  readonly attention: 'sliced' | 'fused';
   /** How the components are kept (see CreateGeneratorOptions.memory). */
   readonly memory: 'resident' | 'sequential';
   /** CPU threads the module runs on (1: the single-threaded module). */

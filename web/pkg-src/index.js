@@ -148,13 +148,14 @@ class Generator {
   }
 
   async _start() {
-    const { model, device, memory, precision, onProgress, wasmUrl, threads } = this._opts;
+    const { model, device, memory, precision, attention, onProgress, wasmUrl, threads } = this._opts;
     this._client = new WorkerClient();
     const started = await this._client.call('init', { wasmUrl: wasmUrl ? String(wasmUrl) : null, threads, device });
     this.threads = started.threads;
-    const info = await this._client.call('load', { model, device, memory, precision }, onProgress);
+    const info = await this._client.call('load', { model, device, memory, precision, attention }, onProgress);
     this.device = info.device;
     this.precision = info.precision;
+    this.attention = info.attention;
     this.memory = info.memory;
     this.imageSize = info.imageSize;
     this.marker = info.marker;
@@ -248,13 +249,16 @@ class Generator {
  * models larger than the device's memory; auto picks it for bundles over 512 MiB).
  * `precision`: 'auto' (default: f16 where the WebGPU adapter has `shader-f16`, else f32), 'f32'
  * or 'f16' (WebGPU with `shader-f16` only; `generator.precision` says which is in use).
+ * `attention`: 'sliced' (default: scores in slices of at most 128 MiB) or 'fused' (on WebGPU with
+ * subgroups, CubeCL's flash-attention kernel: no scores buffer; elsewhere the sliced kernel
+ * stands in; `generator.attention` says which runs).
  * `threads`: 'auto' (default: up to 8, the number of cores) or a number — CPU threads for the
  * CPU device; more than one needs a cross-origin isolated page (COOP/COEP headers) and uses the
  * package's threaded module, one runs the single-threaded module (`generator.threads` says which).
  * `onProgress` receives `{status:'download', file, loaded, total}`, `{status:'loading', device}`,
  * `{status:'ready', device}`.
  */
-export async function createGenerator({ model, device = 'auto', memory = 'auto', precision = 'auto', threads = 'auto', onProgress, wasmUrl } = {}) {
+export async function createGenerator({ model, device = 'auto', memory = 'auto', precision = 'auto', attention = 'sliced', threads = 'auto', onProgress, wasmUrl } = {}) {
   if (!model) throw makeError({ name: 'InvalidInput', message: 'createGenerator needs a model (URL or ArrayBuffer)' });
   if (threads !== 'auto' && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
     throw makeError({ name: 'InvalidInput', message: `threads must be 'auto' or an integer from 1 to 64 (got ${String(threads)})` });
@@ -265,9 +269,12 @@ export async function createGenerator({ model, device = 'auto', memory = 'auto',
   if (!['auto', 'f32', 'f16'].includes(precision)) {
     throw makeError({ name: 'InvalidInput', message: `unknown precision "${precision}" (expected auto, f32 or f16)` });
   }
+  if (!['sliced', 'fused'].includes(attention)) {
+    throw makeError({ name: 'InvalidInput', message: `unknown attention kernel "${attention}" (expected sliced or fused)` });
+  }
   // A relative URL means relative to the page, not to the worker.
   if (typeof model === 'string' || model instanceof URL) model = new URL(String(model), globalThis.location && globalThis.location.href).href;
-  const g = new Generator({ model, device, memory, precision, threads, onProgress, wasmUrl });
+  const g = new Generator({ model, device, memory, precision, attention, threads, onProgress, wasmUrl });
   await g._start();
   return g;
 }

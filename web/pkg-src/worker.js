@@ -264,7 +264,7 @@ const ops = {
     return { version: version(), threads: threadCount };
   },
 
-  async load({ model, device, memory, precision }, report) {
+  async load({ model, device, memory, precision, attention }, report) {
     await ready;
     if (generator) { generator.free(); generator = null; }
     let dev = device || 'auto';
@@ -278,9 +278,9 @@ const ops = {
     const about = { name: h.name, license: h.license, description: h.description, quantization: h.quantization };
     report({ status: 'loading', device: dev });
     // The wasm side copies the bytes in; drop our copy right after.
-    generator = await Generator.load(bytes, dev, memory || 'auto', precision || 'auto');
+    generator = await Generator.load(bytes, dev, memory || 'auto', precision || 'auto', attention || 'sliced');
     report({ status: 'ready', device: dev });
-    return { device: dev, precision: generator.precision, memory: generator.memory, imageSize: generator.imageSize, marker: generator.marker, source, model: about };
+    return { device: dev, precision: generator.precision, attention: generator.attention, memory: generator.memory, imageSize: generator.imageSize, marker: generator.marker, source, model: about };
   },
 
   async encodeSubject({ rgba, width, height, mask }) {

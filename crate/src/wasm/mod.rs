@@ -145,6 +145,7 @@ fn image_object(img: &RgbImage) -> JsResult<JsValue> {
 pub struct Generator {
     model: FastComposer,
     device_name: String,
+    kernel: AttentionKernel,
 }
 
 #[wasm_bindgen]
@@ -156,12 +157,14 @@ impl Generator {
     /// VAE); auto is sequential for bundles over 512 MiB. `precision`: `"auto"` (default: f16
     /// when the WebGPU adapter has `shader-f16`, f32 otherwise), `"f32"` or `"f16"` (WebGPU
     /// with `shader-f16` only). A WebGPU device keeps the precision of the first model loaded
-    /// on it.
+    /// on it. `attention`: `"sliced"` (default) or `"fused"` (a flash kernel where the WebGPU
+    /// adapter has subgroups, the sliced kernel elsewhere; see the `attention` getter).
     pub async fn load(
         bundle: Vec<u8>,
         device: String,
         memory: Option<String>,
         precision: Option<String>,
+        attention: Option<String>,
     ) -> JsResult<Generator> {
         let residency = Residency::parse(memory.as_deref().unwrap_or("auto"), bundle.len() as u64)
             .map_err(js_error)?;
@@ -170,6 +173,11 @@ impl Generator {
             .unwrap_or("auto")
             .parse()
             .map_err(js_error)?;
+        let kernel = AttentionKernel::from_name(
+            attention.as_deref().unwrap_or("sliced"),
+            crate::attention::DEFAULT_MAX_SCORES_BYTES,
+        )
+        .map_err(js_error)?;
         let mut dev = match device.as_str() {
             "cpu" => Device::flex(),
             #[cfg(feature = "webgpu")]
@@ -193,16 +201,13 @@ impl Generator {
         };
         crate::device::set_precision(&mut dev, precision).map_err(js_error)?;
         let bundle = Bundle::from_bytes(bundle).map_err(js_error)?;
-        let model = FastComposer::load_bundle_with(
-            std::sync::Arc::new(bundle),
-            &dev,
-            AttentionKernel::default(),
-            residency,
-        )
-        .map_err(js_error)?;
+        let model =
+            FastComposer::load_bundle_with(std::sync::Arc::new(bundle), &dev, kernel, residency)
+                .map_err(js_error)?;
         Ok(Generator {
             model,
             device_name: device,
+            kernel,
         })
     }
 
@@ -216,6 +221,15 @@ impl Generator {
     #[wasm_bindgen(getter)]
     pub fn precision(&self) -> String {
         crate::device::precision_name(self.model.device()).to_string()
+    }
+
+    /// The attention kernel that runs: `"fused"` where it was asked for and a flash kernel runs
+    /// on this device, `"sliced"` otherwise (see `load`).
+    #[wasm_bindgen(getter)]
+    pub fn attention(&self) -> String {
+        let fused = matches!(self.kernel, AttentionKernel::Fused { .. })
+            && crate::device::flash_attention_runs(self.model.device());
+        if fused { "fused" } else { "sliced" }.to_string()
     }
 
     /// `"resident"` or `"sequential"` (see `load`).
