@@ -7,6 +7,9 @@
 // does for bundles this size (sequential: each stage's weights are loaded when the stage
 // starts), so the first step includes loading the UNet; the second step is the UNet alone.
 //   node tools/bench/sd15_browser.mjs [int4|int8 ...] [--devices cpu,cpu-threads,webgpu] [--steps 2]
+//     [--attention sliced|fused]
+// (--attention: the page's attention kernel, the JS API option; fused runs the flash kernel on
+// WebGPU. The native CLI runs on the CPU device either way.)
 // (cpu: the single-threaded module, `threads: 1`; cpu-threads: the threaded module, `threads:
 // 'auto'`, one thread per core — the page is cross-origin isolated by serve.mjs.)
 // Needs pkg/ (pkg-scripts/build-wasm.sh), target/release/fastcomposer and the bundles from
@@ -25,6 +28,8 @@ const devIdx = args.indexOf('--devices');
 const devices = devIdx >= 0 ? args.splice(devIdx, 2)[1].split(',') : ['cpu', 'cpu-threads', 'webgpu'];
 const stepsIdx = args.indexOf('--steps');
 const STEPS = stepsIdx >= 0 ? Number(args.splice(stepsIdx, 2)[1]) : 2;
+const attIdx = args.indexOf('--attention');
+const ATTENTION = attIdx >= 0 ? args.splice(attIdx, 2)[1] : 'sliced';
 const quants = args.length ? args : ['int4'];
 const PHOTO = path.join(ROOT, 'crate/tests/fixtures/pipeline/photos/chelsea.png');
 const OPTS = { prompt: 'a cat <|image|> on the beach', steps: STEPS, alpha: 1, seed: 0, width: 256, height: 256 };
@@ -93,7 +98,7 @@ async function browser(q, device) {
   });
   try {
     await page.goto(`${url}sw.js`); // a same-origin page without the demo's own model load
-    const r = await page.evaluate(async ({ q, device, opts }) => {
+    const r = await page.evaluate(async ({ q, device, opts, attention }) => {
       const { createGenerator } = await import('/pkg/index.js');
       let adapter = null;
       if (device === 'webgpu') {
@@ -103,7 +108,7 @@ async function browser(q, device) {
       }
       const t0 = performance.now();
       const threads = device === 'cpu-threads' ? 'auto' : 1;
-      const gen = await createGenerator({ model: `/data/sd15_${q}.gguf`, device: device === 'webgpu' ? 'webgpu' : 'cpu', threads });
+      const gen = await createGenerator({ model: `/data/sd15_${q}.gguf`, device: device === 'webgpu' ? 'webgpu' : 'cpu', threads, attention });
       const t1 = performance.now();
       console.log('sd15-bench: loaded');
       const subject = await gen.encodeSubject(await (await fetch('/fixtures/pipeline/photos/chelsea.png')).blob());
@@ -123,10 +128,10 @@ async function browser(q, device) {
       await session.end();
       await gen.dispose();
       return {
-        adapter, memory: gen.memory, threads: gen.threads, loadMs: t1 - t0, subjectMs: t2 - t1, promptMs: t3 - t2, stepMs,
+        adapter, memory: gen.memory, threads: gen.threads, attention: gen.attention, loadMs: t1 - t0, subjectMs: t2 - t1, promptMs: t3 - t2, stepMs,
         subject: Array.from(subject.values), latents: Array.from(latents),
       };
-    }, { q, device, opts: OPTS });
+    }, { q, device, opts: OPTS, attention: ATTENTION });
     return { ...r, errors };
   } catch (e) {
     return { failed: String(e.message || e).split('\n')[0], errors };
@@ -155,7 +160,7 @@ for (const q of quants) {
       const pass = s.rel <= TOL[device] && l.rel <= TOL[device] && r.errors.length === 0;
       ok = ok && pass;
       Object.assign(line, {
-        adapter: r.adapter, memory: r.memory, threads: r.threads, loadMs: Math.round(r.loadMs), subjectMs: Math.round(r.subjectMs), promptMs: Math.round(r.promptMs), stepMs: r.stepMs.map(Math.round),
+        adapter: r.adapter, memory: r.memory, threads: r.threads, attention: r.attention, loadMs: Math.round(r.loadMs), subjectMs: Math.round(r.subjectMs), promptMs: Math.round(r.promptMs), stepMs: r.stepMs.map(Math.round),
         lastStepVsNative: +(last(r.stepMs) / last(nativeStepMs)).toFixed(2), subjectVsNative: s, latentsVsNative: l, tolerance: TOL[device], pass,
       });
     }
