@@ -241,20 +241,9 @@ test('attention: fused runs the flash kernel on WebGPU and gives the sliced kern
       const s = await gen.encodeSubject(photo);
       const t0 = performance.now();
       const { image } = await gen.generate({ prompt: 'a cat <|image|> on the beach', subjects: [s], steps, seed: 5 });
-      out[attention] = { kernel: gen.attention, ms: performance.now() - t0, pixels: image.data };
+      out[attention] = { kernel: gen.attention, ms: performance.now() - t0, pixels: Array.from(image.data) };
       await gen.dispose();
     }
-    let max = 0;
-    let total = 0;
-    const [p, q] = [out.sliced.pixels, out.fused.pixels];
-    for (let i = 0; i < p.length; i++) {
-      const d = Math.abs(p[i] - q[i]);
-      max = Math.max(max, d);
-      total += d;
-    }
-    out.diff = { max, mean: total / p.length };
-    delete out.sliced.pixels;
-    delete out.fused.pixels;
     const cpu = await createGenerator({ model: 'models/default.gguf', device: 'cpu', attention: 'fused' });
     out.cpu = cpu.attention;
     await cpu.dispose();
@@ -266,11 +255,12 @@ test('attention: fused runs the flash kernel on WebGPU and gives the sliced kern
     }
     return out;
   }, GPU_STEPS);
-  console.log(`fused vs sliced on WebGPU: max |diff| ${r.diff.max}, mean ${r.diff.mean.toFixed(4)} (8-bit levels); ` +
+  const d = diffStats(r.fused.pixels, r.sliced.pixels);
+  console.log(`fused vs sliced on WebGPU: max |diff| ${d.max}, mean ${d.mean.toFixed(4)} (8-bit levels); ` +
     `generate ${r.sliced.ms.toFixed(0)} ms sliced, ${r.fused.ms.toFixed(0)} ms fused`);
   assert.equal(r.sliced.kernel, 'sliced');
   assert.equal(r.fused.kernel, 'fused', 'the flash kernel does not run on this adapter');
-  assert.ok(r.diff.max <= 2, `the fused kernel changed the image: ${JSON.stringify(r.diff)}`);
+  assert.ok(d.max <= 2, `the fused kernel changed the image: ${JSON.stringify(d)}`);
   assert.equal(r.cpu, 'sliced');
   assert.match(r.bad, /^InvalidInput: unknown attention kernel "paged"/);
   assertClean(problems);
@@ -359,21 +349,9 @@ test('memory modes: sequential loading gives the resident model\'s image; a bad 
       // Twice: the sequential model loads its stages again for the second image.
       const a = await gen.generate(opts);
       const b = await gen.generate(opts);
-      out[memory] = { mode: gen.memory, first: sum(a.image), second: sum(b.image), pixels: a.image.data };
+      out[memory] = { mode: gen.memory, first: sum(a.image), second: sum(b.image), pixels: Array.from(a.image.data) };
       await gen.dispose();
     }
-    // Same weights, same kernels: the same image.
-    let max = 0;
-    let total = 0;
-    const [p, q] = [out.resident.pixels, out.sequential.pixels];
-    for (let i = 0; i < p.length; i++) {
-      const d = Math.abs(p[i] - q[i]);
-      max = Math.max(max, d);
-      total += d;
-    }
-    out.diff = { max, mean: total / p.length };
-    delete out.resident.pixels;
-    delete out.sequential.pixels;
     const auto = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
     out.auto = auto.memory; // 19 MB: below the 512 MiB threshold
     await auto.dispose();
@@ -388,8 +366,10 @@ test('memory modes: sequential loading gives the resident model\'s image; a bad 
   assert.equal(r.resident.mode, 'resident');
   assert.equal(r.sequential.mode, 'sequential');
   assert.equal(r.auto, 'resident');
-  console.log(`sequential vs resident: max |diff| ${r.diff.max}, mean ${r.diff.mean.toFixed(4)} (8-bit levels)`);
-  assert.equal(r.diff.max, 0, `sequential loading changed the image: ${JSON.stringify(r.diff)}`);
+  // Same weights, same kernels: the same image.
+  const d = diffStats(r.sequential.pixels, r.resident.pixels);
+  console.log(`sequential vs resident: max |diff| ${d.max}, mean ${d.mean.toFixed(4)} (8-bit levels)`);
+  assert.equal(d.max, 0, `sequential loading changed the image: ${JSON.stringify(d)}`);
   assert.equal(r.sequential.second, r.sequential.first, 'the second sequential generation differs');
   assert.match(r.bad, /^InvalidInput: unknown memory mode "low"/);
   assertClean(problems);
