@@ -22,13 +22,15 @@ detect().then((c) => {
 async function loadModel() {
   clearError();
   $('load').disabled = true;
+  $('model-file').disabled = true; // one load at a time
   $('generate').disabled = true;
   state.subjects.clear();
   try {
     if (state.gen) { await state.gen.dispose(); state.gen = null; }
-    const url = $('model-url').value.trim();
+    // A picked file wins over the URL (editing the URL clears the pick).
+    const file = $('model-file').files[0];
     state.gen = await createGenerator({
-      model: url,
+      model: file || $('model-url').value.trim(),
       device: $('device').value,
       precision: $('precision').value,
       attention: $('attention').value,
@@ -37,6 +39,10 @@ async function loadModel() {
           $('load-progress').max = p.total || 1;
           $('load-progress').value = p.loaded;
           $('load-status').textContent = p.cached ? 'From cache' : `Downloading ${(p.loaded / 1e6).toFixed(1)} / ${(p.total / 1e6).toFixed(1)} MB`;
+        } else if (p.status === 'read') {
+          $('load-progress').max = p.total || 1;
+          $('load-progress').value = p.loaded;
+          $('load-status').textContent = `Reading ${p.file}: ${(p.loaded / 1e6).toFixed(1)} / ${(p.total / 1e6).toFixed(1)} MB`;
         } else if (p.status === 'cache-invalid') {
           $('load-status').textContent = 'Cached copy was damaged; downloading again';
         } else if (p.status === 'loading') {
@@ -52,12 +58,17 @@ async function loadModel() {
     $('generate').disabled = false;
   } catch (e) {
     $('load-status').textContent = 'Not loaded';
+    // A file that failed is unpicked, so that "Load model" goes back to the URL.
+    $('model-file').value = '';
     showError(e);
   } finally {
     $('load').disabled = false;
+    $('model-file').disabled = false;
   }
 }
 $('load').addEventListener('click', loadModel);
+$('model-file').addEventListener('change', () => { if ($('model-file').files.length) loadModel(); });
+$('model-url').addEventListener('input', () => { $('model-file').value = ''; });
 
 // ------------------------------------------------------------------ subjects
 function insertMarker() {

@@ -445,6 +445,89 @@ test('two generate calls at once are queued, results uncorrupted; bad input is a
   await page.close();
 });
 
+test('a model file from disk: the demo loads it from its file input; through the API it gives the URL\'s image; bad files are typed errors and leave no worker', async () => {
+  // The demo: pick the bundle in the file input (it loads at once), then generate.
+  const { page, problems } = await apiPage();
+  await page.getByLabel('Device').selectOption('cpu');
+  const statuses = [];
+  await page.exposeFunction('__status', (t) => statuses.push(t));
+  await page.evaluate(() => new MutationObserver(() => window.__status(document.getElementById('load-status').textContent))
+    .observe(document.getElementById('load-status'), { childList: true, characterData: true, subtree: true }));
+  await page.getByLabel('or a model file').setInputFiles(MODEL);
+  await page.waitForFunction(() => /Ready on cpu/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  assert.ok(statuses.some((t) => /^Reading default\.gguf: /.test(t)), `no read progress shown: ${statuses.join(' | ')}`);
+  assert.match(await page.locator('#model-card').textContent(), /^Model: /);
+  // A file that is not a bundle: a typed error in the page, the file input cleared.
+  await page.getByLabel('or a model file').setInputFiles(PHOTO);
+  await page.waitForFunction(() => document.querySelector('[role=alert]').textContent.length > 0, null, { timeout: 300_000 });
+  assert.match(await page.getByRole('alert').textContent(), /^WeightsError: /);
+  assert.equal(await page.locator('#model-file').evaluate((el) => el.files.length), 0);
+
+  // The API: a File gives the URL's image; bad models are typed errors.
+  const r = await page.evaluate(async (steps) => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const bytes = new Uint8Array(await (await fetch('models/default.gguf')).arrayBuffer());
+    const photo = await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob();
+    const out = {};
+    for (const [name, model] of [['url', 'models/default.gguf'], ['file', new File([bytes], 'mine.gguf')]]) {
+      const events = [];
+      const gen = await createGenerator({ model, device: 'cpu', threads: 1, onProgress: (p) => events.push(p) });
+      const s = await gen.encodeSubject(photo);
+      const { image } = await gen.generate({ prompt: 'a cat <|image|> on the beach', subjects: [s], steps, seed: 8 });
+      const reads = events.filter((e) => e.status === 'read');
+      out[name] = { source: gen.source, pixels: Array.from(image.data), reads: reads.length, last: reads[reads.length - 1] };
+      await gen.dispose();
+    }
+    const corrupted = bytes.slice();
+    corrupted[corrupted.length - 5000] ^= 0xff;
+    out.errors = {};
+    // Count the package's workers through a stand-in for Worker: each failed load must end its own.
+    const Real = window.Worker;
+    const workers = [];
+    window.Worker = class extends Real {
+      constructor(...a) { super(...a); this.ended = false; workers.push(this); }
+      terminate() { this.ended = true; super.terminate(); }
+    };
+    for (const [name, model] of [
+      ['truncated', new File([bytes.slice(0, bytes.length - 100)], 'cut.gguf')],
+      ['corrupted', new File([corrupted], 'bad.gguf')],
+      ['empty', new File([], 'empty.gguf')],
+      ['photo', new File([photo], 'chelsea.png')],
+      ['number', 42],
+      ['none', undefined],
+    ]) {
+      try {
+        const g = await createGenerator({ model, device: 'cpu', threads: 1 });
+        await g.dispose();
+        out.errors[name] = 'no error';
+      } catch (e) {
+        out.errors[name] = `${e.name}: ${e.message}`;
+      }
+    }
+    window.Worker = Real;
+    out.workers = { started: workers.length, left: workers.filter((w) => !w.ended).length };
+    return out;
+  }, STEPS);
+  assert.notEqual(r.url.source, 'file');
+  assert.equal(r.file.source, 'file');
+  assert.equal(r.url.reads, 0);
+  assert.ok(r.file.reads >= 2, `read progress: ${r.file.reads} events`);
+  assert.equal(r.file.last.file, 'mine.gguf');
+  assert.equal(r.file.last.loaded, r.file.last.total);
+  const d = diffStats(r.file.pixels, r.url.pixels);
+  assert.equal(d.max, 0, `the file gave another image than the URL: ${JSON.stringify(d)}`);
+  assert.match(r.errors.truncated, /^WeightsError: .*truncated/);
+  assert.match(r.errors.corrupted, /^WeightsError: .*chunk/);
+  assert.match(r.errors.empty, /^WeightsError: the model file empty\.gguf is empty/);
+  assert.match(r.errors.photo, /^WeightsError: /);
+  assert.match(r.errors.number, /^InvalidInput: createGenerator needs a model/);
+  assert.match(r.errors.none, /^InvalidInput: createGenerator needs a model/);
+  // The four bad files each started a worker (the two bad values none) and each failed load ended it.
+  assert.deepEqual(r.workers, { started: 4, left: 0 }, 'a failed load left its worker running');
+  assertClean(problems);
+  await page.close();
+});
+
 test('a truncated or corrupted cached bundle is detected and fetched again', async () => {
   const { page, problems } = await apiPage();
   const r = await page.evaluate(async () => {

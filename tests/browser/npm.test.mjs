@@ -106,6 +106,10 @@ async function main(photo: Blob): Promise<GenerateResult> {
   console.log(out.image.width, r.timings.perStepMs, gen.model.name, gen.model.license, gen.source);
   await gen.dispose();
   await purgeCache();
+  const mine = await createGenerator({ model: new File([], 'mine.gguf'), onProgress: (p) => {
+    if (p.status === 'read') console.log(p.file, p.loaded / p.total);
+  } });
+  await mine.dispose();
   return r;
 }
 main(new Blob());

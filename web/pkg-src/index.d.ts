@@ -14,13 +14,17 @@ export function purgeCache(): Promise<void>;
 /** Progress while loading a model. */
 export type LoadProgress =
   | { status: 'download'; file: string; loaded: number; total: number; cached?: boolean }
+  | { status: 'read'; file: string; loaded: number; total: number }
   | { status: 'cache-invalid'; file: string; reason: string }
   | { status: 'loading'; device: 'webgpu' | 'cpu' }
   | { status: 'ready'; device: 'webgpu' | 'cpu' };
 
 export interface CreateGeneratorOptions {
-  /** A bundle URL (streamed, verified, cached) or its bytes. */
-  model: string | URL | ArrayBuffer | Uint8Array;
+  /**
+   * A bundle URL (streamed, verified, cached), a File or Blob with the bundle (e.g. one the
+   * user converted and picked from disk: streamed and verified, not cached), or its bytes.
+   */
+  model: string | URL | Blob | ArrayBuffer | Uint8Array;
   /** 'auto' = WebGPU if available, else CPU. */
   device?: 'auto' | 'webgpu' | 'cpu';
   /**
@@ -136,7 +140,7 @@ export interface Generator {
   readonly threads: number;
   readonly imageSize: number;
   readonly marker: string;
-  /** Where the bundle came from: "network", "network+cached", "cache" or "buffer". */
+  /** Where the bundle came from: "network", "network+cached", "cache", "file" (a File or Blob) or "buffer". */
   readonly source: string;
   /** What the bundle says about itself (its header). */
   readonly model: { name: string; license: string; description: string; quantization: string };

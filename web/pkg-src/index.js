@@ -243,7 +243,8 @@ class Generator {
 
 /**
  * Load a model: `model` is a URL (streamed with byte progress, verified chunk by chunk, cached
- * for offline use) or an ArrayBuffer. `device`: 'auto' (WebGPU if available, else CPU),
+ * for offline use), a File or Blob (a bundle on the user's disk, e.g. from a file input: read
+ * as a stream with progress and verified the same way, not cached) or an ArrayBuffer. `device`: 'auto' (WebGPU if available, else CPU),
  * 'webgpu' or 'cpu'. `memory`: 'auto' (default), 'resident' (every component stays loaded) or
  * 'sequential' (each component is loaded when its stage starts and the previous one freed: for
  * models larger than the device's memory; auto picks it for bundles over 512 MiB).
@@ -255,11 +256,17 @@ class Generator {
  * `threads`: 'auto' (default: up to 8, the number of cores) or a number — CPU threads for the
  * CPU device; more than one needs a cross-origin isolated page (COOP/COEP headers) and uses the
  * package's threaded module, one runs the single-threaded module (`generator.threads` says which).
- * `onProgress` receives `{status:'download', file, loaded, total}`, `{status:'loading', device}`,
+ * `onProgress` receives `{status:'download', file, loaded, total}` (a URL) or
+ * `{status:'read', file, loaded, total}` (a File or Blob), `{status:'loading', device}`,
  * `{status:'ready', device}`.
  */
 export async function createGenerator({ model, device = 'auto', memory = 'auto', precision = 'auto', attention = 'sliced', threads = 'auto', onProgress, wasmUrl } = {}) {
-  if (!model) throw makeError({ name: 'InvalidInput', message: 'createGenerator needs a model (URL or ArrayBuffer)' });
+  const isBlob = typeof Blob !== 'undefined' && model instanceof Blob;
+  const isBytes = model instanceof ArrayBuffer || ArrayBuffer.isView(model);
+  if (!(typeof model === 'string' || model instanceof URL || isBlob || isBytes) || model === '') {
+    const got = model === null || model === undefined || model === '' ? 'none' : Object.prototype.toString.call(model);
+    throw makeError({ name: 'InvalidInput', message: `createGenerator needs a model: a URL, a File or Blob, or an ArrayBuffer (got ${got})` });
+  }
   if (threads !== 'auto' && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
     throw makeError({ name: 'InvalidInput', message: `threads must be 'auto' or an integer from 1 to 64 (got ${String(threads)})` });
   }
@@ -275,6 +282,12 @@ export async function createGenerator({ model, device = 'auto', memory = 'auto',
   // A relative URL means relative to the page, not to the worker.
   if (typeof model === 'string' || model instanceof URL) model = new URL(String(model), globalThis.location && globalThis.location.href).href;
   const g = new Generator({ model, device, memory, precision, attention, threads, onProgress, wasmUrl });
-  await g._start();
+  try {
+    await g._start();
+  } catch (e) {
+    // A model that fails to load (a bad file, a lost download) must not leave its worker behind.
+    if (g._client) g._client.terminate();
+    throw e;
+  }
   return g;
 }

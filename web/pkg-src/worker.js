@@ -172,22 +172,14 @@ function verifyAll(bytes) {
   return null;
 }
 
-// Stream the bundle with byte progress; chunks are verified as soon as they are complete.
-async function download(url, report) {
-  let response;
-  try {
-    response = await fetch(url, { cache: 'no-store' });
-  } catch (e) {
-    throw fail('IoError', `cannot download the model from ${url}: ${e.message || e}`);
-  }
-  if (!response.ok) throw fail('IoError', `cannot download the model from ${url}: HTTP ${response.status}`);
-  const total = Number(response.headers.get('content-length')) || 0;
-  const reader = response.body.getReader();
+// Read a bundle from a stream with byte progress (`status`: 'download' or 'read'); chunks are
+// verified as soon as they are complete, so a damaged bundle fails at its first bad chunk.
+async function readBundle(reader, total, file, status, report) {
   let buf = new Uint8Array(total || 1 << 20);
   let loaded = 0;
   let info = null;
   let verified = 0;
-  report({ status: 'download', file: url, loaded: 0, total });
+  report({ status, file, loaded: 0, total });
   for (;;) {
     const { done, value } = await reader.read();
     if (done) break;
@@ -214,7 +206,7 @@ async function download(url, report) {
         verified++;
       }
     }
-    report({ status: 'download', file: url, loaded, total: total || (info ? info.fileBytes : 0) });
+    report({ status, file, loaded, total: total || (info ? info.fileBytes : 0) });
   }
   const bytes = buf.subarray(0, loaded);
   const bad = verifyAll(bytes);
@@ -222,7 +214,41 @@ async function download(url, report) {
   return bytes;
 }
 
+async function download(url, report) {
+  let response;
+  try {
+    response = await fetch(url, { cache: 'no-store' });
+  } catch (e) {
+    throw fail('IoError', `cannot download the model from ${url}: ${e.message || e}`);
+  }
+  if (!response.ok) throw fail('IoError', `cannot download the model from ${url}: HTTP ${response.status}`);
+  const total = Number(response.headers.get('content-length')) || 0;
+  return readBundle(response.body.getReader(), total, url, 'download', report);
+}
+
+// A bundle on the user's disk (a File from a file input or a drop, or any Blob): read from it
+// as a stream, never cached (it is already local).
+async function readFile(blob, report) {
+  const name = typeof blob.name === 'string' && blob.name ? blob.name : 'model file';
+  if (blob.size === 0) throw fail('WeightsError', `the model file ${name} is empty`);
+  // A file that cannot be read (moved, deleted, no permission) fails the read, not the parse.
+  const reader = blob.stream().getReader();
+  const source = {
+    async read() {
+      try {
+        return await reader.read();
+      } catch (e) {
+        throw fail('IoError', `cannot read the model file ${name}: ${e.message || e}`);
+      }
+    },
+  };
+  return readBundle(source, blob.size, name, 'read', report);
+}
+
 async function obtainBundle(model, report) {
+  if (typeof Blob !== 'undefined' && model instanceof Blob) {
+    return { bytes: await readFile(model, report), source: 'file' };
+  }
   if (model instanceof ArrayBuffer || ArrayBuffer.isView(model)) {
     const bytes = model instanceof ArrayBuffer ? new Uint8Array(model) : new Uint8Array(model.buffer, model.byteOffset, model.byteLength);
     const bad = verifyAll(bytes);
