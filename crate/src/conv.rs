@@ -4,7 +4,7 @@
 //! - the CPU device: 3×3 stride-1 convolutions by Winograd's form on the host
 //!   ([`crate::winograd`]), the rest by burn's im2col + gemm;
 //! - GPU devices: 3×3 stride-1 convolutions as matrix products — the input's 9 shifted windows
-//!   stacked into `[c_in·9, rows·w]` columns, times the kernel as a `[c_out, c_in·9]` matrix —
+//!   stacked into `[c_in·9, n·rows·w]` columns, times the kernel as a `[c_out, c_in·9]` matrix —
 //!   in bands of output rows whose columns stay within [`COLUMNS_BYTES`]. burn 0.22's only dense
 //!   3×3 kernel on WGSL devices is a direct convolution (its implicit-GEMM kernels need
 //!   cooperative matrices, which WGSL lacks), and on an H200 it ran at 0.5–1.5 TFLOP/s where
@@ -74,11 +74,14 @@ pub(crate) fn is_3x3_stride_1(weight_dims: [usize; 4], options: &ConvOptions<2>)
         && options.groups == 1
 }
 
-/// A k×k stride-1 convolution as matrix products: per image and band of output rows, the
-/// input's k² shifted windows stacked (`[c_in·k², rows·w_out]`, at most `budget` bytes unless
-/// one row is larger) and multiplied by the kernel as a `[c_out, c_in·k²]` matrix — f32, or
-/// block-quantized as a bundle stores it (burn's quantized matmul then reads the blocks; no f32
-/// copy of the kernel is made). The `(c_in, i, j)` order of both matches PyTorch's weight layout.
+/// A k×k stride-1 convolution as matrix products: per band of output rows, the input's k²
+/// shifted windows for every image stacked (`[c_in·k², n·rows·w_out]`, at most `budget` bytes
+/// unless one row is larger) and multiplied by the kernel as a `[c_out, c_in·k²]` matrix — f32,
+/// or block-quantized as a bundle stores it (burn's quantized matmul then reads the blocks; no
+/// f32 copy of the kernel is made). The `(c_in, i, j)` order of both matches PyTorch's weight
+/// layout. The windows are a strided view of the padded input (`unfold`, no copy) that one
+/// reshape lays out as the columns: a band costs a copy of its input rows (none when one band
+/// covers the output), that reshape and the matrix product, whatever the batch.
 pub fn windows_matmul(
     x: Tensor<4>,
     matrix: Tensor<2>,
@@ -104,29 +107,28 @@ pub fn windows_matmul(
     };
     let xp = x.pad([(pt, pb), (pl, pr)], PadMode::Constant(0.0));
     let elem = xp.dtype().size();
-    let rows = (budget / (k * wo * elem).max(1)).clamp(1, ho);
-    let mut images = Vec::with_capacity(n);
-    for img in 0..n {
-        let mut bands = Vec::with_capacity(ho.div_ceil(rows));
-        for r0 in (0..ho).step_by(rows) {
-            let r = rows.min(ho - r0);
-            let mut windows = Vec::with_capacity(kh * kw);
-            for i in 0..kh {
-                for j in 0..kw {
-                    // [c_in, 1, r, wo]: input rows r0+i.., columns j.. of this image.
-                    let win = xp
-                        .clone()
-                        .slice([img..img + 1, 0..c_in, r0 + i..r0 + i + r, j..j + wo])
-                        .reshape([c_in, 1, r, wo]);
-                    windows.push(win);
-                }
-            }
-            let columns = Tensor::cat(windows, 1).reshape([k, r * wo]);
-            bands.push(matrix.clone().matmul(columns).reshape([1, c_out, r, wo]));
-        }
-        images.push(Tensor::cat(bands, 2));
+    let rows = (budget / (k * n * wo * elem).max(1)).clamp(1, ho);
+    let mut bands = Vec::with_capacity(ho.div_ceil(rows));
+    for r0 in (0..ho).step_by(rows) {
+        let r = rows.min(ho - r0);
+        // The input rows this band's windows read: [n, c_in, r + kh - 1, w_padded].
+        let input = if r == ho {
+            xp.clone()
+        } else {
+            let wp = xp.dims()[3];
+            xp.clone()
+                .slice([0..n, 0..c_in, r0..r0 + r + kh - 1, 0..wp])
+        };
+        // [n, c_in, r, wo, kh, kw] (a view) -> [c_in, kh, kw, n, r, wo] -> [k, n·r·wo] (one copy).
+        let columns = input
+            .unfold::<5, _>(2, kh, 1)
+            .unfold::<6, _>(3, kw, 1)
+            .permute([1, 4, 5, 0, 2, 3])
+            .reshape([k, n * r * wo]);
+        bands.push(matrix.clone().matmul(columns).reshape([c_out, n, r, wo]));
     }
-    let y = Tensor::cat(images, 0);
+    // [c_out, n, ho, wo] -> [n, c_out, ho, wo].
+    let y = Tensor::cat(bands, 2).swap_dims(0, 1);
     match bias {
         Some(b) => {
             let b = if b.dtype() == y.dtype() {
@@ -154,8 +156,11 @@ mod tests {
             (2, 7, 5, 9, 11, [(1, 1), (1, 1)], 1 << 20),
             // One row per band (a budget below one row's columns), asymmetric padding.
             (1, 6, 4, 7, 5, [(0, 1), (0, 1)], 1),
-            // Bands of 3 rows over 8 output rows: 3 + 3 + 2.
-            (2, 4, 3, 8, 6, [(1, 1), (1, 1)], 4 * 9 * 6 * 4 * 3),
+            // Bands of 3 rows (of both images' columns: c_in·9 × n·w_out f32 each) over 8
+            // output rows: 3 + 3 + 2.
+            (2, 4, 3, 8, 6, [(1, 1), (1, 1)], 4 * 9 * 2 * 6 * 4 * 3),
+            // One row per band with two images.
+            (2, 5, 3, 6, 7, [(1, 1), (1, 1)], 1),
             (1, 3, 2, 5, 5, [(0, 0), (0, 0)], 1 << 20),
         ] {
             let x = Tensor::<4>::from_data(

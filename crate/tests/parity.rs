@@ -283,14 +283,14 @@ fn convolution_kernels_match_burns_conv2d() {
         Some(bias.clone()),
         options.clone(),
     );
-    // A budget of 5 rows of columns: 32 rows in six bands of 5 and one of 2.
+    // A budget of 5 rows of columns (both images'): 32 rows in six bands of 5 and one of 2.
     let banded = fastcomposer::conv::windows_matmul(
         x,
         weight.reshape([c_out, c_in * 9]),
         [3, 3],
         Some(bias),
         &options,
-        c_in * 9 * hw * 4 * 5,
+        c_in * 9 * n * hw * 4 * 5,
     );
     for (name, got) in [
         ("conv::conv2d", values(picked)),
