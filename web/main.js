@@ -53,6 +53,7 @@ async function loadModel() {
     const cpuThreads = state.gen.device === 'cpu' ? `, ${state.gen.threads} thread${state.gen.threads > 1 ? 's' : ''}` : '';
     const flash = state.gen.attention === 'fused' ? ', flash attention' : '';
     $('load-status').textContent = `Ready on ${state.gen.device}${cpuThreads}, ${state.gen.precision}${flash} (${state.gen.imageSize}×${state.gen.imageSize} px)`;
+    fillSizes(state.gen.imageSize, state.gen.sizeStep);
     const m = state.gen.model;
     $('model-card').textContent = `Model: ${m.name} (${m.quantization}); licence: ${m.license.split('\n')[0]}`;
     $('generate').disabled = false;
@@ -69,6 +70,23 @@ async function loadModel() {
 $('load').addEventListener('click', loadModel);
 $('model-file').addEventListener('change', () => { if ($('model-file').files.length) loadModel(); });
 $('model-url').addEventListener('input', () => { $('model-file').value = ''; });
+
+// Image sizes offered for this model: its own, and half, three quarters and one and a half
+// times it, each a multiple of the model's size step (smaller is faster: a step's cost grows
+// with the pixel count).
+function fillSizes(native, step) {
+  const sel = $('size');
+  const keep = sel.value;
+  sel.textContent = '';
+  const sizes = [...new Set([0.5, 0.75, 1, 1.5].map((f) => Math.max(step, Math.round((native * f) / step) * step)))];
+  for (const s of sizes) {
+    const o = document.createElement('option');
+    o.value = String(s);
+    o.textContent = `${s} × ${s}${s === native ? ' (native)' : ''}`;
+    sel.append(o);
+  }
+  sel.value = sizes.includes(Number(keep)) ? keep : String(native);
+}
 
 // ------------------------------------------------------------------ subjects
 function insertMarker() {
@@ -172,6 +190,7 @@ async function generate() {
     }
     const prompt = $('prompt').value;
     const steps = Number($('steps').value);
+    const size = Number($('size').value) || undefined;
     $('step-progress').value = 0;
     $('step-status').textContent = 'Starting…';
     const result = await state.gen.generate({
@@ -182,6 +201,9 @@ async function generate() {
       guidance: Number($('guidance').value),
       alpha: Number($('alpha').value),
       seed: Number($('seed').value),
+      scheduler: $('scheduler').value,
+      width: size,
+      height: size,
     }, {
       signal: state.abort.signal,
       previewEvery: 1,

@@ -267,6 +267,58 @@ test('attention: fused runs the flash kernel on WebGPU and gives the sliced kern
   await page.close();
 });
 
+test('the demo\'s scheduler and size controls reach the generator: its image is the API\'s with the same options', async () => {
+  const { page, problems } = await openPage(browser, server.url);
+  await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  await page.getByLabel('Device').selectOption('cpu');
+  await page.getByRole('button', { name: 'Load model' }).click();
+  await page.waitForFunction(() => /Ready on cpu/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  const sizes = await page.locator('#size option').evaluateAll((os) => os.map((o) => Number(o.value)));
+  const picked = Number(await page.getByLabel('Size').inputValue());
+  const { native, step } = await page.evaluate(async () => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const g = await createGenerator({ model: 'models/default.gguf', device: 'cpu', threads: 1 });
+    const r = { native: g.imageSize, step: g.sizeStep };
+    await g.dispose();
+    return r;
+  });
+  assert.ok(Number.isInteger(step) && step > 0 && native % step === 0, `size step ${step}, native ${native}`);
+  assert.equal(picked, native, 'the size select does not start at the model\'s own size');
+  assert.ok(sizes.every((v) => v % step === 0) && sizes.some((v) => v < native), `sizes offered: ${sizes}`);
+  const small = Math.min(...sizes);
+  await page.getByLabel('Size').selectOption(String(small));
+  await page.getByLabel('Scheduler').selectOption('euler');
+  await page.getByLabel('Subject photos', { exact: true }).setInputFiles(PHOTO);
+  await page.getByLabel('Prompt', { exact: true }).fill('a cat <|image|> in the snow');
+  await setRange(page, 'steps', 3);
+  await page.getByLabel('Seed').fill('21');
+  await page.getByRole('button', { name: 'Generate' }).click();
+  await page.waitForFunction(() => document.querySelectorAll('#gallery img').length > 0
+    || document.querySelector('[role=alert]').textContent.length > 0, null, { timeout: 300_000 });
+  assert.equal(await page.getByRole('alert').textContent(), '');
+  const shown = await page.locator('#gallery img').first().evaluate(async (img) => { await img.decode(); return [img.naturalWidth, img.naturalHeight]; });
+  assert.deepEqual(shown, [small, small]);
+  const web = await galleryPixels(page);
+  const api = await page.evaluate(async (size) => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const g = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
+    const s = await g.encodeSubject(await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob());
+    const opts = { prompt: 'a cat <|image|> in the snow', subjects: [s], steps: 3, guidance: 5, alpha: 0.7, seed: 21, width: size, height: size };
+    const euler = await g.generate({ ...opts, scheduler: 'euler' });
+    const ddim = await g.generate({ ...opts, scheduler: 'ddim' });
+    let bad;
+    try { await g.generate({ ...opts, width: size + 1 }); bad = 'no error'; } catch (e) { bad = `${e.name}: ${e.message}`; }
+    await g.dispose();
+    return { euler: Array.from(euler.image.data), ddim: Array.from(ddim.image.data), bad };
+  }, small);
+  const d = diffStats(web, api.euler);
+  assert.equal(d.max, 0, `the demo's image is not the API's with the same options: ${JSON.stringify(d)}`);
+  assert.ok(diffStats(api.ddim, api.euler).max > 0, 'the scheduler made no difference');
+  assert.match(api.bad, new RegExp(`^InvalidInput: .*multiple of ${step}`));
+  assertClean(problems);
+  await page.close();
+});
+
 test('example subjects add a photo and a marker after the noun', async () => {
   const { page, problems } = await openPage(browser, server.url);
   await page.getByRole('button', { name: 'green robot' }).click();

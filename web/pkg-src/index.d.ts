@@ -77,7 +77,7 @@ export interface GenerateOptions {
   alpha?: number;
   /** Non-negative integer; same seed, same image. */
   seed?: number;
-  /** Multiples of the model's size step; default the model's native size. */
+  /** Multiples of `generator.sizeStep`; default the model's native size (`generator.imageSize`). */
   width?: number;
   height?: number;
   /** 'lcm': few-step sampling (2–8 steps) for LCM-distilled UNets, best with guidance ≤ 1. */
@@ -138,7 +138,10 @@ export interface Generator {
   readonly memory: 'resident' | 'sequential';
   /** CPU threads the module runs on (1: the single-threaded module). */
   readonly threads: number;
+  /** The model's native image size in pixels (the default width and height). */
   readonly imageSize: number;
+  /** `width` and `height` must be multiples of this (64 for SD1.5). */
+  readonly sizeStep: number;
   readonly marker: string;
   /** Where the bundle came from: "network", "network+cached", "cache", "file" (a File or Blob) or "buffer". */
   readonly source: string;

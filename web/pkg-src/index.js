@@ -158,6 +158,7 @@ class Generator {
     this.attention = info.attention;
     this.memory = info.memory;
     this.imageSize = info.imageSize;
+    this.sizeStep = info.sizeStep;
     this.marker = info.marker;
     this.source = info.source;
     this.model = info.model;

@@ -306,7 +306,7 @@ const ops = {
     // The wasm side copies the bytes in; drop our copy right after.
     generator = await Generator.load(bytes, dev, memory || 'auto', precision || 'auto', attention || 'sliced');
     report({ status: 'ready', device: dev });
-    return { device: dev, precision: generator.precision, attention: generator.attention, memory: generator.memory, imageSize: generator.imageSize, marker: generator.marker, source, model: about };
+    return { device: dev, precision: generator.precision, attention: generator.attention, memory: generator.memory, imageSize: generator.imageSize, sizeStep: generator.sizeStep, marker: generator.marker, source, model: about };
   },
 
   async encodeSubject({ rgba, width, height, mask }) {

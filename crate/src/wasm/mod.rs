@@ -244,6 +244,12 @@ impl Generator {
         self.model.config().native_size()
     }
 
+    /// Generated images' width and height must be multiples of this (64 for SD1.5).
+    #[wasm_bindgen(getter, js_name = sizeStep)]
+    pub fn size_step(&self) -> usize {
+        self.model.config().size_multiple()
+    }
+
     /// The subject marker.
     #[wasm_bindgen(getter)]
     pub fn marker(&self) -> String {
