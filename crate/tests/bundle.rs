@@ -231,6 +231,66 @@ fn checksum_mismatch_names_the_chunk() {
     assert!(m.contains("chunk 0") && m.contains("checksum"), "{m}");
 }
 
+/// A bundle assembled from pieces (a download or a file read as a stream, in the browser) is
+/// the bundle `from_bytes` reads, whatever the piece size; a bad chunk fails as soon as it is
+/// in, a short file when the stream ends; bytes past the end are ignored.
+#[test]
+fn bundle_stream_assembles_pieces_and_fails_early() {
+    use fastcomposer::bundle::BundleStream;
+    use fastcomposer::weights::TensorSource;
+    let b = good_bytes();
+    let whole = Bundle::from_bytes(b.clone()).unwrap();
+    let names = whole.names();
+    let stream = |bytes: &[u8], piece: usize| {
+        let mut s = BundleStream::new();
+        for p in bytes.chunks(piece) {
+            s.push(p)?;
+        }
+        s.finish()
+    };
+    for piece in [1 << 10, 65_536, 1_000_003, b.len()] {
+        let got = stream(b, piece).unwrap();
+        assert_eq!(got.names(), names, "piece {piece}");
+        for n in [&names[0], &names[names.len() / 2], names.last().unwrap()] {
+            let (x, y) = (got.read(n).unwrap(), whole.read(n).unwrap());
+            assert_eq!(x.as_bytes(), y.as_bytes(), "piece {piece}: {n}");
+        }
+    }
+    // Trailing bytes are not part of the bundle.
+    let mut longer = b.clone();
+    longer.extend_from_slice(&[7; 100]);
+    assert_eq!(stream(&longer, 65_536).unwrap().names(), names);
+    // A damaged chunk 0 fails when chunk 0 is in, long before the end of the file.
+    let mut bad = b.clone();
+    let info = BundleInfo::parse(&bad).unwrap();
+    let (a, end0) = info.chunk_range(0);
+    bad[a as usize + 1000] ^= 0xFF;
+    let mut s = BundleStream::new();
+    let mut failed_at = None;
+    for (i, p) in bad.chunks(65_536).enumerate() {
+        if let Err(e) = s.push(p) {
+            failed_at = Some((i + 1) * 65_536);
+            let m = weights_err::<()>(Err(e));
+            assert!(m.contains("chunk 0") && m.contains("checksum"), "{m}");
+            break;
+        }
+    }
+    let at = failed_at.expect("the damaged chunk was not detected");
+    assert!(
+        at >= end0 as usize && at < end0 as usize + 65_536,
+        "chunk 0 ends at byte {end0}, detected at byte {at} of {}",
+        b.len()
+    );
+    // Short files: the header, or the data, cut off.
+    for cut in [3, 100, b.len() / 2, b.len() - 1] {
+        let m = weights_err(stream(&b[..cut], 65_536));
+        assert!(m.contains("truncated"), "cut {cut}: {m}");
+    }
+    assert!(weights_err(stream(&[], 65_536)).contains("empty"));
+    let m = weights_err(stream(b"\x89PNG\r\n\x1a\n and the rest of a picture", 4));
+    assert!(m.contains("not a model bundle"), "{m}");
+}
+
 /// Position of a tensor's info (its name) in the header.
 fn find(b: &[u8], needle: &[u8]) -> usize {
     b.windows(needle.len()).position(|w| w == needle).unwrap()

@@ -5,7 +5,7 @@
 // kernels on rayon over Web Workers sharing the module's memory) where the page is cross-origin
 // isolated and more than one thread is wanted, else the single-threaded build (which also has
 // the WebGPU device; the threaded one does not).
-let Generator, parseBundleHeader, verifyBundleChunk, version;
+let Generator, BundleBuffer, version;
 let threadCount = 1;
 
 async function loadWasm(wasmUrl, threads, device) {
@@ -31,7 +31,7 @@ async function loadWasm(wasmUrl, threads, device) {
     await m.default(wasmUrl ? { module_or_path: wasmUrl } : undefined);
     threadCount = 1;
   }
-  ({ Generator, parseBundleHeader, verifyBundleChunk, version } = m);
+  ({ Generator, BundleBuffer, version } = m);
 }
 
 // burn's GPU kernels use WGSL subgroup operations when the adapter offers the `subgroups`
@@ -120,24 +120,26 @@ async function openCache() {
   }
 }
 
-async function cacheGet(key) {
-  const c = await openCache();
-  if (!c) return null;
-  try {
-    const r = await c.match(key);
-    return r ? new Uint8Array(await r.arrayBuffer()) : null;
-  } catch {
-    return null;
-  }
-}
-
-async function cachePut(key, bytes) {
+// Store a downloaded bundle in the cache from the loaded generator's copy, a slice at a time,
+// as the cache asks for them: the worker never holds a second whole copy. True when stored.
+async function cacheFromGenerator(key, gen, total) {
   const c = await openCache();
   if (!c) return false;
+  const SLICE = 8 << 20;
+  let offset = 0;
+  const body = new ReadableStream({
+    pull(controller) {
+      const n = Math.min(SLICE, total - offset);
+      controller.enqueue(gen.bundleSlice(offset, n));
+      offset += n;
+      if (offset >= total) controller.close();
+    },
+  }, { highWaterMark: 0 });
   try {
-    await c.put(key, new Response(bytes, { headers: { 'content-type': 'application/octet-stream' } }));
+    await c.put(key, new Response(body, { headers: { 'content-type': 'application/octet-stream', 'content-length': String(total) } }));
     return true;
   } catch {
+    await cacheDelete(key);
     return false;
   }
 }
@@ -148,72 +150,50 @@ async function cacheDelete(key) {
   try { await c.delete(key); } catch { /* ignore */ }
 }
 
-// ---------------------------------------------------------------- bundle download
-// Verify every chunk of a complete bundle; returns null if good, else the error.
-function verifyAll(bytes) {
-  let info;
+// ---------------------------------------------------------------- bundle
+// Every source — a download, a cached copy, a file, bytes — goes into a BundleBuffer in the wasm
+// module's memory piece by piece: the worker never holds a whole copy of the file (for an
+// SD1.5-size bundle, 0.8–1.4 GB, that copy would double the tab's memory while loading). The
+// buffer verifies each chunk as soon as it is complete, so a damaged bundle fails at its first
+// bad chunk and its download stops there.
+
+// Reads `reader` to the end into a new BundleBuffer, reporting progress as `status`. On any
+// error the buffer is freed and the reader cancelled.
+async function fill(reader, total, file, status, report, extra = {}) {
+  const buf = new BundleBuffer();
   try {
-    info = parseBundleHeader(bytes);
+    report({ status, file, loaded: 0, total, ...extra });
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      buf.push(value);
+      report({ status, file, loaded: buf.received, total: total || buf.fileBytes, ...extra });
+    }
+    buf.end();
+    return buf;
   } catch (e) {
-    return e;
+    buf.free();
+    try { await reader.cancel(); } catch { /* already ended */ }
+    throw e;
   }
-  if (bytes.length < info.fileBytes) {
-    return fail('WeightsError', `the bundle is truncated: ${bytes.length} of ${info.fileBytes} bytes`);
-  }
-  const header = bytes.subarray(0, info.headerBytes);
-  for (let i = 0; i < info.chunks.length; i++) {
-    const [a, b] = info.chunks[i];
-    try {
-      verifyBundleChunk(header, i, bytes.subarray(a, b));
-    } catch (e) {
-      return e;
-    }
-  }
-  return null;
 }
 
-// Read a bundle from a stream with byte progress (`status`: 'download' or 'read'); chunks are
-// verified as soon as they are complete, so a damaged bundle fails at its first bad chunk.
-async function readBundle(reader, total, file, status, report) {
-  let buf = new Uint8Array(total || 1 << 20);
-  let loaded = 0;
-  let info = null;
-  let verified = 0;
-  report({ status, file, loaded: 0, total });
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    if (loaded + value.length > buf.length) {
-      const bigger = new Uint8Array(Math.max(buf.length * 2, loaded + value.length));
-      bigger.set(buf.subarray(0, loaded));
-      buf = bigger;
-    }
-    buf.set(value, loaded);
-    loaded += value.length;
-    if (!info) {
+// A reader whose read errors (a dropped connection, a file that went away) are IoErrors.
+function ioReader(reader, what) {
+  return {
+    async read() {
       try {
-        info = parseBundleHeader(buf.subarray(0, loaded));
+        return await reader.read();
       } catch (e) {
-        // Not enough bytes yet for the header: keep reading; anything else is fatal.
-        if (!(e && /truncated/.test(e.message))) throw e;
+        throw fail('IoError', `${what}: ${e.message || e}`);
       }
-    }
-    if (info) {
-      const header = buf.subarray(0, info.headerBytes);
-      while (verified < info.chunks.length && info.chunks[verified][1] <= loaded) {
-        const [a, b] = info.chunks[verified];
-        verifyBundleChunk(header, verified, buf.subarray(a, b));
-        verified++;
-      }
-    }
-    report({ status, file, loaded, total: total || (info ? info.fileBytes : 0) });
-  }
-  const bytes = buf.subarray(0, loaded);
-  const bad = verifyAll(bytes);
-  if (bad) throw bad;
-  return bytes;
+    },
+    cancel: () => reader.cancel(),
+  };
 }
 
+// Download `url` into a BundleBuffer (a damaged bundle stops the download at its first bad
+// chunk). It is cached once loaded (`cacheFromGenerator`), from the module's copy.
 async function download(url, report) {
   let response;
   try {
@@ -223,53 +203,66 @@ async function download(url, report) {
   }
   if (!response.ok) throw fail('IoError', `cannot download the model from ${url}: HTTP ${response.status}`);
   const total = Number(response.headers.get('content-length')) || 0;
-  return readBundle(response.body.getReader(), total, url, 'download', report);
+  return fill(ioReader(response.body.getReader(), `cannot download the model from ${url}`), total, url, 'download', report);
 }
 
-// A bundle on the user's disk (a File from a file input or a drop, or any Blob): read from it
-// as a stream, never cached (it is already local).
+// The cached copy of `url` in a BundleBuffer, or null (none, or damaged: then it is deleted).
+async function fromCache(url, report) {
+  const c = await openCache();
+  if (!c) return null;
+  let r;
+  try {
+    r = await c.match(url);
+  } catch {
+    return null;
+  }
+  if (!r || !r.body) return null;
+  const total = Number(r.headers.get('content-length')) || 0;
+  try {
+    return await fill(ioReader(r.body.getReader(), `cannot read the cached model ${url}`), total, url, 'download', report, { cached: true });
+  } catch (e) {
+    // A truncated or corrupt cached copy is never used: drop it and fetch again.
+    await cacheDelete(url);
+    report({ status: 'cache-invalid', file: url, reason: e.message });
+    return null;
+  }
+}
+
+// A bundle on the user's disk (a File from a file input or a drop, or any Blob), read as a
+// stream; never cached (it is already local).
 async function readFile(blob, report) {
   const name = typeof blob.name === 'string' && blob.name ? blob.name : 'model file';
   if (blob.size === 0) throw fail('WeightsError', `the model file ${name} is empty`);
-  // A file that cannot be read (moved, deleted, no permission) fails the read, not the parse.
-  const reader = blob.stream().getReader();
-  const source = {
-    async read() {
-      try {
-        return await reader.read();
-      } catch (e) {
-        throw fail('IoError', `cannot read the model file ${name}: ${e.message || e}`);
-      }
-    },
-  };
-  return readBundle(source, blob.size, name, 'read', report);
+  return fill(ioReader(blob.stream().getReader(), `cannot read the model file ${name}`), blob.size, name, 'read', report);
+}
+
+// Bytes the page already has, pushed in slices (one push of the whole would need a second
+// whole-size copy inside the module).
+function fromBytes(bytes) {
+  const SLICE = 16 << 20;
+  const buf = new BundleBuffer();
+  try {
+    for (let o = 0; o < bytes.length; o += SLICE) buf.push(bytes.subarray(o, o + SLICE));
+    buf.end();
+    return buf;
+  } catch (e) {
+    buf.free();
+    throw e;
+  }
 }
 
 async function obtainBundle(model, report) {
   if (typeof Blob !== 'undefined' && model instanceof Blob) {
-    return { bytes: await readFile(model, report), source: 'file' };
+    return { buf: await readFile(model, report), source: 'file' };
   }
   if (model instanceof ArrayBuffer || ArrayBuffer.isView(model)) {
     const bytes = model instanceof ArrayBuffer ? new Uint8Array(model) : new Uint8Array(model.buffer, model.byteOffset, model.byteLength);
-    const bad = verifyAll(bytes);
-    if (bad) throw bad;
-    return { bytes, source: 'buffer' };
+    return { buf: fromBytes(bytes), source: 'buffer' };
   }
   const url = new URL(String(model), self.location.href).href;
-  const cached = await cacheGet(url);
-  if (cached) {
-    const bad = verifyAll(cached);
-    if (!bad) {
-      report({ status: 'download', file: url, loaded: cached.length, total: cached.length, cached: true });
-      return { bytes: cached, source: 'cache' };
-    }
-    // A truncated or corrupt cached copy is never used: drop it and fetch again.
-    await cacheDelete(url);
-    report({ status: 'cache-invalid', file: url, reason: bad.message });
-  }
-  const bytes = await download(url, report);
-  const stored = await cachePut(url, bytes);
-  return { bytes, source: stored ? 'network+cached' : 'network' };
+  const cached = await fromCache(url, report);
+  if (cached) return { buf: cached, source: 'cache' };
+  return { buf: await download(url, report), source: 'network', cacheAs: url };
 }
 
 // ---------------------------------------------------------------- ops
@@ -299,12 +292,23 @@ const ops = {
       throw fail('DeviceError', 'WebGPU is not available in this browser (no adapter); use device "cpu"');
     }
     if (dev !== 'cpu' && dev !== 'webgpu') throw fail('InvalidInput', `unknown device "${dev}" (expected auto, webgpu or cpu)`);
-    const { bytes, source } = await obtainBundle(model, report);
-    const h = parseBundleHeader(bytes);
-    const about = { name: h.name, license: h.license, description: h.description, quantization: h.quantization };
-    report({ status: 'loading', device: dev });
-    // The wasm side copies the bytes in; drop our copy right after.
-    generator = await Generator.load(bytes, dev, memory || 'auto', precision || 'auto', attention || 'sliced');
+    const { buf, source: from, cacheAs } = await obtainBundle(model, report);
+    let about;
+    let fileBytes;
+    try {
+      const h = buf.header();
+      about = { name: h.name, license: h.license, description: h.description, quantization: h.quantization };
+      fileBytes = h.fileBytes;
+      report({ status: 'loading', device: dev });
+    } catch (e) {
+      buf.free();
+      throw e;
+    }
+    // Generator.load takes the buffer (the bundle stays in the module's memory).
+    generator = await Generator.load(buf, dev, memory || 'auto', precision || 'auto', attention || 'sliced');
+    let source = from;
+    if (cacheAs) source = (await cacheFromGenerator(cacheAs, generator, fileBytes)) ? 'network+cached' : 'network';
+    generator.releaseBundle();
     report({ status: 'ready', device: dev });
     return { device: dev, precision: generator.precision, attention: generator.attention, memory: generator.memory, imageSize: generator.imageSize, sizeStep: generator.sizeStep, marker: generator.marker, source, model: about };
   },

@@ -146,8 +146,16 @@ struct Cursor<'a> {
     pos: usize,
 }
 
+const TRUNCATED: &str = "bundle header is truncated";
+
 fn truncated(what: &str) -> Error {
-    Error::weights(format!("bundle header is truncated (while reading {what})"))
+    Error::weights(format!("{TRUNCATED} (while reading {what})"))
+}
+
+/// Whether `parse_header` failed only because its input ended inside the header (more bytes of
+/// the same file may still parse).
+pub fn is_truncated(e: &Error) -> bool {
+    matches!(e, Error::Weights(m) if m.starts_with(TRUNCATED))
 }
 
 impl<'a> Cursor<'a> {

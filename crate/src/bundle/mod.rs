@@ -262,6 +262,129 @@ impl BundleInfo {
     }
 }
 
+/// A bundle assembled from consecutive pieces of its file, as they arrive from a download or a
+/// file read as a stream: the header is parsed as soon as it is complete, the whole file's
+/// memory is then reserved once, and each chunk is verified as soon as its last byte is in, so
+/// a damaged bundle fails at its first bad chunk and no second copy of the file is ever made.
+#[derive(Default)]
+pub struct BundleStream {
+    bytes: Vec<u8>,
+    info: Option<BundleInfo>,
+    verified: usize,
+    received: u64,
+    /// Length at the last header parse that ran out of bytes: the next attempt waits until the
+    /// prefix has doubled, so a long header is parsed a logarithmic number of times.
+    tried: usize,
+}
+
+impl BundleStream {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append the next piece of the file. Fails on a header that is not a bundle's and on a
+    /// chunk whose checksum does not match; bytes past the end the header gives are ignored.
+    pub fn push(&mut self, piece: &[u8]) -> Result<()> {
+        self.received += piece.len() as u64;
+        match &self.info {
+            Some(info) => {
+                let room = info.file_len() as usize - self.bytes.len();
+                self.bytes
+                    .extend_from_slice(&piece[..piece.len().min(room)]);
+            }
+            None => {
+                self.bytes.extend_from_slice(piece);
+                self.parse_header(false)?;
+            }
+        }
+        self.verify_arrived()
+    }
+
+    /// The stream has ended: fails unless every byte the header gives has arrived (and so every
+    /// chunk is verified); the error says what is missing or wrong.
+    pub fn end(&mut self) -> Result<()> {
+        if self.info.is_none() {
+            if self.bytes.is_empty() {
+                return Err(Error::weights("the bundle is empty"));
+            }
+            // The header never parsed: the parse error says where it ends.
+            self.parse_header(true)?;
+            self.verify_arrived()?;
+        }
+        let info = self.info.as_ref().expect("parsed above");
+        if (self.bytes.len() as u64) < info.file_len() {
+            return Err(Error::weights(format!(
+                "the bundle is truncated: {} bytes, the header needs {}",
+                self.bytes.len(),
+                info.file_len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Bytes received so far (including any past the end of the bundle).
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The header, once it is complete.
+    pub fn info(&self) -> Option<&BundleInfo> {
+        self.info.as_ref()
+    }
+
+    /// The bundle, once the stream has ended (see [`end`](Self::end)).
+    pub fn finish(mut self) -> Result<Bundle> {
+        self.end()?;
+        let info = self.info.expect("parsed by end");
+        Bundle::assemble(info, self.bytes)
+    }
+
+    /// Parse the header from the bytes so far, unless it was tried at less than half this
+    /// length (`force`: try anyway, and a truncated header is an error). Once parsed, the
+    /// whole file's memory is reserved.
+    fn parse_header(&mut self, force: bool) -> Result<()> {
+        if !force && self.bytes.len() < (2 * self.tried).max(1) {
+            return Ok(());
+        }
+        match BundleInfo::parse(&self.bytes) {
+            Ok(info) => {
+                let len = usize::try_from(info.file_len()).map_err(|_| {
+                    Error::weights("the bundle is too large for this machine's memory")
+                })?;
+                self.bytes.truncate(len);
+                self.bytes
+                    .try_reserve_exact(len - self.bytes.len())
+                    .map_err(|_| {
+                        Error::weights(format!("not enough memory for the bundle ({len} bytes)"))
+                    })?;
+                self.info = Some(info);
+                Ok(())
+            }
+            Err(e) if !force && gguf::is_truncated(&e) => {
+                self.tried = self.bytes.len();
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Verify every chunk whose bytes have all arrived and was not verified yet.
+    fn verify_arrived(&mut self) -> Result<()> {
+        let Some(info) = &self.info else {
+            return Ok(());
+        };
+        while self.verified < info.n_chunks() {
+            let (a, b) = info.chunk_range(self.verified);
+            if b as usize > self.bytes.len() {
+                break;
+            }
+            info.verify_chunk(self.verified, &self.bytes[a as usize..b as usize])?;
+            self.verified += 1;
+        }
+        Ok(())
+    }
+}
+
 /// A whole bundle in memory, every chunk verified.
 pub struct Bundle {
     pub info: BundleInfo,
@@ -284,6 +407,11 @@ impl Bundle {
             let (a, b) = info.chunk_range(i);
             info.verify_chunk(i, &bytes[a as usize..b as usize])?;
         }
+        Self::assemble(info, bytes)
+    }
+
+    /// From a parsed header and the file's bytes, every chunk already verified.
+    fn assemble(info: BundleInfo, bytes: Vec<u8>) -> Result<Self> {
         for part in Part::ALL {
             if info.part_tensors(part).next().is_none() {
                 return Err(Error::weights(format!(
@@ -315,6 +443,11 @@ impl Bundle {
 
     pub fn config(&self) -> &ModelConfig {
         &self.info.config
+    }
+
+    /// The bundle file's bytes (as far as the header gives; verified).
+    pub fn file_bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
     fn tensor_bytes(&self, t: &TensorInfo) -> &[u8] {

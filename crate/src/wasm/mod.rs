@@ -11,7 +11,7 @@ use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
 use crate::attention::AttentionKernel;
-use crate::bundle::{Bundle, BundleInfo};
+use crate::bundle::{BundleInfo, BundleStream};
 use crate::components::Residency;
 use crate::device::Precision;
 use crate::error::Error;
@@ -43,12 +43,9 @@ pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
-/// Parse a bundle header from the first bytes of the file. Returns
-/// `{ headerBytes, fileBytes, chunkSize, chunks: [[start, end], ...], name, license, description,
-/// quantization, imageSize }` or throws `WeightsError` (bad magic, version, truncated header...).
-#[wasm_bindgen(js_name = parseBundleHeader)]
-pub fn parse_bundle_header(prefix: &[u8]) -> JsResult<JsValue> {
-    let info = BundleInfo::parse(prefix).map_err(js_error)?;
+/// `{ headerBytes, fileBytes, chunkSize, chunks: [[start, end], ...], name, license,
+/// description, quantization, imageSize, marker }` of a parsed header.
+fn header_object(info: &BundleInfo) -> JsResult<JsValue> {
     let o = Object::new();
     let set = |k: &str, v: JsValue| Reflect::set(&o, &k.into(), &v).map(|_| ());
     set("headerBytes", (info.header.data_start as f64).into())?;
@@ -69,17 +66,51 @@ pub fn parse_bundle_header(prefix: &[u8]) -> JsResult<JsValue> {
     Ok(o.into())
 }
 
-/// Check one chunk of a bundle against the checksum in its header (throws `WeightsError`
-/// naming the chunk on a mismatch).
-#[wasm_bindgen(js_name = verifyBundleChunk)]
-pub fn verify_bundle_chunk(header: &[u8], index: usize, bytes: &[u8]) -> JsResult<()> {
-    let info = BundleInfo::parse(header).map_err(js_error)?;
-    if index >= info.n_chunks() {
-        return Err(js_error(Error::invalid(format!(
-            "chunk {index} does not exist"
-        ))));
+/// A bundle arriving in pieces (a download, a cached copy or a file, read as streams), kept in
+/// this module's memory: the page never holds a whole copy of the file. The header is parsed
+/// as soon as it is in (then the whole file's memory is reserved once) and every chunk is
+/// verified against its checksum as soon as its last byte arrives, so a damaged bundle fails
+/// at its first bad chunk (`WeightsError`). `Generator.load` takes it.
+#[wasm_bindgen]
+pub struct BundleBuffer(BundleStream);
+
+#[wasm_bindgen]
+impl BundleBuffer {
+    #[wasm_bindgen(constructor)]
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> BundleBuffer {
+        BundleBuffer(BundleStream::new())
     }
-    info.verify_chunk(index, bytes).map_err(js_error)
+
+    /// Append the next piece (throws `WeightsError`: not a bundle, or a corrupt chunk).
+    pub fn push(&mut self, piece: &[u8]) -> JsResult<()> {
+        self.0.push(piece).map_err(js_error)
+    }
+
+    /// The stream has ended: throws `WeightsError` unless the whole bundle arrived.
+    pub fn end(&mut self) -> JsResult<()> {
+        self.0.end().map_err(js_error)
+    }
+
+    /// Bytes pushed so far.
+    #[wasm_bindgen(getter)]
+    pub fn received(&self) -> f64 {
+        self.0.received() as f64
+    }
+
+    /// The file size the header gives, 0 until the header is in.
+    #[wasm_bindgen(getter, js_name = fileBytes)]
+    pub fn file_bytes(&self) -> f64 {
+        self.0.info().map_or(0.0, |i| i.file_len() as f64)
+    }
+
+    /// The header (see `header_object`), `null` until it is in.
+    pub fn header(&self) -> JsResult<JsValue> {
+        match self.0.info() {
+            Some(info) => header_object(info),
+            None => Ok(JsValue::NULL),
+        }
+    }
 }
 
 /// Options of `startDenoise` / `generate`, as the JS API names them.
@@ -146,11 +177,14 @@ pub struct Generator {
     model: FastComposer,
     device_name: String,
     kernel: AttentionKernel,
+    /// The bundle, until `releaseBundle`: the worker copies it into the cache from here.
+    bundle: std::cell::RefCell<Option<std::sync::Arc<crate::bundle::Bundle>>>,
 }
 
 #[wasm_bindgen]
 impl Generator {
-    /// Load a complete bundle (every chunk verified) on `device`: `"cpu"` or `"webgpu"`. The
+    /// Load a bundle (a `BundleBuffer` the whole file has been pushed into; it is consumed) on
+    /// `device`: `"cpu"` or `"webgpu"`. The
     /// caller checks that WebGPU exists before asking for it. `memory`: `"auto"` (default),
     /// `"resident"` (every component stays loaded) or `"sequential"` (each component is loaded
     /// when its stage starts and the previous one freed: text encoder, image encoder, UNet,
@@ -160,14 +194,16 @@ impl Generator {
     /// on it. `attention`: `"sliced"` (default) or `"fused"` (a flash kernel where the WebGPU
     /// adapter has subgroups, the sliced kernel elsewhere; see the `attention` getter).
     pub async fn load(
-        bundle: Vec<u8>,
+        bundle: BundleBuffer,
         device: String,
         memory: Option<String>,
         precision: Option<String>,
         attention: Option<String>,
     ) -> JsResult<Generator> {
-        let residency = Residency::parse(memory.as_deref().unwrap_or("auto"), bundle.len() as u64)
-            .map_err(js_error)?;
+        let bundle = bundle.0.finish().map_err(js_error)?;
+        let residency =
+            Residency::parse(memory.as_deref().unwrap_or("auto"), bundle.info.file_len())
+                .map_err(js_error)?;
         let precision: Precision = precision
             .as_deref()
             .unwrap_or("auto")
@@ -200,15 +236,43 @@ impl Generator {
             }
         };
         crate::device::set_precision(&mut dev, precision).map_err(js_error)?;
-        let bundle = Bundle::from_bytes(bundle).map_err(js_error)?;
-        let model =
-            FastComposer::load_bundle_with(std::sync::Arc::new(bundle), &dev, kernel, residency)
-                .map_err(js_error)?;
+        let bundle = std::sync::Arc::new(bundle);
+        let model = FastComposer::load_bundle_with(bundle.clone(), &dev, kernel, residency)
+            .map_err(js_error)?;
         Ok(Generator {
             model,
             device_name: device,
             kernel,
+            bundle: Some(bundle).into(),
         })
+    }
+
+    /// `len` bytes of the bundle file from `offset`, until `releaseBundle` (the worker stores a
+    /// downloaded bundle in the cache from here, a slice at a time, instead of keeping a copy).
+    #[wasm_bindgen(js_name = bundleSlice)]
+    pub fn bundle_slice(&self, offset: f64, len: f64) -> JsResult<Vec<u8>> {
+        let kept = self.bundle.borrow();
+        let bytes = kept
+            .as_ref()
+            .ok_or_else(|| js_error(Error::invalid("the bundle was released")))?
+            .file_bytes();
+        let range = (offset >= 0.0 && len >= 0.0 && offset.fract() == 0.0 && len.fract() == 0.0)
+            .then(|| offset as usize..(offset + len) as usize)
+            .filter(|r| r.end <= bytes.len())
+            .ok_or_else(|| {
+                js_error(Error::invalid(format!(
+                    "bundle slice {offset} + {len} is outside the {} bytes of the bundle",
+                    bytes.len()
+                )))
+            })?;
+        Ok(bytes[range].to_vec())
+    }
+
+    /// Let go of the bundle: in resident memory mode its bytes are freed (the components were
+    /// loaded from it); in sequential mode the model keeps them for its stages anyway.
+    #[wasm_bindgen(js_name = releaseBundle)]
+    pub fn release_bundle(&self) {
+        self.bundle.borrow_mut().take();
     }
 
     /// `"cpu"` or `"webgpu"`.
