@@ -7,7 +7,9 @@
 // does for bundles this size (sequential: each stage's weights are loaded when the stage
 // starts), so the first step includes loading the UNet; the second step is the UNet alone.
 //   node tools/bench/sd15_browser.mjs [int4|int8 ...] [--devices cpu,cpu-threads,webgpu] [--steps 2]
-//     [--attention sliced|fused]
+//     [--attention sliced|fused] [--size 256] [--decode]
+// (--size: image side in pixels, 256 by default (a 32×32 latent); 512 is SD1.5's own.
+// --decode: the page also decodes the latents to an image with the VAE, as `generate` does.)
 // (--attention: the page's attention kernel, the JS API option; fused runs the flash kernel on
 // WebGPU. The native CLI runs on the CPU device either way.)
 // (cpu: the single-threaded module, `threads: 1`; cpu-threads: the threaded module, `threads:
@@ -30,9 +32,13 @@ const stepsIdx = args.indexOf('--steps');
 const STEPS = stepsIdx >= 0 ? Number(args.splice(stepsIdx, 2)[1]) : 2;
 const attIdx = args.indexOf('--attention');
 const ATTENTION = attIdx >= 0 ? args.splice(attIdx, 2)[1] : 'sliced';
+const sizeIdx = args.indexOf('--size');
+const SIZE = sizeIdx >= 0 ? Number(args.splice(sizeIdx, 2)[1]) : 256;
+const decIdx = args.indexOf('--decode');
+const DECODE = decIdx >= 0 && args.splice(decIdx, 1).length > 0;
 const quants = args.length ? args : ['int4'];
 const PHOTO = path.join(ROOT, 'crate/tests/fixtures/pipeline/photos/chelsea.png');
-const OPTS = { prompt: 'a cat <|image|> on the beach', steps: STEPS, alpha: 1, seed: 0, width: 256, height: 256 };
+const OPTS = { prompt: 'a cat <|image|> on the beach', steps: STEPS, alpha: 1, seed: 0, width: SIZE, height: SIZE };
 // Tolerances, relative to the largest native magnitude: the CPU path runs the same f32 kernels
 // compiled to wasm SIMD (different summation order than AVX-512); WebGPU dequantizes and sums
 // in its own order on another implementation of f32 arithmetic.
@@ -69,6 +75,7 @@ function native(q) {
     'generate', '--model', path.join(ROOT, `tools/.data/sd15_${q}.gguf`), '--prompt', OPTS.prompt, '--subject', PHOTO,
     '--steps', String(OPTS.steps), '--alpha', String(OPTS.alpha), '--seed', String(OPTS.seed),
     '--width', String(OPTS.width), '--height', String(OPTS.height), '--latents-out', out,
+    ...(DECODE ? ['--out', path.join(os.tmpdir(), `fc-sd15-native-${q}.png`)] : []),
   ];
   const t0 = Date.now();
   const p = spawnSync(path.join(ROOT, 'target/release/fastcomposer'), cli, { encoding: 'utf8' });
@@ -98,7 +105,7 @@ async function browser(q, device) {
   });
   try {
     await page.goto(`${url}sw.js`); // a same-origin page without the demo's own model load
-    const r = await page.evaluate(async ({ q, device, opts, attention }) => {
+    const r = await page.evaluate(async ({ q, device, opts, attention, decode }) => {
       const { createGenerator } = await import('/pkg/index.js');
       let adapter = null;
       if (device === 'webgpu') {
@@ -125,13 +132,22 @@ async function browser(q, device) {
         console.log(`sd15-bench: step ${i + 1} done`);
       }
       const latents = await session.latents();
+      let decodeMs = null;
+      let image = null;
+      if (decode) {
+        const t = performance.now();
+        const out = await session.decode();
+        decodeMs = performance.now() - t;
+        image = [out.image.width, out.image.height];
+        console.log('sd15-bench: decoded');
+      }
       await session.end();
       await gen.dispose();
       return {
-        adapter, memory: gen.memory, threads: gen.threads, attention: gen.attention, loadMs: t1 - t0, subjectMs: t2 - t1, promptMs: t3 - t2, stepMs,
+        adapter, memory: gen.memory, threads: gen.threads, attention: gen.attention, loadMs: t1 - t0, subjectMs: t2 - t1, promptMs: t3 - t2, stepMs, decodeMs, image,
         subject: Array.from(subject.values), latents: Array.from(latents),
       };
-    }, { q, device, opts: OPTS, attention: ATTENTION });
+    }, { q, device, opts: OPTS, attention: ATTENTION, decode: DECODE });
     return { ...r, errors };
   } catch (e) {
     return { failed: String(e.message || e).split('\n')[0], errors };
@@ -147,7 +163,11 @@ for (const q of quants) {
   const n = native(q);
   const nativeStepMs = n.timings.step_s.map((s) => Math.round(s * 1000));
   const last = (a) => a[a.length - 1];
-  console.log(JSON.stringify({ bundle: q, device: 'native-cpu', wallMs: n.wallMs, loadMs: Math.round(n.timings.load_s * 1000), subjectMs: Math.round(n.timings.subjects_s * 1000), promptMs: Math.round(n.timings.prompt_s * 1000), stepMs: nativeStepMs }));
+  const timed = n.timings.load_s + n.timings.subjects_s + n.timings.prompt_s + n.timings.steps_s;
+  // With --decode the CLI also decodes (`--out`); its timings do not list the decode, so the
+  // rest of the wall time (the VAE decode, writing the outputs, starting the process) is given
+  // as one number.
+  console.log(JSON.stringify({ bundle: q, device: 'native-cpu', size: SIZE, wallMs: n.wallMs, loadMs: Math.round(n.timings.load_s * 1000), subjectMs: Math.round(n.timings.subjects_s * 1000), promptMs: Math.round(n.timings.prompt_s * 1000), stepMs: nativeStepMs, ...(DECODE ? { decodeAndRestMs: Math.round(n.wallMs - timed * 1000) } : {}) }));
   for (const device of devices) {
     const r = await browser(q, device);
     const line = { bundle: q, device, errors: r.errors };
@@ -160,7 +180,8 @@ for (const q of quants) {
       const pass = s.rel <= TOL[device] && l.rel <= TOL[device] && r.errors.length === 0;
       ok = ok && pass;
       Object.assign(line, {
-        adapter: r.adapter, memory: r.memory, threads: r.threads, attention: r.attention, loadMs: Math.round(r.loadMs), subjectMs: Math.round(r.subjectMs), promptMs: Math.round(r.promptMs), stepMs: r.stepMs.map(Math.round),
+        adapter: r.adapter, memory: r.memory, threads: r.threads, attention: r.attention, size: SIZE, loadMs: Math.round(r.loadMs), subjectMs: Math.round(r.subjectMs), promptMs: Math.round(r.promptMs), stepMs: r.stepMs.map(Math.round),
+        ...(DECODE ? { decodeMs: Math.round(r.decodeMs), image: r.image } : {}),
         lastStepVsNative: +(last(r.stepMs) / last(nativeStepMs)).toFixed(2), subjectVsNative: s, latentsVsNative: l, tolerance: TOL[device], pass,
       });
     }
