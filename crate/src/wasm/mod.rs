@@ -184,11 +184,11 @@ pub struct Generator {
 #[wasm_bindgen]
 impl Generator {
     /// Load a bundle (a `BundleBuffer` the whole file has been pushed into; it is consumed) on
-    /// `device`: `"cpu"` or `"webgpu"`. The
-    /// caller checks that WebGPU exists before asking for it. `memory`: `"auto"` (default),
-    /// `"resident"` (every component stays loaded) or `"sequential"` (each component is loaded
-    /// when its stage starts and the previous one freed: text encoder, image encoder, UNet,
-    /// VAE); auto is sequential for bundles over 512 MiB. `precision`: `"auto"` (default: f16
+    /// `device`: `"cpu"` or `"webgpu"`. The caller checks that WebGPU exists before asking for
+    /// it. `memory`: `"auto"` (default), `"resident"` (every component stays loaded) or
+    /// `"sequential"` (each component is loaded when its stage starts and the previous one
+    /// freed: text encoder, image encoder, UNet, VAE); auto is sequential for bundles over
+    /// 512 MiB. `precision`: `"auto"` (default: f16
     /// when the WebGPU adapter has `shader-f16`, f32 otherwise), `"f32"` or `"f16"` (WebGPU
     /// with `shader-f16` only). A WebGPU device keeps the precision of the first model loaded
     /// on it. `attention`: `"sliced"` (default) or `"fused"` (a flash kernel where the WebGPU
