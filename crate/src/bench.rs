@@ -5,8 +5,6 @@
 //! followed by a device sync while its output is still alive, so queued or fused work cannot be
 //! skipped. Weights are made up ([`Loader::random_stored_as`]).
 
-use std::time::Instant;
-
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::attention::AttentionKernel;
@@ -39,27 +37,48 @@ fn input<const D: usize>(shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(Pcg32::new(7).normals(n), shape), device)
 }
 
+/// Milliseconds from a fixed point: `std::time::Instant` natively; in wasm (no clock in the
+/// standard library there) JavaScript's `Date.now()`, whole milliseconds — enough for these
+/// operations, which take tens of milliseconds or more on a CPU.
+struct Clock(
+    #[cfg(not(target_arch = "wasm32"))] std::time::Instant,
+    #[cfg(target_arch = "wasm32")] f64,
+);
+
+impl Clock {
+    fn start() -> Self {
+        #[cfg(not(target_arch = "wasm32"))]
+        return Clock(std::time::Instant::now());
+        #[cfg(target_arch = "wasm32")]
+        return Clock(js_sys::Date::now());
+    }
+
+    fn elapsed_ms(&self) -> f64 {
+        #[cfg(not(target_arch = "wasm32"))]
+        return self.0.elapsed().as_secs_f64() * 1e3;
+        #[cfg(target_arch = "wasm32")]
+        return js_sys::Date::now() - self.0;
+    }
+}
+
 fn time<const D: usize>(
     device: &Device,
     iters: usize,
     mut f: impl FnMut() -> Tensor<D>,
 ) -> Result<(f64, f64)> {
     let sync = |d: &Device| d.sync().map_err(|e| Error::Device(format!("{e:?}")));
-    let t0 = Instant::now();
+    let t0 = Clock::start();
     let out = f();
     sync(device)?;
     drop(out);
-    let first = t0.elapsed().as_secs_f64() * 1e3;
-    let t0 = Instant::now();
+    let first = t0.elapsed_ms();
+    let t0 = Clock::start();
     for _ in 0..iters.max(1) {
         let out = f();
         sync(device)?;
         drop(out);
     }
-    Ok((
-        first,
-        t0.elapsed().as_secs_f64() * 1e3 / iters.max(1) as f64,
-    ))
+    Ok((first, t0.elapsed_ms() / iters.max(1) as f64))
 }
 
 /// Time the SD1.5 UNet's main layer kinds at batch 2 (CFG) and a 64×64 latent: 3×3

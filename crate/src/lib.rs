@@ -12,7 +12,6 @@
 
 pub mod attention;
 pub mod banded;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod bench;
 pub mod bundle;
 pub mod components;

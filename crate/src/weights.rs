@@ -157,7 +157,6 @@ pub struct Loader<'a> {
     /// `None`: random weights of whatever shape is asked (benchmarks, memory checks).
     src: Option<&'a dyn TensorSource>,
     /// With `src: None`: store the random weights as the bundle writer would in this mode.
-    #[cfg(not(target_arch = "wasm32"))]
     random_quant: Option<crate::bundle::write::QuantMode>,
     prefix: String,
     used: Rc<RefCell<BTreeSet<String>>>,
@@ -168,7 +167,6 @@ impl<'a> Loader<'a> {
     pub fn new(src: &'a dyn TensorSource, device: &Device) -> Self {
         Self {
             src: Some(src),
-            #[cfg(not(target_arch = "wasm32"))]
             random_quant: None,
             prefix: String::new(),
             used: Rc::new(RefCell::new(BTreeSet::new())),
@@ -182,7 +180,6 @@ impl<'a> Loader<'a> {
     pub fn random(device: &Device) -> Self {
         Self {
             src: None,
-            #[cfg(not(target_arch = "wasm32"))]
             random_quant: None,
             prefix: String::new(),
             used: Rc::new(RefCell::new(BTreeSet::new())),
@@ -193,8 +190,7 @@ impl<'a> Loader<'a> {
     /// [`Loader::random`] with the weights stored as a bundle of `mode` stores them (blocks of
     /// 32 quantized by the bundle writer's own code; what the bundle keeps in f16 is loaded as
     /// f32, as from a bundle), so the quantized path can be timed and sized at full size without
-    /// writing a bundle. `None`: plain f32 weights. Native only (the bundle writer is).
-    #[cfg(not(target_arch = "wasm32"))]
+    /// writing a bundle. `None`: plain f32 weights.
     pub fn random_stored_as(
         device: &Device,
         mode: Option<crate::bundle::write::QuantMode>,
@@ -206,7 +202,6 @@ impl<'a> Loader<'a> {
     }
 
     /// Made-up data for `name` stored `[rows, cols]`, quantized when the random mode says so.
-    #[cfg(not(target_arch = "wasm32"))]
     fn random_stored(&self, name: &str, rows: usize, cols: usize) -> Option<TensorData> {
         use crate::bundle::gguf::GgmlType;
         let mode = self.random_quant?;
@@ -218,11 +213,6 @@ impl<'a> Loader<'a> {
             .try_into_vec::<f32>()
             .ok()?;
         Some(crate::bundle::quantize_data(&values, [rows, cols], ty))
-    }
-
-    #[cfg(target_arch = "wasm32")]
-    fn random_stored(&self, _name: &str, _rows: usize, _cols: usize) -> Option<TensorData> {
-        None
     }
 
     pub fn device(&self) -> &Device {
@@ -238,7 +228,6 @@ impl<'a> Loader<'a> {
         };
         Loader {
             src: self.src,
-            #[cfg(not(target_arch = "wasm32"))]
             random_quant: self.random_quant,
             prefix,
             used: self.used.clone(),

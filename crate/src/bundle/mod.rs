@@ -8,7 +8,6 @@
 
 pub mod gguf;
 pub mod quant;
-#[cfg(not(target_arch = "wasm32"))]
 pub mod write;
 
 use burn::tensor::TensorData;
@@ -496,7 +495,6 @@ pub fn burn_quantized(q: &[i8], scales: &[f32], shape: [usize; 2], ty: GgmlType)
 
 /// f32 values `[rows, cols]` quantized to a block type exactly as the bundle writer stores them,
 /// as burn quantized data (random-weight benchmarks of the quantized path).
-#[cfg(not(target_arch = "wasm32"))]
 pub fn quantize_data(values: &[f32], shape: [usize; 2], ty: GgmlType) -> TensorData {
     let (q, d) = unpack_blocks(&write::encode(ty, values), ty);
     burn_quantized(&q, &d, shape, ty)

@@ -113,6 +113,28 @@ impl BundleBuffer {
     }
 }
 
+/// `fastcomposer bench-ops` on the CPU device, for benchmarks of the page against native
+/// (`tools/bench/ops_browser.mjs`; not part of the npm package's API): the SD1.5 UNet's layer
+/// kinds at batch 2 and a 64×64 latent, `weights` `"f32"`, `"int8"` or `"int4"`, only the
+/// operations whose name contains `only`. Returns the timings as JSON (an array of the CLI's
+/// objects). Blocks the thread it runs on for minutes.
+#[wasm_bindgen(js_name = benchOps)]
+pub fn bench_ops(weights: String, only: Option<String>, iters: usize) -> JsResult<String> {
+    let quant = match weights.as_str() {
+        "f32" => None,
+        other => Some(
+            other
+                .parse::<crate::bundle::write::QuantMode>()
+                .map_err(js_error)?,
+        ),
+    };
+    let kernel = AttentionKernel::from_name("sliced", crate::attention::DEFAULT_MAX_SCORES_BYTES)
+        .map_err(js_error)?;
+    let t = crate::bench::sd15_ops(&Device::flex(), iters, quant, kernel, only.as_deref())
+        .map_err(js_error)?;
+    serde_json::to_string(&t).map_err(|e| js_error(Error::invalid(e.to_string())))
+}
+
 /// Options of `startDenoise` / `generate`, as the JS API names them.
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase", default)]
@@ -257,7 +279,7 @@ impl Generator {
             .ok_or_else(|| js_error(Error::invalid("the bundle was released")))?
             .file_bytes();
         let range = (offset >= 0.0 && len >= 0.0 && offset.fract() == 0.0 && len.fract() == 0.0)
-            .then(|| offset as usize..(offset + len) as usize)
+            .then_some(offset as usize..(offset + len) as usize)
             .filter(|r| r.end <= bytes.len())
             .ok_or_else(|| {
                 js_error(Error::invalid(format!(
