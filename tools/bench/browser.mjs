@@ -3,23 +3,19 @@
 // core) and WebGPU (software adapter here) paths, and the native CLI on the same machine in the
 // same run.
 //   node tools/bench/browser.mjs [steps=10] [gpuSteps=3]     (needs pkg/ built and target/release/fastcomposer)
-import { chromium } from '../../tests/browser/node_modules/playwright-core/index.mjs';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import zlib from 'node:zlib';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT, serve, launch, machine } from './common.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const steps = Number(process.argv[2] || 10);
 const gpuSteps = Number(process.argv[3] || 3);
 const PHOTO = path.join(ROOT, 'crate/tests/fixtures/pipeline/photos/chelsea.png');
 const MODEL = path.join(ROOT, 'models/default.gguf');
 
-const srv = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts/serve.mjs'), '--root', path.join(ROOT, 'web'), '--map', `/pkg/=${path.join(ROOT, 'pkg')}`,
-  '--map', `/models/=${path.join(ROOT, 'models')}`, '--map', `/fixtures/=${path.join(ROOT, 'crate/tests/fixtures')}`, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-const url = await new Promise((r) => srv.stdout.on('data', (d) => { const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(String(d)); if (m) r(m[0]); }));
+const srv = await serve({ '/pkg/': 'pkg', '/models/': 'models', '/fixtures/': 'crate/tests/fixtures' });
 const size = (f) => {
   const file = path.join(ROOT, f);
   if (!fs.existsSync(file)) return null;
@@ -27,13 +23,11 @@ const size = (f) => {
 };
 
 async function run(device, n, threads = 1) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-bench-'));
-  const ctx = await chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'] });
-  const page = await ctx.newPage();
+  const b = await launch('fc-bench-');
+  const page = await b.ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${url}sw.js`); // a same-origin page without the demo's own model load
+  await page.goto(`${srv.url}sw.js`); // a same-origin page without the demo's own model load
   const r = await page.evaluate(async ({ device, n, threads }) => {
     const { createGenerator } = await import('/pkg/index.js');
     const t0 = performance.now();
@@ -47,7 +41,7 @@ async function run(device, n, threads = 1) {
     await gen.dispose();
     return { threads: used, loadMs: tLoad - t0, coldStartMs: tFirst - t0, firstPerStepMs: first.timings.perStepMs, warmPerStepMs: second.timings.perStepMs, warmDecodeMs: second.timings.decodeMs };
   }, { device, n, threads });
-  await ctx.close();
+  await b.close();
   return { device, steps: n, ...r, errors };
 }
 
@@ -58,8 +52,7 @@ function native(n) {
   return Date.now() - t0;
 }
 
-const date = new Date().toISOString().slice(0, 16);
-console.log(`# ${date}Z ${os.cpus().length} cores, ${os.cpus()[0].model}; Chromium ${execFileSync('/usr/bin/chromium', ['--version']).toString().trim().split('\n').pop()}`);
+console.log(`# ${machine()}`);
 console.log(JSON.stringify({ wasm: size('pkg/fastcomposer_bg.wasm'), threadedWasm: size('pkg/threads/fastcomposer_bg.wasm') }));
 const n1 = native(1);
 const nN = native(steps + 1);

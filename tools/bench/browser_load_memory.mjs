@@ -6,23 +6,17 @@
 //   node tools/bench/browser_load_memory.mjs [int4|int8|default ...] [--sources url,file]
 // Needs pkg/ (pkg-scripts/build-wasm.sh); int4 / int8 are the SD1.5-size bundles of
 // tools/bench/sd15_sizes.sh, `default` the embedded default model. Linux only (/proc).
-import { chromium } from '../../tests/browser/node_modules/playwright-core/index.mjs';
-import { spawn, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT, serve, launch, machine } from './common.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const args = process.argv.slice(2);
 const srcIdx = args.indexOf('--sources');
 const sources = srcIdx >= 0 ? args.splice(srcIdx, 2)[1].split(',') : ['url', 'file'];
 const bundles = args.length ? args : ['int8'];
 const fileOf = (b) => (b === 'default' ? path.join(ROOT, 'models/default.gguf') : path.join(ROOT, `tools/.data/sd15_${b}.gguf`));
 
-const srv = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts/serve.mjs'), '--root', path.join(ROOT, 'web'), '--map', `/pkg/=${path.join(ROOT, 'pkg')}`,
-  '--map', `/data/=${path.join(ROOT, 'tools/.data')}`, '--map', `/models/=${path.join(ROOT, 'models')}`, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-const url = await new Promise((r) => srv.stdout.on('data', (d) => { const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(String(d)); if (m) r(m[0]); }));
+const srv = await serve({ '/pkg/': 'pkg', '/data/': 'tools/.data', '/models/': 'models' });
 
 // Peak resident memory (MiB) of each renderer process of the browser using profile `dir` (the
 // browser process has `dir` on its command line; its renderers are its descendants).
@@ -49,15 +43,14 @@ function rendererPeaks(dir) {
 }
 
 async function run(bundle, source) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-loadmem-'));
-  const ctx = await chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'] });
-  const page = await ctx.newPage();
+  const browser = await launch('fc-loadmem-');
+  const dir = browser.dir;
+  const page = await browser.ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
   page.on('crash', () => errors.push('the page crashed'));
   try {
-    await page.goto(`${url}sw.js`); // a same-origin page without the demo's own model load
+    await page.goto(`${srv.url}sw.js`); // a same-origin page without the demo's own model load
     await page.evaluate(() => { const i = document.createElement('input'); i.type = 'file'; i.id = 'f'; document.body.append(i); });
     if (source === 'file') await page.setInputFiles('#f', fileOf(bundle));
     const before = Math.max(0, ...rendererPeaks(dir));
@@ -77,12 +70,11 @@ async function run(bundle, source) {
   } catch (e) {
     return { bundle, from: source, failed: String(e.message || e).split('\n')[0], errors };
   } finally {
-    await ctx.close();
-    fs.rmSync(dir, { recursive: true, force: true });
+    await browser.close();
   }
 }
 
-console.log(`# ${new Date().toISOString().slice(0, 16)}Z ${os.cpus().length} cores, ${os.cpus()[0].model}, ${Math.round(os.totalmem() / 2 ** 30)} GiB; ${execFileSync('/usr/bin/chromium', ['--version']).toString().trim().split('\n').pop()}`);
+console.log(`# ${machine()}`);
 let ok = true;
 for (const b of bundles) {
   for (const s of sources) {

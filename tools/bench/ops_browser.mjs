@@ -5,14 +5,10 @@
 // run; prints one JSON line per operation with both times and their ratio.
 //   node tools/bench/ops_browser.mjs [--weights f32|int8|int4] [--only <substring>] [--iters 2]
 // Needs pkg/ (pkg-scripts/build-wasm.sh) and target/release/fastcomposer.
-import { chromium } from '../../tests/browser/node_modules/playwright-core/index.mjs';
-import { spawn, execFileSync } from 'node:child_process';
-import fs from 'node:fs';
-import os from 'node:os';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT, serve, launch, machine } from './common.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const args = process.argv.slice(2);
 const opt = (name, dflt) => { const i = args.indexOf(name); return i >= 0 ? args.splice(i, 2)[1] : dflt; };
 const WEIGHTS = opt('--weights', 'f32');
@@ -23,30 +19,27 @@ const cli = ['bench-ops', '--device', 'cpu', '--iters', String(ITERS), '--weight
 const nativeOut = execFileSync(path.join(ROOT, 'target/release/fastcomposer'), cli, { env: { ...process.env, RAYON_NUM_THREADS: '1' }, encoding: 'utf8' });
 const native = new Map(nativeOut.trim().split('\n').filter((l) => l.startsWith('{')).map((l) => { const v = JSON.parse(l); return [v.op, v]; }));
 
-const srv = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts/serve.mjs'), '--root', path.join(ROOT, 'web'), '--map', `/pkg/=${path.join(ROOT, 'pkg')}`, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-const url = await new Promise((r) => srv.stdout.on('data', (d) => { const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(String(d)); if (m) r(m[0]); }));
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-ops-'));
-const ctx = await chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true, args: ['--headless', '--no-sandbox'] });
+const srv = await serve({ '/pkg/': 'pkg' });
+const browser = await launch('fc-ops-');
 let ok = true;
 try {
-  const page = await ctx.newPage();
+  const page = await browser.ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${url}sw.js`);
+  await page.goto(`${srv.url}sw.js`);
   const web = await page.evaluate(async ({ weights, only, iters }) => {
     const m = await import('/pkg/fastcomposer.js');
     await m.default();
     return JSON.parse(m.benchOps(weights, only, iters));
   }, { weights: WEIGHTS, only: ONLY, iters: ITERS });
-  console.log(`# ${new Date().toISOString().slice(0, 16)}Z ${os.cpus().length} cores, ${os.cpus()[0].model}; ${execFileSync('/usr/bin/chromium', ['--version']).toString().trim().split('\n').pop()}; weights ${WEIGHTS}, ${ITERS} iters, one thread each`);
+  console.log(`# ${machine()}; weights ${WEIGHTS}, ${ITERS} iters, one thread each`);
   for (const w of web) {
     const n = native.get(w.op);
     console.log(JSON.stringify({ op: w.op, nativeMs: n ? +n.ms.toFixed(1) : null, pageMs: +w.ms.toFixed(1), ratio: n ? +(w.ms / n.ms).toFixed(2) : null, gflop: +w.gflop.toFixed(2) }));
   }
   if (errors.length) { ok = false; console.log(JSON.stringify({ errors })); }
 } finally {
-  await ctx.close();
-  fs.rmSync(dir, { recursive: true, force: true });
+  await browser.close();
   srv.kill();
 }
 process.exit(ok ? 0 : 1);

@@ -17,14 +17,12 @@
 // Needs pkg/ (pkg-scripts/build-wasm.sh), target/release/fastcomposer and the bundles from
 // tools/bench/sd15_sizes.sh. Prints one JSON line per run; exits 1 if a browser result does not
 // match native within the tolerances below or the page reported an error.
-import { chromium } from '../../tests/browser/node_modules/playwright-core/index.mjs';
-import { spawn, spawnSync, execFileSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT, serve, launch, machine } from './common.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const args = process.argv.slice(2);
 const devIdx = args.indexOf('--devices');
 const devices = devIdx >= 0 ? args.splice(devIdx, 2)[1].split(',') : ['cpu', 'cpu-threads', 'webgpu'];
@@ -86,15 +84,11 @@ function native(q) {
   return { wallMs, timings: t, tensors: readSafetensors(out) };
 }
 
-const srv = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts/serve.mjs'), '--root', path.join(ROOT, 'web'), '--map', `/pkg/=${path.join(ROOT, 'pkg')}`,
-  '--map', `/data/=${path.join(ROOT, 'tools/.data')}`, '--map', `/fixtures/=${path.join(ROOT, 'crate/tests/fixtures')}`, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-const url = await new Promise((r) => srv.stdout.on('data', (d) => { const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(String(d)); if (m) r(m[0]); }));
+const srv = await serve({ '/pkg/': 'pkg', '/data/': 'tools/.data', '/fixtures/': 'crate/tests/fixtures' });
 
 async function browser(q, device) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-sd15-'));
-  const ctx = await chromium.launchPersistentContext(dir, { executablePath: '/usr/bin/chromium', headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'] });
-  const page = await ctx.newPage();
+  const b = await launch('fc-sd15-');
+  const page = await b.ctx.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
   page.on('crash', () => errors.push('the page crashed'));
@@ -104,7 +98,7 @@ async function browser(q, device) {
     if (m.text().startsWith('sd15-bench:')) process.stderr.write(`[${q} ${device} +${Math.round((Date.now() - t0) / 1000)} s] ${m.text()}\n`);
   });
   try {
-    await page.goto(`${url}sw.js`); // a same-origin page without the demo's own model load
+    await page.goto(`${srv.url}sw.js`); // a same-origin page without the demo's own model load
     const r = await page.evaluate(async ({ q, device, opts, attention, decode }) => {
       const { createGenerator } = await import('/pkg/index.js');
       let adapter = null;
@@ -152,12 +146,11 @@ async function browser(q, device) {
   } catch (e) {
     return { failed: String(e.message || e).split('\n')[0], errors };
   } finally {
-    await ctx.close();
-    fs.rmSync(dir, { recursive: true, force: true });
+    await b.close();
   }
 }
 
-console.log(`# ${new Date().toISOString().slice(0, 16)}Z ${os.cpus().length} cores, ${os.cpus()[0].model}; ${execFileSync('/usr/bin/chromium', ['--version']).toString().trim().split('\n').pop()}`);
+console.log(`# ${machine()}`);
 let ok = true;
 for (const q of quants) {
   const n = native(q);

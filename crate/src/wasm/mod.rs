@@ -43,26 +43,16 @@ pub fn version() -> String {
     env!("CARGO_PKG_VERSION").to_string()
 }
 
-/// `{ headerBytes, fileBytes, chunkSize, chunks: [[start, end], ...], name, license,
-/// description, quantization, imageSize, marker }` of a parsed header.
+/// `{ fileBytes, name, license, description, quantization }` of a parsed header (what the
+/// worker reports about a model before loading it).
 fn header_object(info: &BundleInfo) -> JsResult<JsValue> {
     let o = Object::new();
     let set = |k: &str, v: JsValue| Reflect::set(&o, &k.into(), &v).map(|_| ());
-    set("headerBytes", (info.header.data_start as f64).into())?;
     set("fileBytes", (info.file_len() as f64).into())?;
-    set("chunkSize", (info.chunk_size as f64).into())?;
-    let chunks = js_sys::Array::new();
-    for i in 0..info.n_chunks() {
-        let (a, b) = info.chunk_range(i);
-        chunks.push(&js_sys::Array::of2(&(a as f64).into(), &(b as f64).into()));
-    }
-    set("chunks", chunks.into())?;
     set("name", info.name.clone().into())?;
     set("license", info.license.clone().into())?;
     set("description", info.description.clone().into())?;
     set("quantization", info.quantization.clone().into())?;
-    set("imageSize", (info.config.native_size() as f64).into())?;
-    set("marker", info.config.marker.clone().into())?;
     Ok(o.into())
 }
 
