@@ -11,7 +11,12 @@ if [ "$(wasm-bindgen --version 2>/dev/null)" != "wasm-bindgen $version" ]; then
   echo "installing wasm-bindgen-cli $version (matches Cargo.lock)"
   cargo install wasm-bindgen-cli --version "$version"
 fi
-cargo build --profile wasm-release --target wasm32-unknown-unknown -p fastcomposer --lib --no-default-features --features webgpu
+# FASTCOMPOSER_WASM_FEATURES adds crate features (`bench` for tools/bench/ops_browser.mjs; the
+# npm package is built without).
+features="webgpu${FASTCOMPOSER_WASM_FEATURES:+,$FASTCOMPOSER_WASM_FEATURES}"
+t0=$SECONDS
+cargo rustc --profile wasm-release --target wasm32-unknown-unknown -p fastcomposer --lib --crate-type cdylib \
+  --no-default-features --features "$features"
 rm -rf pkg && mkdir -p pkg
 wasm=target/wasm32-unknown-unknown/wasm-release/fastcomposer.wasm
 # wasm-opt runs before wasm-bindgen: Debian's binaryen (108) breaks the externref table that
@@ -25,6 +30,7 @@ if command -v wasm-opt >/dev/null; then
   fi
 fi
 wasm-bindgen --target web --no-typescript --remove-name-section --out-dir pkg --out-name fastcomposer "$wasm"
+echo "wasm module (WebGPU + CPU): $((SECONDS - t0)) s"
 # The threaded module (pkg/threads/, CPU device only): the CPU kernels on rayon, whose threads
 # are Web Workers sharing the module's memory (wasm-bindgen-rayon). wasm threads need the
 # standard library rebuilt with atomics, so this takes a pinned nightly with rust-src (installed
@@ -32,6 +38,7 @@ wasm-bindgen --target web --no-typescript --remove-name-section --out-dir pkg --
 # the single-threaded module where a page is not cross-origin isolated.
 # FASTCOMPOSER_WASM_THREADS=0 skips it (the package then always runs one thread).
 if [ "${FASTCOMPOSER_WASM_THREADS:-1}" != 0 ]; then
+  t0=$SECONDS
   nightly=${FASTCOMPOSER_NIGHTLY:-nightly-2026-05-20}
   rustup toolchain install "$nightly" --profile minimal --component rust-src --target wasm32-unknown-unknown >/dev/null 2>&1 ||
     rustup toolchain install "$nightly" --profile minimal --component rust-src --target wasm32-unknown-unknown
@@ -40,8 +47,8 @@ if [ "${FASTCOMPOSER_WASM_THREADS:-1}" != 0 ]; then
   link=(--shared-memory --import-memory --max-memory=4294967296 --export=__wasm_init_tls --export=__tls_size
     --export=__tls_align --export=__tls_base)
   RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 ${link[*]/#/-C link-arg=}" \
-    cargo "+$nightly" build -Z build-std=panic_abort,std --profile wasm-release --target wasm32-unknown-unknown \
-    -p fastcomposer --lib --no-default-features --target-dir target/wasm-threads
+    cargo "+$nightly" rustc -Z build-std=panic_abort,std --profile wasm-release --target wasm32-unknown-unknown \
+    -p fastcomposer --lib --crate-type cdylib --no-default-features --target-dir target/wasm-threads
   twasm=target/wasm-threads/wasm32-unknown-unknown/wasm-release/fastcomposer.wasm
   if command -v wasm-opt >/dev/null; then
     if wasm-opt -O2 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext \
@@ -54,6 +61,8 @@ if [ "${FASTCOMPOSER_WASM_THREADS:-1}" != 0 ]; then
   fi
   wasm-bindgen --target web --no-typescript --remove-name-section --out-dir pkg/threads --out-name fastcomposer "$twasm"
   ls -l pkg/threads/fastcomposer_bg.wasm | awk '{printf "threaded wasm: %.1f MB\n", $5/1e6}'
+  echo "threaded wasm module: $((SECONDS - t0)) s"
 fi
-cp web/pkg-src/package.json web/pkg-src/index.js web/pkg-src/index.d.ts web/pkg-src/worker.js web/pkg-src/README.md pkg/
+cp web/pkg-src/package.json web/pkg-src/index.js web/pkg-src/index.d.ts web/pkg-src/protocol.js web/pkg-src/worker.js \
+  web/pkg-src/README.md pkg/
 ls -l pkg/fastcomposer_bg.wasm | awk '{printf "wasm: %.1f MB\n", $5/1e6}'

@@ -6,26 +6,35 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== rust: fmt"
+# Each stage's wall time, printed as it ends and again as a table at the end (BENCHMARKS.md's
+# CI table comes from these lines).
+started=$SECONDS stage_started=$SECONDS stage_name="" timings=""
+stage() {
+  if [ -n "$stage_name" ]; then
+    timings+="$(printf '%6d s  %s' $((SECONDS - stage_started)) "$stage_name")"$'\n'
+    echo "== ($stage_name: $((SECONDS - stage_started)) s)"
+  fi
+  stage_name="$1" stage_started=$SECONDS
+  [ -n "$1" ] && echo "== $1"
+  return 0
+}
+
+stage "rust: fmt"
 cargo fmt --all -- --check
 
-echo "== rust: tests (release profile, CPU device)"
-cargo test --release --workspace
+stage "rust: build (release profile: the CLI, the library and every test binary)"
+cargo test --release --workspace --no-run
 
-# The CPU device computes wide 3×3 convolutions by Winograd's form and narrow ones by burn's
-# kernel; the reference comparisons again with every 3×3 convolution forced to each tile size.
-for tile in 4 2; do
-  echo "== rust: parity and pipeline tests, 3x3 convolutions by Winograd F(${tile}x${tile}, 3x3)"
-  FASTCOMPOSER_WINOGRAD=$tile cargo test --release --test parity --test pipeline
-done
+stage "rust: tests (CPU device)"
+cargo test --release --workspace
 
 # The same parity tests on burn's wgpu device natively, where a Vulkan device exists
 # (`apt-get install mesa-vulkan-drivers` gives lavapipe, a software one; CI installs it).
 # FASTCOMPOSER_TEST_WGPU=1 makes a missing Vulkan device an error instead of a skip.
 if ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
-  echo "== rust: parity tests on wgpu (Vulkan)"
+  stage "rust: parity, quantized and bundle tests on wgpu (Vulkan)"
   export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
-  FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test parity --test scheduler --test quantized_ops -- --test-threads 1
+  FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test suite -- --test-threads 1 parity:: scheduler:: quantized_ops::
   # f16 compute (what precision auto picks where the adapter has shader-f16; lavapipe has it)
   # against the same fixtures, in its own process: burn fixes a device's float type once.
   # FASTCOMPOSER_TEST_F16=1 makes a device without f16 an error instead of a skip. Minimal
@@ -33,15 +42,15 @@ if ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1; then
   FASTCOMPOSER_TEST_DEVICE=wgpu CUBECL_AUTOTUNE_LEVEL=minimal cargo test --release --test half_precision -- --test-threads 1
   # Sequential loading frees each stage's device memory before the next: same images as resident.
   # Whole generations from an int8 bundle with burn's flash attention kernels: the sliced one's.
-  FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test bundle -- --test-threads 1 \
-    sequential_residency fused_attention_generates
+  FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test suite -- --test-threads 1 \
+    bundle::sequential_residency bundle::fused_attention_generates
 elif [ "${FASTCOMPOSER_TEST_WGPU:-0}" = "1" ]; then
   echo "FASTCOMPOSER_TEST_WGPU=1 but no Vulkan driver is installed" >&2
   exit 1
 else
   echo "== (skipping the wgpu parity tests: no Vulkan driver; apt-get install mesa-vulkan-drivers)"
 fi
-echo "== browser: the wasm package, the demo end to end and the npm package (Debian Chromium)"
+stage "browser: Debian Chromium"
 if ! command -v chromium >/dev/null; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
@@ -51,7 +60,11 @@ if ! command -v chromium >/dev/null; then
     exit 1
   fi
 fi
+stage "wasm: the package (build-wasm.sh: WebGPU + CPU module, threaded CPU module)"
 pkg-scripts/build-wasm.sh
+stage "browser: the demo end to end and the npm package"
 (cd tests/browser && npm ci --no-audit --no-fund >/dev/null && npm test)
+stage ""
 
+printf '== stage times\n%s%6d s  in all\n' "$timings" $((SECONDS - started))
 echo "== all tests passed"

@@ -3,17 +3,18 @@
 //!
 //! Each operation runs once untimed (kernel compilation, autotuning), then `iters` times, each
 //! followed by a device sync while its output is still alive, so queued or fused work cannot be
-//! skipped. Weights are made up ([`Loader::random_stored_as`]).
+//! skipped. Weights are made up ([`crate::io::RandomSource`]).
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::attention::AttentionKernel;
-use crate::bundle::write::QuantMode;
 use crate::error::{Error, Result};
-use crate::models::unet::attention::Attention;
-use crate::nn::{Conv2d, GroupNorm, Linear};
+use crate::kernels::KernelOptions;
+use crate::kernels::attention::AttentionKernel;
+use crate::models::attention::Attention;
+use crate::models::loader::Loader;
+use crate::models::nn::{Conv2d, GroupNorm, Linear};
+use crate::quant::QuantMode;
 use crate::rng::Pcg32;
-use crate::weights::Loader;
 
 /// One operation's result.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -86,17 +87,19 @@ fn time<const D: usize>(
 /// cross-attention at the 64×64 level (the attention kernel given), GroupNorm (+ SiLU).
 /// `weights`: `None` for f32 weights, or a bundle mode (int8, int4) for quantized ones.
 /// Convolutions run twice: with the kernel this crate picks for the device
-/// ([`crate::conv::conv2d`]) and with burn's own `conv2d`. `only`: just the operations whose
+/// ([`crate::kernels::conv::conv2d`]) and with burn's own `conv2d`. `only`: just the operations whose
 /// name contains it.
 pub fn sd15_ops(
     device: &Device,
     iters: usize,
     weights: Option<QuantMode>,
-    kernel: AttentionKernel,
+    kernels: KernelOptions,
     only: Option<&str>,
 ) -> Result<Vec<OpTiming>> {
     let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
-    let vb = Loader::random_stored_as(device, weights);
+    let source = crate::io::RandomSource::stored_as(weights);
+    let kernel = kernels.attention;
+    let vb = Loader::new(&source, device).with_conv_kernels(kernels.conv);
     let wname = weights.map_or("f32", |m| m.name()).to_string();
     // Bytes per weight as held on the device.
     let wbytes = match weights {
@@ -131,7 +134,7 @@ pub fn sd15_ops(
         let bytes = 2.0 * px * c as f64 * 4.0 + (c * c * 9) as f64 * wbytes;
         let t = time(device, iters, || conv.forward(x.clone()))?;
         push(name.clone(), t, flop, bytes);
-        let burn_kernel = if crate::device::is_cpu(device) {
+        let burn_kernel = if crate::kernels::device::is_cpu(device) {
             "burn im2col + gemm"
         } else {
             "burn direct"
@@ -169,7 +172,7 @@ pub fn sd15_ops(
         push(name, t, flop, bytes);
     }
 
-    let settings = crate::models::unet::attention::AttentionShape {
+    let settings = crate::models::attention::AttentionShape {
         query_dim: 320,
         cross_dim: None,
         heads: 8,
@@ -183,7 +186,7 @@ pub fn sd15_ops(
     // The kernel asked for, and burn's fused (flash) attention for comparison (not on the CPU
     // device, where both are the host kernel).
     let mut kernels = vec![kernel];
-    if !matches!(kernel, AttentionKernel::Fused { .. }) && !crate::device::is_cpu(device) {
+    if !matches!(kernel, AttentionKernel::Fused { .. }) && !crate::kernels::device::is_cpu(device) {
         kernels.push(AttentionKernel::Fused {
             max_bytes: kernel.max_buffer_bytes(),
         });
@@ -202,7 +205,7 @@ pub fn sd15_ops(
         push(name, t, flop, bytes);
     }
 
-    let settings = crate::models::unet::attention::AttentionShape {
+    let settings = crate::models::attention::AttentionShape {
         cross_dim: Some(768),
         ..settings
     };
@@ -224,7 +227,7 @@ pub fn sd15_ops(
         let t = time(device, iters, || gn.forward(x.clone()))?;
         push("group_norm 320 @64x64".to_string(), t, 0.0, bytes);
         let t = time(device, iters, || {
-            gn.forward_act(x.clone(), crate::nn::Activation::Silu)
+            gn.forward_act(x.clone(), crate::models::nn::Activation::Silu)
         })?;
         push("group_norm + silu 320 @64x64".to_string(), t, 0.0, bytes);
     }

@@ -1,43 +1,38 @@
 //! fastcomposer: FastComposer (tuning-free, multi-subject, subject-driven image generation on
 //! the Stable Diffusion 1.5 family) on burn — natively, on WebGPU and on the CPU in wasm.
 //!
-//! Layout (named like the reference libraries so a reader can diff against them):
+//! Layers, from the bottom up; each module uses only the ones above it in this list
+//! (`crate/tests/suite/layers.rs` checks it, README's "Architecture" explains it):
+//! - [`error`], [`rng`]: typed errors; the seeded noise, identical natively and in wasm;
 //! - [`tokenizer`]: CLIP BPE + subject markers;
-//! - [`models`]: `clip_text`, `clip_vision`, `fuser`, `unet`, `vae`;
-//! - [`scheduler`]: DDIM and PNDM behind one trait;
-//! - [`attention`]: how attention is computed (sliced within a memory budget, or fused);
-//! - [`conv`]: how convolutions are computed (Winograd on the CPU, [`winograd`]; matrix
-//!   products over stacked windows on GPUs);
-//! - [`weights`]: loading tensors by reference key names, with typed errors.
+//! - [`config`]: what a model is — each component's config, [`config::ModelConfig`], its parts,
+//!   and the weight-index traits;
+//! - [`kernels`]: how operations are computed (device, attention, convolutions, host kernels);
+//! - [`quant`]: stored types and block quantization, in one place;
+//! - [`io`]: files — the GGUF bundle, safetensors, PyTorch checkpoints, diffusers directories,
+//!   the converter, random weights as a source;
+//! - [`models`]: the components, named like diffusers / transformers;
+//! - [`scheduler`]: DDIM, PNDM, Euler and LCM behind one trait;
+//! - [`pipeline`]: loading a model and generating with it;
+//! - the faces: `wasm` (the JS API), `bench` (behind the `bench` feature) and the CLI
+//!   (`src/bin/fastcomposer/`).
 
-pub mod attention;
-pub mod banded;
-pub mod bench;
-pub mod bundle;
-pub mod components;
-pub mod conv;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod convert;
-pub mod cpu_ops;
-pub mod default_model;
-pub mod device;
+pub mod config;
 pub mod error;
-#[cfg(feature = "webgpu")]
-pub mod flash;
-pub mod forward;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod model_dir;
+pub mod io;
+#[doc(hidden)]
+pub mod kernels;
 pub mod models;
-pub mod nn;
-pub mod pickle;
 pub mod pipeline;
-pub mod preprocess;
+#[doc(hidden)]
+pub mod quant;
 pub mod rng;
 pub mod scheduler;
 pub mod tokenizer;
+
+#[cfg(feature = "bench")]
+pub mod bench;
 #[cfg(target_arch = "wasm32")]
 pub mod wasm;
-pub mod weights;
-pub mod winograd;
 
 pub use error::{Error, Result};

@@ -18,10 +18,10 @@ use common::{
     case, case_options, component_error, convert_bundle, fixtures, max_abs_diff, photo, rel_err,
     values,
 };
-use fastcomposer::attention::AttentionKernel;
-use fastcomposer::device::{self, DeviceChoice, Precision};
-use fastcomposer::forward::Component;
-use fastcomposer::model_dir::ModelDir;
+use fastcomposer::io::model_dir::ModelDir;
+use fastcomposer::kernels::attention::AttentionKernel;
+use fastcomposer::kernels::device::{self, DeviceChoice, Precision};
+use fastcomposer::models::forward::Component;
 use fastcomposer::pipeline::{FastComposer, GenerateOptions, SubjectEmbedding};
 
 /// The wgpu device in f16, or why there is none.
@@ -188,7 +188,7 @@ fn generation_in_f16_matches_the_reference() {
 /// device what it generates in f32 on the CPU device, to f16's precision.
 #[test]
 fn quantized_bundles_in_f16_match_f32() {
-    use fastcomposer::bundle::Bundle;
+    use fastcomposer::io::bundle::Bundle;
     let Some(device) = device_or_skip("quantized bundles") else {
         return;
     };

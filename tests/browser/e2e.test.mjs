@@ -3,53 +3,36 @@
 //   cd tests/browser && npm test        (needs pkg/ built, models/default.gguf, target/release/fastcomposer)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { ROOT, serve, launch } from './harness.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = path.join(ROOT, 'target', 'release', 'fastcomposer');
 const PHOTO = path.join(ROOT, 'crate', 'tests', 'fixtures', 'pipeline', 'photos', 'chelsea.png');
 const MODEL = path.join(ROOT, 'models', 'default.gguf');
 const STEPS = Number(process.env.E2E_STEPS || 4);
 const GPU_STEPS = Number(process.env.E2E_GPU_STEPS || 2);
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
-
-const FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu'];
 
 // ------------------------------------------------------------------ server
-function startServer(port = 0) {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts', 'serve.mjs'), '--root', path.join(ROOT, 'web'),
-      '--map', `/pkg/=${path.join(ROOT, 'pkg')}`, '--map', `/models/=${path.join(ROOT, 'models')}`,
-      '--map', `/fixtures/=${path.join(ROOT, 'crate', 'tests', 'fixtures')}`, '--port', String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
-    p.stdout.on('data', (d) => {
-      const m = /http:\/\/127\.0\.0\.1:(\d+)\//.exec(String(d));
-      if (m) resolve({ proc: p, url: `http://127.0.0.1:${m[1]}/`, port: Number(m[1]) });
-    });
-    p.on('exit', (c) => reject(new Error(`server exited ${c}`)));
-  });
-}
+const startServer = (port = 0) => serve({ '/pkg/': 'pkg', '/models/': 'models', '/fixtures/': 'crate/tests/fixtures' }, { port });
 
 let server;
 let browser;
-let userDir;
+let chromiumProfile;
 
 before(async () => {
   assert.ok(fs.existsSync(path.join(ROOT, 'pkg', 'fastcomposer_bg.wasm')), 'pkg/ is not built: pkg-scripts/build-wasm.sh');
   assert.ok(fs.existsSync(MODEL), 'models/default.gguf is missing');
   server = await startServer();
-  userDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-chromium-'));
-  browser = await chromium.launchPersistentContext(userDir, { executablePath: CHROMIUM, headless: true, args: FLAGS });
+  chromiumProfile = await launch('fc-chromium-');
+  browser = chromiumProfile.ctx;
 });
 
 after(async () => {
-  if (browser) await browser.close();
-  if (server) server.proc.kill();
+  if (chromiumProfile) await chromiumProfile.close();
+  if (server) server.kill();
 });
 
 // A page that records every page error, wasm trap and failed request.
@@ -187,8 +170,8 @@ test('WebGPU path (software adapter): non-blank image close to the native CLI ou
 // to the first worker script served; a separate browser without service workers, so that the
 // route sees the request).
 test('WebGPU device loss: the interrupted call is a DeviceError and the next call works', async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-chromium-loss-'));
-  const ctx = await chromium.launchPersistentContext(dir, { executablePath: CHROMIUM, headless: true, args: FLAGS, serviceWorkers: 'block' });
+  const second = await launch('fc-chromium-loss-', { serviceWorkers: 'block' });
+  const ctx = second.ctx;
   try {
     const { page, problems } = await openPage(ctx);
     let served = 0;
@@ -226,7 +209,7 @@ test('WebGPU device loss: the interrupted call is a DeviceError and the next cal
     assert.equal(r.precision, r.f16 ? 'f16' : 'f32');
     assertClean(problems);
   } finally {
-    await ctx.close();
+    await second.close();
   }
 });
 
@@ -262,7 +245,7 @@ test('attention: fused runs the flash kernel on WebGPU and gives the sliced kern
   assert.equal(r.fused.kernel, 'fused', 'the flash kernel does not run on this adapter');
   assert.ok(d.max <= 2, `the fused kernel changed the image: ${JSON.stringify(d)}`);
   assert.equal(r.cpu, 'sliced');
-  assert.match(r.bad, /^InvalidInput: unknown attention kernel "paged"/);
+  assert.match(r.bad, /^InvalidInput: unknown attention kernel `paged`/);
   assertClean(problems);
   await page.close();
 });
@@ -423,7 +406,7 @@ test('memory modes: sequential loading gives the resident model\'s image; a bad 
   console.log(`sequential vs resident: max |diff| ${d.max}, mean ${d.mean.toFixed(4)} (8-bit levels)`);
   assert.equal(d.max, 0, `sequential loading changed the image: ${JSON.stringify(d)}`);
   assert.equal(r.sequential.second, r.sequential.first, 'the second sequential generation differs');
-  assert.match(r.bad, /^InvalidInput: unknown memory mode "low"/);
+  assert.match(r.bad, /^InvalidInput: unknown memory mode `low`/);
   assertClean(problems);
   await page.close();
 });
@@ -455,7 +438,7 @@ test('precision: auto is f32 on the CPU device; f16 there, on WebGPU without sha
   });
   assert.equal(r.auto, 'f32');
   assert.match(r.f16, /^InvalidInput: .*precision f16 needs a GPU device/);
-  assert.match(r.double, /^InvalidInput: unknown precision "double"/);
+  assert.match(r.double, /^InvalidInput: unknown precision `double`/);
   if (r.adapterF16) assert.equal(r.webgpuF16, 'no error');
   else assert.match(r.webgpuF16, /^DeviceError: .*does not compute in f16/);
   assertClean(problems);
@@ -616,7 +599,7 @@ test('a second page load works with the server stopped (offline, from the cache)
   await page.reload(); // now controlled by the service worker, which caches the page's files
   await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
   await page.close();
-  server.proc.kill();
+  server.kill();
   await new Promise((r) => setTimeout(r, 300));
   try {
     const { page: p2, problems } = await openPage(browser, server.url);

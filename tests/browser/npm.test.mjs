@@ -2,17 +2,14 @@
 // from a test page in Chromium, and its TypeScript declarations type-checking an example.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import { ROOT, serve, launch } from './harness.mjs';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..');
-const FLAGS = ['--headless', '--no-sandbox', '--disable-quic', '--no-first-run', '--disable-background-networking',
-  '--disable-component-update', '--disable-sync'];
 
 function packAndInstall() {
   const dist = fs.mkdtempSync(path.join(os.tmpdir(), 'fc-pack-'));
@@ -27,7 +24,7 @@ function packAndInstall() {
 test('npm pack installs into a fresh folder and works from a page', async () => {
   const app = packAndInstall();
   const pkgDir = path.join(app, 'node_modules', 'fastcomposer-web');
-  for (const f of ['index.js', 'index.d.ts', 'worker.js', 'fastcomposer.js', 'fastcomposer_bg.wasm', 'package.json',
+  for (const f of ['index.js', 'index.d.ts', 'protocol.js', 'worker.js', 'fastcomposer.js', 'fastcomposer_bg.wasm', 'package.json',
     'threads/fastcomposer.js', 'threads/fastcomposer_bg.wasm']) {
     assert.ok(fs.existsSync(path.join(pkgDir, f)), `the package lacks ${f}`);
   }
@@ -59,17 +56,13 @@ test('npm pack installs into a fresh folder and works from a page', async () => 
       };
     })();
   </script>`);
-  const server = spawn(process.execPath, [path.join(ROOT, 'pkg-scripts', 'serve.mjs'), '--root', app, '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const url = await new Promise((resolve) => server.stdout.on('data', (d) => {
-    const m = /http:\/\/127\.0\.0\.1:\d+\//.exec(String(d));
-    if (m) resolve(m[0]);
-  }));
-  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', headless: true, args: FLAGS });
+  const server = await serve({}, { root: app });
+  const browser = await launch('fc-npm-');
   try {
-    const page = await browser.newPage();
+    const page = await browser.ctx.newPage();
     const problems = [];
     page.on('pageerror', (e) => problems.push(e.message));
-    await page.goto(url);
+    await page.goto(server.url);
     const r = await page.evaluate(() => window.result);
     assert.equal(typeof r.caps.webgpu, 'boolean');
     assert.ok(r.width > 0);
@@ -86,10 +79,23 @@ test('npm pack installs into a fresh folder and works from a page', async () => 
   }
 });
 
+// index.d.ts lists the error names and load-progress statuses the protocol module uses.
+test('the declarations name the protocol module\'s errors and progress statuses', async () => {
+  const protocol = await import(path.join(ROOT, 'web', 'pkg-src', 'protocol.js'));
+  const dts = fs.readFileSync(path.join(ROOT, 'web', 'pkg-src', 'index.d.ts'), 'utf8');
+  const union = /export type ErrorName = ([^;]+);/.exec(dts)[1];
+  assert.deepEqual([...union.matchAll(/'([^']+)'/g)].map((m) => m[1]), [...protocol.ERROR_NAMES]);
+  const progress = /export type LoadProgress =([^;]+);/.exec(dts)[1];
+  assert.deepEqual([...progress.matchAll(/status: '([^']+)'/g)].map((m) => m[1]), [...protocol.LOAD_PROGRESS]);
+  // Every name the worker can reply with is one of them.
+  const worker = fs.readFileSync(path.join(ROOT, 'web', 'pkg-src', 'worker.js'), 'utf8');
+  for (const [, name] of worker.matchAll(/apiError\('(\w+)'/g)) assert.ok(protocol.ERROR_NAMES.includes(name), name);
+});
+
 test('the TypeScript declarations type-check an example', () => {
   const app = packAndInstall();
   fs.writeFileSync(path.join(app, 'example.ts'), `
-import { createGenerator, detect, purgeCache, type GenerateResult, type Capabilities } from 'fastcomposer-web';
+import { createGenerator, detect, purgeCache, ERROR_NAMES, type ErrorName, type GenerateResult, type Capabilities } from 'fastcomposer-web';
 
 async function main(photo: Blob): Promise<GenerateResult> {
   const caps: Capabilities = await detect();
@@ -106,6 +112,8 @@ async function main(photo: Blob): Promise<GenerateResult> {
   console.log(out.image.width, r.timings.perStepMs, gen.model.name, gen.model.license, gen.source);
   await gen.dispose();
   await purgeCache();
+  const busy: ErrorName = 'Busy';
+  console.log(ERROR_NAMES.includes(busy));
   const mine = await createGenerator({ model: new File([], 'mine.gguf'), onProgress: (p) => {
     if (p.status === 'read') console.log(p.file, p.loaded / p.total);
   } });

@@ -4,7 +4,8 @@
 // `benchOps` export (the same code compiled to wasm SIMD, on the page's main thread), in the same
 // run; prints one JSON line per operation with both times and their ratio.
 //   node tools/bench/ops_browser.mjs [--weights f32|int8|int4] [--only <substring>] [--iters 2]
-// Needs pkg/ (pkg-scripts/build-wasm.sh) and target/release/fastcomposer.
+// Needs pkg/ built with the benchmark hook (FASTCOMPOSER_WASM_FEATURES=bench FASTCOMPOSER_WASM_THREADS=0
+// pkg-scripts/build-wasm.sh; the npm package's module has none) and target/release/fastcomposer.
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { ROOT, serve, launch, machine } from './common.mjs';
@@ -30,6 +31,9 @@ try {
   const web = await page.evaluate(async ({ weights, only, iters }) => {
     const m = await import('/pkg/fastcomposer.js');
     await m.default();
+    if (typeof m.benchOps !== 'function') {
+      throw new Error('pkg/ has no benchOps: build it with FASTCOMPOSER_WASM_FEATURES=bench pkg-scripts/build-wasm.sh');
+    }
     return JSON.parse(m.benchOps(weights, only, iters));
   }, { weights: WEIGHTS, only: ONLY, iters: ITERS });
   console.log(`# ${machine()}; weights ${WEIGHTS}, ${ITERS} iters, one thread each`);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The `spirv` build (kernels compiled to SPIR-V by CubeCL's Vulkan compiler instead of WGSL) on a
 # software Vulkan device, to check its results where no GPU is lent. Slow check, not a CI test.
-#   tools/bench/spirv_lavapipe.sh [cargo test filters...]   (default: --test parity --test quantized_ops)
+#   tools/bench/spirv_lavapipe.sh [cargo test filters...]   (default: --test suite; test-name filters from SPIRV_FILTERS, default "parity:: quantized_ops::")
 #
 # lavapipe has no VK_KHR_workgroup_memory_explicit_layout, and without it cubecl-spirv 0.11.3
 # declares shared memory with swapped types (invalid SPIR-V: lavapipe crashes on burn's matmul).
@@ -40,4 +40,4 @@ export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg} CUBECL_AUTOTUNE_LEVEL=minima
 mkdir -p "$XDG_RUNTIME_DIR"
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores; Vulkan ICD ${VK_DRIVER_FILES:-system}; cubecl-spirv patched from $fix"
 cargo test --release --features spirv --config "patch.crates-io.cubecl-spirv.path=\"$fix\"" \
-  ${@:---test parity --test quantized_ops} -- --test-threads 1
+  ${@:---test suite} -- --test-threads 1 ${SPIRV_FILTERS-parity:: quantized_ops::}

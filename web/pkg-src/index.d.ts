@@ -11,6 +11,17 @@ export function detect(): Promise<Capabilities>;
 /** Delete every cached model. */
 export function purgeCache(): Promise<void>;
 
+/**
+ * The `name` of every error the API rejects with: bad input, a bad model file, a device
+ * failure (or loss), an aborted generation, a failed read, and a `generate` started while
+ * another runs in the same worker (use the queue: await the first).
+ */
+export type ErrorName = 'InvalidInput' | 'WeightsError' | 'DeviceError' | 'Cancelled' | 'IoError' | 'Busy';
+/** The same names, at run time. */
+export const ERROR_NAMES: readonly ErrorName[];
+/** The `status` values of `LoadProgress`, at run time. */
+export const LOAD_PROGRESS: readonly LoadProgress['status'][];
+
 /** Progress while loading a model. */
 export type LoadProgress =
   | { status: 'download'; file: string; loaded: number; total: number; cached?: boolean }
@@ -66,7 +77,7 @@ export class Subject {
 export interface GenerateOptions {
   /** The prompt, with the marker right after each subject's class noun: "a cat <|image|> on the beach". */
   prompt: string;
-  /** Subjects from `encodeSubject`, in marker order (1 to 4). */
+  /** Subjects from `encodeSubject`, in marker order (1 to 4); anything else is an InvalidInput. */
   subjects?: Subject[];
   negativePrompt?: string;
   /** 1..1000; default 50. */
@@ -125,8 +136,8 @@ export interface DenoiseSession {
 }
 
 /**
- * A loaded model. Errors are `Error`s whose `name` is one of "InvalidInput", "WeightsError",
- * "DeviceError", "Cancelled", "IoError". Calls are queued: a second `generate` waits for the first.
+ * A loaded model. Errors are `Error`s whose `name` is an `ErrorName`. Calls are queued: a second
+ * `generate` waits for the first.
  */
 export interface Generator {
   readonly device: 'webgpu' | 'cpu';

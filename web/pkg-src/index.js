@@ -1,13 +1,11 @@
 // fastcomposer-web: subject-driven image generation in the browser.
 // The model lives in a Web Worker (worker.js); this module is the page-side API.
 
-const WORKER_URL = new URL('./worker.js', import.meta.url);
+import { OP, CACHE_NAME, ERROR_NAMES, LOAD_PROGRESS, apiError, fromWire } from './protocol.js';
 
-function makeError(info) {
-  const e = new Error(info && info.message ? info.message : String(info));
-  e.name = (info && info.name) || 'DeviceError';
-  return e;
-}
+export { ERROR_NAMES, LOAD_PROGRESS };
+
+const WORKER_URL = new URL('./worker.js', import.meta.url);
 
 /** What this browser offers. */
 export async function detect() {
@@ -37,7 +35,7 @@ export async function detect() {
 /** Delete every cached model. */
 export async function purgeCache() {
   try {
-    if (typeof caches !== 'undefined') await caches.delete('fastcomposer-models-v1');
+    if (typeof caches !== 'undefined') await caches.delete(CACHE_NAME);
   } catch { /* private mode */ }
 }
 
@@ -53,12 +51,12 @@ class WorkerClient {
       if (!p) return;
       if (progress) { if (p.onProgress) p.onProgress(progress); return; }
       this.pending.delete(id);
-      if (ok) p.resolve(value); else p.reject(makeError(error));
+      if (ok) p.resolve(value); else p.reject(fromWire(error));
     };
     // A wasm trap or any uncaught error kills this worker's state: fail everything pending.
     this.worker.onerror = (ev) => {
       ev.preventDefault();
-      this.dead = makeError({ name: 'DeviceError', message: `the worker failed: ${ev.message || 'unknown error'}` });
+      this.dead = apiError('DeviceError', `the worker failed: ${ev.message || 'unknown error'}`);
       for (const p of this.pending.values()) p.reject(this.dead);
       this.pending.clear();
     };
@@ -87,13 +85,13 @@ async function toRgba(image) {
     try {
       bitmap = await createImageBitmap(image);
     } catch {
-      throw makeError({ name: 'InvalidInput', message: 'the file is not an image the browser can decode' });
+      throw apiError('InvalidInput', 'the file is not an image the browser can decode');
     }
   }
   if (typeof ImageBitmap === 'undefined' || !(bitmap instanceof ImageBitmap)) {
-    throw makeError({ name: 'InvalidInput', message: 'expected an ImageBitmap, ImageData or Blob' });
+    throw apiError('InvalidInput', 'expected an ImageBitmap, ImageData or Blob');
   }
-  if (!bitmap.width || !bitmap.height) throw makeError({ name: 'InvalidInput', message: 'the image is empty' });
+  if (!bitmap.width || !bitmap.height) throw apiError('InvalidInput', 'the image is empty');
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
   const ctx = canvas.getContext('2d');
   ctx.drawImage(bitmap, 0, 0);
@@ -117,23 +115,32 @@ export class Subject {
   constructor(values) { this.values = values; }
 }
 
+// The subjects' embeddings for the worker; anything but `Subject`s is refused here.
+function subjectValues(subjects) {
+  if (!Array.isArray(subjects)) throw apiError('InvalidInput', 'subjects must be an array of Subjects from encodeSubject');
+  return subjects.map((s, i) => {
+    if (!(s instanceof Subject)) throw apiError('InvalidInput', `subject ${i + 1} is not a Subject from encodeSubject`);
+    return s.values;
+  });
+}
+
 /** A denoising session for custom loops. */
 class DenoiseSession {
   constructor(gen, id, total, warnings) {
     this.gen = gen; this.id = id; this.total = total; this.done = 0; this.warnings = warnings;
   }
   async step() {
-    const r = await this.gen._call('step', { session: this.id });
+    const r = await this.gen._call(OP.step, { session: this.id });
     this.done = r.done;
     return r;
   }
-  async latents() { return (await this.gen._call('latents', { session: this.id })).latents; }
+  async latents() { return (await this.gen._call(OP.latents, { session: this.id })).latents; }
   async decode() {
-    const img = await this.gen._call('decode', { session: this.id });
+    const img = await this.gen._call(OP.decode, { session: this.id });
     const { imageData, blob } = await toImage(img);
     return { image: imageData, blob };
   }
-  async end() { await this.gen._call('endSession', { session: this.id }); }
+  async end() { await this.gen._call(OP.endSession, { session: this.id }); }
 }
 
 /**
@@ -150,9 +157,9 @@ class Generator {
   async _start() {
     const { model, device, memory, precision, attention, onProgress, wasmUrl, threads } = this._opts;
     this._client = new WorkerClient();
-    const started = await this._client.call('init', { wasmUrl: wasmUrl ? String(wasmUrl) : null, threads, device });
+    const started = await this._client.call(OP.init, { wasmUrl: wasmUrl ? String(wasmUrl) : null, threads, device });
     this.threads = started.threads;
-    const info = await this._client.call('load', { model, device, memory, precision, attention }, onProgress);
+    const info = await this._client.call(OP.load, { model, device, memory, precision, attention }, onProgress);
     this.device = info.device;
     this.precision = info.precision;
     this.attention = info.attention;
@@ -168,7 +175,7 @@ class Generator {
   // and reload the model (from the cache: no download) first.
   _call(op, args, onProgress) {
     const run = async () => {
-      if (this._disposed) throw makeError({ name: 'InvalidInput', message: 'the generator was disposed' });
+      if (this._disposed) throw apiError('InvalidInput', 'the generator was disposed');
       if (this._client.dead || this._lost) {
         this._client.terminate();
         this._lost = false;
@@ -193,12 +200,12 @@ class Generator {
     if (mask) {
       const m = await toRgba(mask);
       if (m.width !== px.width || m.height !== px.height) {
-        throw makeError({ name: 'InvalidInput', message: `the mask is ${m.width}x${m.height} but the photo is ${px.width}x${px.height}` });
+        throw apiError('InvalidInput', `the mask is ${m.width}x${m.height} but the photo is ${px.width}x${px.height}`);
       }
       maskBytes = new Uint8Array(m.width * m.height);
       for (let i = 0; i < maskBytes.length; i++) maskBytes[i] = m.rgba[i * 4];
     }
-    const r = await this._call('encodeSubject', { rgba: px.rgba, width: px.width, height: px.height, mask: maskBytes });
+    const r = await this._call(OP.encodeSubject, { rgba: px.rgba, width: px.width, height: px.height, mask: maskBytes });
     return new Subject(r.values);
   }
 
@@ -207,13 +214,13 @@ class Generator {
    * Returns `{ image: ImageData, blob: Blob (PNG), timings, warnings }`.
    */
   async generate({ subjects = [], ...options } = {}, { onStep, signal, previewEvery } = {}) {
-    if (signal && signal.aborted) throw makeError({ name: 'Cancelled', message: 'the generation was cancelled' });
+    if (signal && signal.aborted) throw apiError('Cancelled', 'the generation was cancelled');
     const runId = ++this._runs;
-    const onAbort = () => this._client && this._client.post({ op: 'cancel', runId });
+    const onAbort = () => this._client && this._client.post({ op: OP.cancel, runId });
     if (signal) signal.addEventListener('abort', onAbort, { once: true });
     try {
-      const values = subjects.map((s) => (s instanceof Subject ? s.values : s));
-      const r = await this._call('generate', { options, subjects: values, previewEvery: previewEvery || 0, runId }, (p) => {
+      const values = subjectValues(subjects);
+      const r = await this._call(OP.generate, { options, subjects: values, previewEvery: previewEvery || 0, runId }, (p) => {
         if (p.status !== 'step' || !onStep) return;
         const ev = { step: p.step, steps: p.steps };
         if (p.preview) ev.preview = new ImageData(new Uint8ClampedArray(p.preview.rgba), p.preview.width, p.preview.height);
@@ -228,15 +235,15 @@ class Generator {
 
   /** Step-level API: a session with `step()`, `latents()`, `decode()`, `end()`. */
   async startDenoise({ subjects = [], ...options } = {}) {
-    const values = subjects.map((s) => (s instanceof Subject ? s.values : s));
-    const r = await this._call('startDenoise', { options, subjects: values });
+    const values = subjectValues(subjects);
+    const r = await this._call(OP.startDenoise, { options, subjects: values });
     return new DenoiseSession(this, r.session, r.total, r.warnings);
   }
 
   /** Free the model and stop the worker. */
   async dispose() {
     if (this._disposed) return;
-    try { await this._call('dispose', {}); } catch { /* already gone */ }
+    try { await this._call(OP.dispose, {}); } catch { /* already gone */ }
     this._disposed = true;
     this._client.terminate();
   }
@@ -266,20 +273,13 @@ export async function createGenerator({ model, device = 'auto', memory = 'auto',
   const isBytes = model instanceof ArrayBuffer || ArrayBuffer.isView(model);
   if (!(typeof model === 'string' || model instanceof URL || isBlob || isBytes) || model === '') {
     const got = model === null || model === undefined || model === '' ? 'none' : Object.prototype.toString.call(model);
-    throw makeError({ name: 'InvalidInput', message: `createGenerator needs a model: a URL, a File or Blob, or an ArrayBuffer (got ${got})` });
+    throw apiError('InvalidInput', `createGenerator needs a model: a URL, a File or Blob, or an ArrayBuffer (got ${got})`);
   }
   if (threads !== 'auto' && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
-    throw makeError({ name: 'InvalidInput', message: `threads must be 'auto' or an integer from 1 to 64 (got ${String(threads)})` });
+    throw apiError('InvalidInput', `threads must be 'auto' or an integer from 1 to 64 (got ${String(threads)})`);
   }
-  if (!['auto', 'resident', 'sequential'].includes(memory)) {
-    throw makeError({ name: 'InvalidInput', message: `unknown memory mode "${memory}" (expected auto, resident or sequential)` });
-  }
-  if (!['auto', 'f32', 'f16'].includes(precision)) {
-    throw makeError({ name: 'InvalidInput', message: `unknown precision "${precision}" (expected auto, f32 or f16)` });
-  }
-  if (!['sliced', 'fused'].includes(attention)) {
-    throw makeError({ name: 'InvalidInput', message: `unknown attention kernel "${attention}" (expected sliced or fused)` });
-  }
+  // memory, precision and attention are checked by the wasm module (its messages), before the
+  // model is fetched.
   // A relative URL means relative to the page, not to the worker.
   if (typeof model === 'string' || model instanceof URL) model = new URL(String(model), globalThis.location && globalThis.location.href).href;
   const g = new Generator({ model, device, memory, precision, attention, threads, onProgress, wasmUrl });

@@ -1,11 +1,11 @@
-// The worker that owns the model. The page never blocks: every call is a message.
-// Requests: { id, op, ...args }; replies: { id, ok, value } | { id, ok: false, error: { name, message } };
-// progress events: { id, progress: {...} }.
+// The worker that owns the model. The page never blocks: every call is a message (protocol.js).
 // The wasm module is imported when `init` asks for it: the threaded build (threads/: the CPU
 // kernels on rayon over Web Workers sharing the module's memory) where the page is cross-origin
 // isolated and more than one thread is wanted, else the single-threaded build (which also has
 // the WebGPU device; the threaded one does not).
-let Generator, BundleBuffer, version;
+import { OP, CACHE_NAME, apiError, toWire } from './protocol.js';
+
+let Generator, BundleBuffer, version, checkLoadOptions;
 let threadCount = 1;
 
 async function loadWasm(wasmUrl, threads, device) {
@@ -31,7 +31,7 @@ async function loadWasm(wasmUrl, threads, device) {
     await m.default(wasmUrl ? { module_or_path: wasmUrl } : undefined);
     threadCount = 1;
   }
-  ({ Generator, BundleBuffer, version } = m);
+  ({ Generator, BundleBuffer, version, checkLoadOptions } = m);
 }
 
 // burn's GPU kernels use WGSL subgroup operations when the adapter offers the `subgroups`
@@ -87,30 +87,15 @@ async function checkDevice() {
 }
 
 function lostError() {
-  return fail('DeviceError', `the WebGPU device was lost (${deviceLost}); the next call starts a fresh one`);
+  return apiError('DeviceError', `the WebGPU device was lost (${deviceLost}); the next call starts a fresh one`);
 }
 
-const CACHE_NAME = 'fastcomposer-models-v1';
 let ready = null;          // the wasm module's init promise
 let generator = null;      // the loaded Generator
 let busy = false;          // one generation at a time
 const sessions = new Map(); // session id -> { session, cancelled }
 let nextSession = 1;
 
-function fail(name, message) {
-  const e = new Error(message);
-  e.name = name;
-  return e;
-}
-
-function errorInfo(e) {
-  if (e && typeof e === 'object' && 'name' in e && 'message' in e) {
-    return { name: String(e.name), message: String(e.message) };
-  }
-  return { name: 'DeviceError', message: String(e) };
-}
-
-// ---------------------------------------------------------------- cache (wrapped: private modes throw)
 async function openCache() {
   try {
     if (typeof caches === 'undefined') return null;
@@ -185,7 +170,7 @@ function ioReader(reader, what) {
       try {
         return await reader.read();
       } catch (e) {
-        throw fail('IoError', `${what}: ${e.message || e}`);
+        throw apiError('IoError', `${what}: ${e.message || e}`);
       }
     },
     cancel: () => reader.cancel(),
@@ -199,9 +184,9 @@ async function download(url, report) {
   try {
     response = await fetch(url, { cache: 'no-store' });
   } catch (e) {
-    throw fail('IoError', `cannot download the model from ${url}: ${e.message || e}`);
+    throw apiError('IoError', `cannot download the model from ${url}: ${e.message || e}`);
   }
-  if (!response.ok) throw fail('IoError', `cannot download the model from ${url}: HTTP ${response.status}`);
+  if (!response.ok) throw apiError('IoError', `cannot download the model from ${url}: HTTP ${response.status}`);
   const total = Number(response.headers.get('content-length')) || 0;
   return fill(ioReader(response.body.getReader(), `cannot download the model from ${url}`), total, url, 'download', report);
 }
@@ -232,7 +217,7 @@ async function fromCache(url, report) {
 // stream; never cached (it is already local).
 async function readFile(blob, report) {
   const name = typeof blob.name === 'string' && blob.name ? blob.name : 'model file';
-  if (blob.size === 0) throw fail('WeightsError', `the model file ${name} is empty`);
+  if (blob.size === 0) throw apiError('WeightsError', `the model file ${name} is empty`);
   return fill(ioReader(blob.stream().getReader(), `cannot read the model file ${name}`), blob.size, name, 'read', report);
 }
 
@@ -277,21 +262,23 @@ async function hasWebGPU() {
 }
 
 const ops = {
-  async init({ wasmUrl, threads, device }) {
+  async [OP.init]({ wasmUrl, threads, device }) {
     if (!ready) ready = loadWasm(wasmUrl, threads, device || 'auto');
     await ready;
     return { version: version(), threads: threadCount };
   },
 
-  async load({ model, device, memory, precision, attention }, report) {
+  async [OP.load]({ model, device, memory, precision, attention }, report) {
     await ready;
     if (generator) { generator.free(); generator = null; }
     let dev = device || 'auto';
     if (dev === 'auto') dev = (await hasWebGPU()) ? 'webgpu' : 'cpu';
     if (dev === 'webgpu' && !(await hasWebGPU())) {
-      throw fail('DeviceError', 'WebGPU is not available in this browser (no adapter); use device "cpu"');
+      throw apiError('DeviceError', 'WebGPU is not available in this browser (no adapter); use device "cpu"');
     }
-    if (dev !== 'cpu' && dev !== 'webgpu') throw fail('InvalidInput', `unknown device "${dev}" (expected auto, webgpu or cpu)`);
+    if (dev !== 'cpu' && dev !== 'webgpu') throw apiError('InvalidInput', `unknown device "${dev}" (expected auto, webgpu or cpu)`);
+    // The other options are the wasm module's to check (its messages), before any download.
+    checkLoadOptions(memory || 'auto', precision || 'auto', attention || 'sliced');
     const { buf, source: from, cacheAs } = await obtainBundle(model, report);
     let about;
     let fileBytes;
@@ -313,50 +300,50 @@ const ops = {
     return { device: dev, precision: generator.precision, attention: generator.attention, memory: generator.memory, imageSize: generator.imageSize, sizeStep: generator.sizeStep, marker: generator.marker, source, model: about };
   },
 
-  async encodeSubject({ rgba, width, height, mask }) {
-    if (!generator) throw fail('InvalidInput', 'no model is loaded');
+  async [OP.encodeSubject]({ rgba, width, height, mask }) {
+    if (!generator) throw apiError('InvalidInput', 'no model is loaded');
     const data = rgba instanceof Uint8Array ? rgba : new Uint8Array(rgba);
     const values = await generator.encodeSubject(data, width, height, mask ? new Uint8Array(mask) : undefined);
     return { values };
   },
 
-  async startDenoise({ options, subjects }) {
-    if (!generator) throw fail('InvalidInput', 'no model is loaded');
+  async [OP.startDenoise]({ options, subjects }) {
+    if (!generator) throw apiError('InvalidInput', 'no model is loaded');
     const session = generator.startDenoise(options || {}, (subjects || []).map((s) => new Float32Array(s)));
     const id = nextSession++;
     sessions.set(id, { session });
     return { session: id, total: session.total, warnings: session.warnings };
   },
 
-  async step({ session }) {
+  async [OP.step]({ session }) {
     const s = sessions.get(session);
-    if (!s) throw fail('InvalidInput', `no denoising session ${session}`);
+    if (!s) throw apiError('InvalidInput', `no denoising session ${session}`);
     await s.session.step();
     return { done: s.session.done, total: s.session.total };
   },
 
-  async latents({ session }) {
+  async [OP.latents]({ session }) {
     const s = sessions.get(session);
-    if (!s) throw fail('InvalidInput', `no denoising session ${session}`);
+    if (!s) throw apiError('InvalidInput', `no denoising session ${session}`);
     return { latents: await s.session.latents() };
   },
 
-  async decode({ session }) {
+  async [OP.decode]({ session }) {
     const s = sessions.get(session);
-    if (!s) throw fail('InvalidInput', `no denoising session ${session}`);
+    if (!s) throw apiError('InvalidInput', `no denoising session ${session}`);
     return await s.session.decode();
   },
 
-  async endSession({ session }) {
+  async [OP.endSession]({ session }) {
     const s = sessions.get(session);
     if (s) { s.session.free(); sessions.delete(session); }
     return {};
   },
 
   // A whole generation. Cancellation arrives as a separate 'cancel' message between steps.
-  async generate({ options, subjects, previewEvery, runId }, report) {
-    if (!generator) throw fail('InvalidInput', 'no model is loaded');
-    if (busy) throw fail('Busy', 'a generation is already running; wait for it or abort it');
+  async [OP.generate]({ options, subjects, previewEvery, runId }, report) {
+    if (!generator) throw apiError('InvalidInput', 'no model is loaded');
+    if (busy) throw apiError('Busy', 'a generation is already running; wait for it or abort it');
     busy = true;
     const t0 = performance.now();
     let session;
@@ -365,7 +352,7 @@ const ops = {
       const total = session.total;
       const tStart = performance.now();
       for (let i = 0; i < total; i++) {
-        if (cancelled.has(runId)) throw fail('Cancelled', 'the generation was cancelled');
+        if (cancelled.has(runId)) throw apiError('Cancelled', 'the generation was cancelled');
         if (deviceLost) throw lostError();
         await session.step();
         const p = { status: 'step', step: i + 1, steps: total };
@@ -374,7 +361,7 @@ const ops = {
         // Let the cancel message in.
         await new Promise((r) => setTimeout(r, 0));
       }
-      if (cancelled.has(runId)) throw fail('Cancelled', 'the generation was cancelled');
+      if (cancelled.has(runId)) throw apiError('Cancelled', 'the generation was cancelled');
       const tLoop = performance.now();
       const image = await session.decode();
       const tEnd = performance.now();
@@ -390,17 +377,10 @@ const ops = {
     }
   },
 
-  async dispose() {
+  async [OP.dispose]() {
     for (const s of sessions.values()) s.session.free();
     sessions.clear();
     if (generator) { generator.free(); generator = null; }
-    return {};
-  },
-
-  async purgeCache() {
-    try {
-      if (typeof caches !== 'undefined') await caches.delete(CACHE_NAME);
-    } catch { /* private mode */ }
     return {};
   },
 };
@@ -409,10 +389,10 @@ const cancelled = new Set();
 
 self.onmessage = async (ev) => {
   const { id, op, ...args } = ev.data || {};
-  if (op === 'cancel') { cancelled.add(args.runId); return; }
+  if (op === OP.cancel) { cancelled.add(args.runId); return; }
   const report = (progress) => self.postMessage({ id, progress });
-  const fn = ops[op];
-  if (!fn) { self.postMessage({ id, ok: false, error: { name: 'InvalidInput', message: `unknown operation ${op}` } }); return; }
+  const fn = Object.hasOwn(ops, op) ? ops[op] : null;
+  if (!fn) { self.postMessage({ id, ok: false, error: toWire(apiError('InvalidInput', `unknown operation ${op}`)) }); return; }
   try {
     if (deviceLost && op !== 'dispose') throw lostError();
     const value = await fn(args, report);
@@ -424,7 +404,7 @@ self.onmessage = async (ev) => {
     // A device error may be the first sign of a loss the device has not reported: check, so
     // that the message says what happened. After a loss, whatever failed failed because of it.
     if (e && e.name === 'DeviceError') await checkDevice();
-    const err = deviceLost && !(e && e.name === 'Cancelled') ? errorInfo(lostError()) : errorInfo(e);
+    const err = deviceLost && !(e && e.name === 'Cancelled') ? toWire(lostError()) : toWire(e);
     self.postMessage({ id, ok: false, error: err });
   }
 };

@@ -3,10 +3,10 @@
 
 use burn::tensor::Tensor;
 
-use crate::attention::{AttentionKernel, sdpa};
 use crate::error::{Error, Result};
-use crate::nn::{Activation, LayerNorm, Linear};
-use crate::weights::Loader;
+use crate::kernels::attention::{AttentionKernel, sdpa};
+use crate::models::loader::Loader;
+use crate::models::nn::{Activation, LayerNorm, Linear};
 
 /// The encoder's shape, common to both towers' configs.
 #[derive(Debug, Clone, Copy)]

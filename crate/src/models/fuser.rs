@@ -7,25 +7,14 @@
 //! ```
 
 use burn::tensor::Tensor;
-use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::nn::{Activation, LayerNorm, Linear};
-use crate::weights::Loader;
+use crate::models::loader::Loader;
+use crate::models::nn::{Activation, LayerNorm, Linear};
+
+pub use crate::config::FuserConfig;
 
 const EPS: f64 = 1e-5;
-
-/// `{"embed_dim": D}`; 768 for SD1.5.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-pub struct FuserConfig {
-    pub embed_dim: usize,
-}
-
-impl Default for FuserConfig {
-    fn default() -> Self {
-        Self { embed_dim: 768 }
-    }
-}
 
 #[derive(Debug, Clone)]
 struct Mlp {

@@ -1,16 +1,20 @@
-//! The model components, one file per reference class.
+//! The model components, one file per reference class, named like diffusers / transformers so
+//! that module paths are checkpoint keys: the CLIP encoders and FastComposer's fuser, the
+//! `UNet2DConditionModel` and the `AutoencoderKL`, with the blocks they share
+//! ([`unet_2d_blocks`], [`resnet`], [`attention`], [`embeddings`]), the layers ([`nn`], [`banded`])
+//! and the [`loader`] that reads their weights by key.
 
+pub mod attention;
+pub mod banded;
 pub mod clip;
 pub mod clip_text;
 pub mod clip_vision;
+pub mod embeddings;
+pub mod forward;
 pub mod fuser;
+pub mod loader;
+pub mod nn;
+pub mod resnet;
 pub mod unet;
+pub mod unet_2d_blocks;
 pub mod vae;
-
-/// For config fields that diffusers may save as `null` (e.g. `UNet2DConditionModel`'s
-/// `sample_size` when the model was built without one): `null` reads as `V`.
-pub(crate) fn null_or<'de, D: serde::Deserializer<'de>, const V: usize>(
-    d: D,
-) -> Result<usize, D::Error> {
-    Ok(<Option<usize> as serde::Deserialize>::deserialize(d)?.unwrap_or(V))
-}

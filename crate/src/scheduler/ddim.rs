@@ -3,7 +3,8 @@
 
 use burn::tensor::Tensor;
 
-use super::{Scheduler, SchedulerConfig};
+use super::Scheduler;
+use crate::config::SchedulerConfig;
 use crate::error::Result;
 
 pub struct DdimScheduler {

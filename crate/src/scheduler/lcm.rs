@@ -15,7 +15,8 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::{Scheduler, SchedulerConfig};
+use super::Scheduler;
+use crate::config::SchedulerConfig;
 use crate::error::{Error, Result};
 use crate::rng::Pcg32;
 

@@ -1,4 +1,4 @@
-//! The JavaScript API (wasm-bindgen). Nothing else in the crate is wasm-only.
+//! The JavaScript API (wasm-bindgen): a face on top of [`crate::pipeline`].
 //!
 //! The npm package's worker (`web/pkg-src/worker.js`) is the only caller: it owns the model and
 //! talks to the page in messages. Every error is a JS `Error` whose `name` is the category
@@ -10,11 +10,11 @@ use js_sys::{Float32Array, Object, Reflect, Uint8Array};
 use serde::Deserialize;
 use wasm_bindgen::prelude::*;
 
-use crate::attention::AttentionKernel;
-use crate::bundle::{BundleInfo, BundleStream};
-use crate::components::Residency;
-use crate::device::Precision;
 use crate::error::Error;
+use crate::io::bundle::{BundleInfo, BundleStream};
+use crate::kernels::attention::AttentionKernel;
+use crate::kernels::device::Precision;
+use crate::pipeline::components::Residency;
 use crate::pipeline::{Denoiser, FastComposer, GenerateOptions, RgbImage, SubjectEmbedding};
 use crate::scheduler::SchedulerKind;
 
@@ -107,21 +107,28 @@ impl BundleBuffer {
 /// (`tools/bench/ops_browser.mjs`; not part of the npm package's API): the SD1.5 UNet's layer
 /// kinds at batch 2 and a 64×64 latent, `weights` `"f32"`, `"int8"` or `"int4"`, only the
 /// operations whose name contains `only`. Returns the timings as JSON (an array of the CLI's
-/// objects). Blocks the thread it runs on for minutes.
+/// objects). Blocks the thread it runs on for minutes. Only in a build with the `bench` feature
+/// (`tools/bench/ops_browser.mjs` builds one); the npm package's module has none.
+#[cfg(feature = "bench")]
 #[wasm_bindgen(js_name = benchOps)]
 pub fn bench_ops(weights: String, only: Option<String>, iters: usize) -> JsResult<String> {
     let quant = match weights.as_str() {
         "f32" => None,
-        other => Some(
-            other
-                .parse::<crate::bundle::write::QuantMode>()
-                .map_err(js_error)?,
-        ),
+        other => Some(other.parse::<crate::quant::QuantMode>().map_err(js_error)?),
     };
-    let kernel = AttentionKernel::from_name("sliced", crate::attention::DEFAULT_MAX_SCORES_BYTES)
-        .map_err(js_error)?;
-    let t = crate::bench::sd15_ops(&Device::flex(), iters, quant, kernel, only.as_deref())
-        .map_err(js_error)?;
+    let kernel = AttentionKernel::from_name(
+        "sliced",
+        crate::kernels::attention::DEFAULT_MAX_SCORES_BYTES,
+    )
+    .map_err(js_error)?;
+    let t = crate::bench::sd15_ops(
+        &Device::flex(),
+        iters,
+        quant,
+        kernel.into(),
+        only.as_deref(),
+    )
+    .map_err(js_error)?;
     serde_json::to_string(&t).map_err(|e| js_error(Error::invalid(e.to_string())))
 }
 
@@ -190,7 +197,42 @@ pub struct Generator {
     device_name: String,
     kernel: AttentionKernel,
     /// The bundle, until `releaseBundle`: the worker copies it into the cache from here.
-    bundle: std::cell::RefCell<Option<std::sync::Arc<crate::bundle::Bundle>>>,
+    bundle: std::cell::RefCell<Option<std::sync::Arc<crate::io::bundle::Bundle>>>,
+}
+
+/// The options `Generator.load` takes besides the device, parsed (the defaults where absent).
+fn load_options(
+    memory: Option<&str>,
+    precision: Option<&str>,
+    attention: Option<&str>,
+    bundle_bytes: u64,
+) -> crate::Result<(Residency, Precision, AttentionKernel)> {
+    Ok((
+        Residency::parse(memory.unwrap_or("auto"), bundle_bytes)?,
+        precision.unwrap_or("auto").parse()?,
+        AttentionKernel::from_name(
+            attention.unwrap_or("sliced"),
+            crate::kernels::attention::DEFAULT_MAX_SCORES_BYTES,
+        )?,
+    ))
+}
+
+/// Check `memory`, `precision` and `attention` as `Generator.load` will, before a bundle is
+/// fetched: the worker calls it first, so a bad value fails at once with this module's message.
+#[wasm_bindgen(js_name = checkLoadOptions)]
+pub fn check_load_options(
+    memory: Option<String>,
+    precision: Option<String>,
+    attention: Option<String>,
+) -> JsResult<()> {
+    load_options(
+        memory.as_deref(),
+        precision.as_deref(),
+        attention.as_deref(),
+        0,
+    )
+    .map(|_| ())
+    .map_err(js_error)
 }
 
 #[wasm_bindgen]
@@ -213,17 +255,11 @@ impl Generator {
         attention: Option<String>,
     ) -> JsResult<Generator> {
         let bundle = bundle.0.finish().map_err(js_error)?;
-        let residency =
-            Residency::parse(memory.as_deref().unwrap_or("auto"), bundle.info.file_len())
-                .map_err(js_error)?;
-        let precision: Precision = precision
-            .as_deref()
-            .unwrap_or("auto")
-            .parse()
-            .map_err(js_error)?;
-        let kernel = AttentionKernel::from_name(
-            attention.as_deref().unwrap_or("sliced"),
-            crate::attention::DEFAULT_MAX_SCORES_BYTES,
+        let (residency, precision, kernel) = load_options(
+            memory.as_deref(),
+            precision.as_deref(),
+            attention.as_deref(),
+            bundle.info.file_len(),
         )
         .map_err(js_error)?;
         let mut dev = match device.as_str() {
@@ -247,7 +283,7 @@ impl Generator {
                 ))));
             }
         };
-        crate::device::set_precision(&mut dev, precision).map_err(js_error)?;
+        crate::kernels::device::set_precision(&mut dev, precision).map_err(js_error)?;
         let bundle = std::sync::Arc::new(bundle);
         let model = FastComposer::load_bundle_with(bundle.clone(), &dev, kernel, residency)
             .map_err(js_error)?;
@@ -296,7 +332,7 @@ impl Generator {
     /// `"f32"` or `"f16"`: the float type the model computes in (see `load`).
     #[wasm_bindgen(getter)]
     pub fn precision(&self) -> String {
-        crate::device::precision_name(self.model.device()).to_string()
+        crate::kernels::device::precision_name(self.model.device()).to_string()
     }
 
     /// The attention kernel that runs: `"fused"` where it was asked for and a flash kernel runs
@@ -304,7 +340,7 @@ impl Generator {
     #[wasm_bindgen(getter)]
     pub fn attention(&self) -> String {
         let fused = matches!(self.kernel, AttentionKernel::Fused { .. })
-            && crate::device::flash_attention_runs(self.model.device());
+            && crate::kernels::device::flash_attention_runs(self.model.device());
         if fused { "fused" } else { "sliced" }.to_string()
     }
 
@@ -354,11 +390,11 @@ impl Generator {
                 }
                 let mask = image::GrayImage::from_raw(width, height, m)
                     .ok_or_else(|| js_error(Error::invalid("bad mask")))?;
-                crate::preprocess::apply_mask(&img, &mask).map_err(js_error)?
+                crate::pipeline::preprocess::apply_mask(&img, &mask).map_err(js_error)?
             }
             None => img,
         };
-        let px = crate::preprocess::subject_pixel_values(&img, self.model.subject_size())
+        let px = crate::pipeline::preprocess::subject_pixel_values(&img, self.model.subject_size())
             .map_err(js_error)?;
         let e = self
             .model
@@ -389,7 +425,7 @@ impl Generator {
 }
 
 fn rgba_to_rgb(rgba: &[u8], width: u32, height: u32) -> Result<image::RgbImage, Error> {
-    crate::preprocess::check_dimensions(width, height, "subject photo")?;
+    crate::pipeline::preprocess::check_dimensions(width, height, "subject photo")?;
     let n = width as usize * height as usize;
     if rgba.len() != n * 4 {
         return Err(Error::invalid(format!(
@@ -440,7 +476,7 @@ impl DenoiseSession {
 
     /// The current latents `[1, C, h, w]` as a flat array.
     pub async fn latents(&self) -> JsResult<Float32Array> {
-        let d = crate::forward::read_async(self.inner.latents())
+        let d = crate::kernels::device::read_async(self.inner.latents())
             .await
             .map_err(js_error)?;
         let v = d

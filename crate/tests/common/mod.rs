@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use fastcomposer::device::{self, DeviceChoice};
-use fastcomposer::weights::SafetensorsSource;
+use fastcomposer::io::safetensors::SafetensorsSource;
+use fastcomposer::kernels::device::{self, DeviceChoice};
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -24,7 +24,30 @@ pub fn test_device() -> Device {
         Ok("wgpu") => DeviceChoice::Wgpu,
         _ => DeviceChoice::Cpu,
     };
+    // The SPIR-V build on an adapter without explicit workgroup layouts
+    // (`tools/bench/spirv_lavapipe.sh`, with a fixed cubecl-spirv).
+    #[cfg(feature = "spirv")]
+    device::allow_implicit_shared_memory(
+        std::env::var_os("FASTCOMPOSER_ALLOW_IMPLICIT_SMEM").is_some(),
+    );
     device::create(choice).expect("test device")
+}
+
+/// The CPU device's ways of computing 3×3 convolutions, for tests that hold every one of them
+/// to the references: the automatic choice and Winograd's form at each tile size wherever it
+/// applies On other devices only the automatic one
+/// (the policy is the CPU device's).
+pub fn winograd_policies(device: &Device) -> Vec<fastcomposer::kernels::WinogradPolicy> {
+    use fastcomposer::kernels::{WinogradPolicy, WinogradTile};
+    if device::is_cpu(device) {
+        vec![
+            WinogradPolicy::Auto,
+            WinogradPolicy::Force(WinogradTile::F2),
+            WinogradPolicy::Force(WinogradTile::F4),
+        ]
+    } else {
+        vec![WinogradPolicy::Auto]
+    }
 }
 
 /// Max absolute difference, and the largest reference magnitude.
@@ -50,7 +73,7 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 /// A subject photo from the pipeline fixtures (`astronaut`, `chelsea`, `coffee`).
 pub fn photo(name: &str) -> image::RgbImage {
     let bytes = std::fs::read(fixtures().join(format!("pipeline/photos/{name}.png"))).unwrap();
-    fastcomposer::preprocess::decode_image(&bytes, name).unwrap()
+    fastcomposer::pipeline::preprocess::decode_image(&bytes, name).unwrap()
 }
 
 /// Pipeline reference case `k`: its settings (JSON) and tensors.
@@ -84,7 +107,7 @@ pub fn convert_bundle(
     quant: &str,
     out: PathBuf,
 ) -> PathBuf {
-    fastcomposer::convert::convert(&fastcomposer::convert::ConvertOptions {
+    fastcomposer::io::convert::convert(&fastcomposer::io::convert::ConvertOptions {
         from: from.to_path_buf(),
         configs: configs.map(std::path::Path::to_path_buf),
         quant: quant.parse().unwrap(),
@@ -102,10 +125,10 @@ pub fn convert_bundle(
 /// `dir`: the max abs error and the largest reference magnitude (the shapes must agree).
 pub fn component_error(
     dir: &str,
-    component: fastcomposer::forward::Component,
+    component: fastcomposer::models::forward::Component,
     case: &str,
     device: &Device,
-    kernel: fastcomposer::attention::AttentionKernel,
+    kernel: impl Into<fastcomposer::kernels::KernelOptions>,
 ) -> (f32, f32) {
     let config = std::fs::read_to_string(fixtures().join(dir).join("config.json")).unwrap();
     let weights = fixture(&format!("{dir}/weights.safetensors"));
@@ -113,7 +136,7 @@ pub fn component_error(
     let (want_shape, want) = fixture(&format!("{dir}/{case}.out.safetensors"))
         .read_f32("out")
         .unwrap();
-    let got = fastcomposer::forward::forward_component(
+    let got = fastcomposer::models::forward::forward_component(
         component, &config, &weights, &inputs, device, kernel,
     )
     .unwrap_or_else(|e| panic!("{dir}/{case}: {e}"));
@@ -123,7 +146,7 @@ pub fn component_error(
 
 /// A tensor's values on the host, as f32 whatever the device computes in.
 pub fn values<const D: usize>(t: burn::tensor::Tensor<D>) -> Vec<f32> {
-    fastcomposer::forward::read(t)
+    fastcomposer::kernels::device::read(t)
         .unwrap()
         .try_into_vec::<f32>()
         .unwrap()

@@ -1,0 +1,67 @@
+//! Convert a checkpoint to a model bundle: a diffusers-layout directory, or one FastComposer
+//! checkpoint (.safetensors or PyTorch .bin with text_encoder., image_encoder., vae., unet.,
+//! postfuse_module. keys).
+
+use super::*;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Reference configs (unet/config.json, vae/config.json, text_encoder/config.json,
+    /// image_encoder/config.json, fuser/config.json, optional scheduler/scheduler_config.json).
+    /// Default for a directory: its own; for a file: SD1.5 + CLIP ViT-L/14.
+    #[arg(long)]
+    pub configs: Option<PathBuf>,
+    /// f16 | int8 | int4 | mixed
+    #[arg(long, default_value = "int8")]
+    pub quant: String,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Model name stored in the bundle.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A file with the licence text to store in the bundle.
+    #[arg(long)]
+    pub license: Option<PathBuf>,
+    /// A file with the model card (markdown) to store in the bundle.
+    #[arg(long)]
+    pub card: Option<PathBuf>,
+    /// Also store the VAE encoder (generation only decodes; left out by default).
+    #[arg(long)]
+    pub keep_vae_encoder: bool,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let Args {
+        from,
+        configs,
+        quant,
+        out,
+        name,
+        license,
+        card,
+        keep_vae_encoder,
+    } = args;
+    let opts = ConvertOptions {
+        from,
+        configs,
+        quant: quant.parse()?,
+        out,
+        name,
+        license: license.as_deref().map(read_text).transpose()?,
+        card: card.as_deref().map(read_text).transpose()?,
+        keep_vae_encoder,
+    };
+    let r = convert(&opts)?;
+    for (ty, n, bytes) in &r.by_type {
+        eprintln!("  {ty:>5}: {n:5} tensors, {:10.2} MB", *bytes as f64 / 1e6);
+    }
+    eprintln!(
+        "wrote {} ({} tensors, {:.2} MB)",
+        opts.out.display(),
+        r.tensors,
+        r.bytes as f64 / 1e6
+    );
+    Ok(())
+}

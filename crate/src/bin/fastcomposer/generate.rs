@@ -1,0 +1,261 @@
+//! Generate an image of the given subjects. Without --model it uses the built-in default
+//! model (small, trained here: cats, robots, birds and cups at 128x128).
+
+use super::*;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The prompt, with a marker right after each subject's class noun,
+    /// e.g. "a man <|image|> on the beach".
+    #[arg(long)]
+    pub prompt: String,
+    /// A subject photo (PNG, JPEG or WebP), once per marker, in marker order.
+    #[arg(long = "subject")]
+    pub subjects: Vec<PathBuf>,
+    /// A mask per subject, in the same order (white = subject; the background is replaced
+    /// by noise). Optional; fewer masks than subjects leaves the rest unmasked.
+    #[arg(long = "mask")]
+    pub masks: Vec<PathBuf>,
+    #[arg(long, default_value = "")]
+    pub negative: String,
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 5.0)]
+    pub guidance: f64,
+    /// Fraction of the steps (the last ones) conditioned on the subjects.
+    #[arg(long, default_value_t = 0.7)]
+    pub alpha: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image width in pixels (default: the model's native size).
+    #[arg(long)]
+    pub width: Option<usize>,
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// ddim | pndm | euler | lcm (few steps, for LCM-distilled UNets)
+    #[arg(long, default_value = "ddim")]
+    pub scheduler: String,
+    /// Report wgpu's device-memory peaks (with --device wgpu): reserved, allocated and the
+    /// largest buffer, after each stage.
+    #[arg(long)]
+    pub memory_report: bool,
+    /// auto | resident | sequential. Sequential loads each component when its stage
+    /// starts and frees the one before (text encoder, image encoder, UNet, VAE): device
+    /// memory holds one stage's weights at a time. auto: sequential for bundles over
+    /// 512 MiB. Diffusers-layout directories are always resident.
+    #[arg(long, default_value = "auto")]
+    pub memory: String,
+    #[command(flatten)]
+    pub attention: AttentionArgs,
+    /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
+    /// (text_encoder/, image_encoder/, fuser/, unet/, vae/, scheduler/). Default: the
+    /// built-in model.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// cpu | wgpu
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// auto | f32 | f16: the float type the model computes in. auto: f16 on a GPU that
+    /// computes in it (shader-f16), f32 otherwise; f16 needs --device wgpu.
+    #[arg(long, default_value = "auto")]
+    pub precision: String,
+    /// The image (PNG). Optional when --latents-out is given (then nothing is decoded).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write the final latents (`latents`, [1, C, h, w]) and each subject's embedding
+    /// (`subject_0`, ...) as f32 safetensors: for comparing runs (e.g. browser vs native).
+    #[arg(long)]
+    pub latents_out: Option<PathBuf>,
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let Args {
+        prompt,
+        subjects,
+        masks,
+        negative,
+        steps,
+        guidance,
+        alpha,
+        seed,
+        width,
+        height,
+        scheduler,
+        model,
+        device,
+        precision,
+        out,
+        latents_out,
+        memory_report,
+        memory,
+        attention,
+    } = args;
+    let precision: Precision = precision.parse()?;
+    if out.is_none() && latents_out.is_none() {
+        return Err(Error::invalid(
+            "nothing to write: give --out (the image) and/or --latents-out",
+        ));
+    }
+    if masks.len() > subjects.len() {
+        return Err(Error::invalid(format!(
+            "{} masks for {} subject photos; give at most one mask per subject",
+            masks.len(),
+            subjects.len()
+        )));
+    }
+    // A bad mode or kernel name fails before any work.
+    Residency::parse(&memory, 0)?;
+    let kernel = attention.options()?;
+    let opts = GenerateOptions {
+        prompt,
+        negative_prompt: negative,
+        steps,
+        guidance,
+        alpha,
+        seed,
+        width,
+        height,
+        scheduler: scheduler.parse()?,
+    };
+    // Read every photo before loading the model: bad files fail fast.
+    let photos = subjects
+        .iter()
+        .map(|p| decode_image(&read_bytes(p)?, &p.display().to_string()))
+        .collect::<Result<Vec<_>>>()?;
+    let masks = masks
+        .iter()
+        .map(|p| {
+            Ok(image::DynamicImage::ImageRgb8(decode_image(
+                &read_bytes(p)?,
+                &p.display().to_string(),
+            )?)
+            .into_luma8())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let choice: device::DeviceChoice = device.parse()?;
+    let mut device = device::create(choice)?;
+    device::set_precision(&mut device, precision)?;
+    if let Some(adapter) = (choice == device::DeviceChoice::Wgpu)
+        .then(device::wgpu_adapter)
+        .flatten()
+    {
+        eprintln!("adapter: {adapter}");
+    }
+    eprintln!("precision: {}", device::precision_name(&device));
+    let monitor = memory_monitor(memory_report, choice)?;
+    let report = |stage: &str| report_memory(&monitor, stage);
+    let t0 = std::time::Instant::now();
+    let model = match &model {
+        Some(path) if path.is_dir() => {
+            if memory == "sequential" {
+                return Err(Error::invalid(
+                    "--memory sequential needs a bundle (.gguf); a directory loads resident",
+                ));
+            }
+            let dir = ModelDir::open(path)?;
+            FastComposer::load(&dir.config, &dir, &device, kernel)?
+        }
+        Some(path) => {
+            let bundle = Bundle::open(path)?;
+            let residency = Residency::parse(&memory, bundle.info.file_len())?;
+            eprintln!("memory: {}", residency.name());
+            FastComposer::load_bundle_with(Arc::new(bundle), &device, kernel, residency)?
+        }
+        None => {
+            eprintln!("note: using the {}", default_model::LABEL);
+            let bundle = default_model::bundle()?;
+            let residency = Residency::parse(&memory, bundle.info.file_len())?;
+            FastComposer::load_bundle_with(Arc::new(bundle), &device, kernel, residency)?
+        }
+    };
+    report("loading");
+    let t_load = t0.elapsed().as_secs_f64();
+    let t0 = std::time::Instant::now();
+    let embeddings = photos
+        .iter()
+        .enumerate()
+        .map(|(i, p)| model.encode_subject(p, masks.get(i)))
+        .collect::<Result<Vec<_>>>()?;
+    let t_subjects = t0.elapsed().as_secs_f64();
+    let t0 = std::time::Instant::now();
+    let mut d = model.start(&opts, &embeddings, None)?;
+    d.settle_blocking()?;
+    report("encoding the subjects and the prompt");
+    let t_prompt = t0.elapsed().as_secs_f64();
+    for w in &d.warnings {
+        eprintln!("warning: {w}");
+    }
+    let bar = ProgressBar::new(d.total() as u64).with_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, ~{eta} left",
+        )
+        .map_err(|e| Error::invalid(e.to_string()))?
+        .progress_chars("=> "),
+    );
+    bar.set_message("denoising");
+    let t0 = std::time::Instant::now();
+    // Each step's time, finished on the device (wgpu queues work: wait for it).
+    let mut step_s = Vec::with_capacity(d.total());
+    while !d.is_done() {
+        let t = std::time::Instant::now();
+        d.step()?;
+        if choice == device::DeviceChoice::Wgpu {
+            d.settle_blocking()?;
+        }
+        step_s.push(t.elapsed().as_secs_f64());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    report("denoising");
+    d.settle_blocking()?;
+    // Seconds per stage, each stage finished on the device.
+    let t_steps = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "timings: {{\"load_s\": {t_load:.3}, \"subjects_s\": {t_subjects:.3}, \"prompt_s\": {t_prompt:.3}, \"steps\": {}, \"steps_s\": {t_steps:.3}, \"step_s\": [{}]}}",
+        d.total(),
+        step_s
+            .iter()
+            .map(|t| format!("{t:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let Some(path) = &latents_out {
+        let mut named = vec![(
+            "latents".to_string(),
+            fastcomposer::kernels::device::read(d.latents())?,
+        )];
+        for (i, e) in embeddings.iter().enumerate() {
+            let n = e.values.len();
+            named.push((
+                format!("subject_{i}"),
+                burn::tensor::TensorData::new(e.values.clone(), [n]),
+            ));
+        }
+        write_tensors(path, named)?;
+        eprintln!("wrote {}", path.display());
+    }
+    let Some(out) = out else {
+        return Ok(());
+    };
+    // One image: free everything but the VAE decoder before decoding.
+    drop(embeddings);
+    drop(model);
+    let (vae, latents) = d.into_decoder()?;
+    let img = fastcomposer::pipeline::decode_rgb_with(&vae, latents)?;
+    if let Some(m) = monitor {
+        let p = m.finish();
+        eprintln!(
+            "memory after decoding: peak reserved {:.1} MiB, peak allocated {:.1} MiB, largest buffer {:.1} MiB ({} reports)",
+            mib(p.reserved),
+            mib(p.allocated),
+            mib(p.largest_allocation),
+            p.samples
+        );
+    }
+    let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.pixels)
+        .ok_or_else(|| Error::Device("decoded image has the wrong size".into()))?;
+    buf.save_with_format(&out, image::ImageFormat::Png)
+        .map_err(|e| Error::Io(format!("cannot write {}: {e}", out.display())))?;
+    eprintln!("wrote {} ({}x{})", out.display(), img.width, img.height);
+    Ok(())
+}
