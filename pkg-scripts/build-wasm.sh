@@ -15,10 +15,12 @@ fi
 # npm package is built without).
 features="webgpu${FASTCOMPOSER_WASM_FEATURES:+,$FASTCOMPOSER_WASM_FEATURES}"
 t0=$SECONDS
+# Its own target directory (as the threaded module's below), so that it can build while a native
+# cargo run holds target/ (pkg-scripts/test.sh runs the Rust tests meanwhile).
 cargo rustc --profile wasm-release --target wasm32-unknown-unknown -p fastcomposer --lib --crate-type cdylib \
-  --no-default-features --features "$features"
+  --no-default-features --features "$features" --target-dir target/wasm
 rm -rf pkg && mkdir -p pkg
-wasm=target/wasm32-unknown-unknown/wasm-release/fastcomposer.wasm
+wasm=target/wasm/wasm32-unknown-unknown/wasm-release/fastcomposer.wasm
 # wasm-opt runs before wasm-bindgen: Debian's binaryen (108) breaks the externref table that
 # wasm-bindgen sets up when it runs after it.
 if command -v wasm-opt >/dev/null; then

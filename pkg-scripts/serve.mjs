@@ -1,7 +1,7 @@
 // A small static server for the demo and the browser tests (no dependencies).
 //   node pkg-scripts/serve.mjs [--port 8080] [--root web] [--map /pkg/=pkg] [--map /models/=models]
 // Serves 127.0.0.1 only, with Range support, correct MIME types and the cross-origin isolation
-// headers (COOP/COEP) that wasm threads would need. Prints the URL when listening.
+// headers (COOP/COEP) under which the package runs its threaded CPU module. Prints the URL when listening.
 import http from 'node:http';
 import fs from 'node:fs';
 import path from 'node:path';

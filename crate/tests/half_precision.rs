@@ -15,8 +15,7 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Device, FloatDType};
 use common::{
-    case, case_options, component_error, convert_bundle, fixtures, max_abs_diff, photo, rel_err,
-    values,
+    component_error, convert_bundle, fixtures, max_abs_diff, photo, rel_err, run_case, values,
 };
 use fastcomposer::io::model_dir::ModelDir;
 use fastcomposer::kernels::attention::AttentionKernel;
@@ -151,24 +150,7 @@ fn generation_in_f16_matches_the_reference() {
     let dir = ModelDir::open(&fixtures().join("pipeline/model")).unwrap();
     let model = FastComposer::load(&dir.config, &dir, &device, AttentionKernel::default()).unwrap();
     for k in [1, 4] {
-        let (c, f) = case(k);
-        let subjects: Vec<SubjectEmbedding> = c["subjects"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                model
-                    .encode_subject(&photo(s.as_str().unwrap()), None)
-                    .unwrap()
-            })
-            .collect();
-        let (_, latents) = f.read_f32("latents").unwrap();
-        let mut d = model
-            .start(&case_options(&c), &subjects, Some(latents))
-            .unwrap();
-        while !d.is_done() {
-            d.step().unwrap();
-        }
+        let (d, f) = run_case(&model, k);
         assert_eq!(d.latents().dtype(), burn::tensor::DType::F16);
         let got = values(d.latents());
         let (_, want) = f.read_f32("final_latents").unwrap();

@@ -15,8 +15,8 @@ pub const DEFAULT_MAX_SCORES_BYTES: usize = 128 << 20;
 
 /// Largest head size [`AttentionKernel::Fused`] gives burn's fused operation. CubeCL's flash
 /// kernels keep a query row's whole head in registers: SD1.5's UNet (40, 80, 160) and CLIP (64)
-/// fit; with the VAE's single 512-wide head (1,024 tokens) the flash kernel had not finished on
-/// lavapipe after 20 minutes (the process past 10 GB), so wider heads take the sliced kernel.
+/// fit; wider heads (the VAE's single 512-wide one) take the sliced kernel (BENCHMARKS.md: the
+/// flash kernel did not finish at that width).
 pub const FUSED_MAX_HEAD_DIM: usize = 160;
 
 /// Which kernel computes attention.
@@ -296,7 +296,7 @@ pub fn host_attention(
     };
     // Output blocks line up with tasks: block t is rows i0..i0+m of head t / blocks_per_head.
     let chunks = split_blocks(&mut out, bh, lq, rows, dv);
-    super::for_each_task(chunks, |i, c| task((i, c)));
+    super::for_each_task(chunks, |i, c| task((i, &mut **c)));
     out
 }
 

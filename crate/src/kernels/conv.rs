@@ -5,10 +5,9 @@
 //!   ([`crate::winograd`]), the rest by burn's im2col + gemm;
 //! - GPU devices: 3×3 stride-1 convolutions as matrix products — the input's 9 shifted windows
 //!   stacked into `[c_in·9, n·rows·w]` columns, times the kernel as a `[c_out, c_in·9]` matrix —
-//!   in bands of output rows whose columns stay within [`COLUMNS_BYTES`]. burn 0.22's only dense
-//!   3×3 kernel on WGSL devices is a direct convolution (its implicit-GEMM kernels need
-//!   cooperative matrices, which WGSL lacks), and on an H200 it ran at 0.5–1.5 TFLOP/s where
-//!   burn's matmul reached 1.4–2.6 in f32 and up to 13.7 in f16 (BENCHMARKS.md);
+//!   in bands of output rows whose columns stay within [`COLUMNS_BYTES`] (burn 0.22's only dense
+//!   3×3 kernel on WGSL devices is a direct convolution, much slower than its matmul on a GPU:
+//!   BENCHMARKS.md);
 //! - everything else: burn's `conv2d`, which is also the reference both paths are tested against.
 
 use burn::tensor::module::conv2d as burn_conv2d;

@@ -13,8 +13,6 @@ pub mod device;
 pub mod flash;
 pub mod winograd;
 
-use burn::tensor::Tensor;
-
 pub use attention::AttentionKernel;
 pub use conv::{ConvKernels, GpuConv};
 pub use winograd::{Policy as WinogradPolicy, Tile as WinogradTile};
@@ -46,33 +44,36 @@ impl From<AttentionKernel> for KernelOptions {
 /// Reshaping to rank 2 copies a tensor that is not contiguous (burn cannot express that
 /// reshape as a view) and is free for one that is.
 #[cfg(any(not(target_arch = "wasm32"), feature = "webgpu"))]
-pub(crate) fn row_major(t: Tensor<4>) -> Tensor<4> {
+pub(crate) fn row_major(t: burn::tensor::Tensor<4>) -> burn::tensor::Tensor<4> {
     let [b, h, l, d] = t.dims();
     t.reshape([b * h * l, d]).reshape([b, h, l, d])
 }
 
-/// Runs `f(i, task)` for every task: in parallel natively and in the threaded wasm build (rayon
-/// over Web Workers), one after the other in the plain wasm build.
-pub(crate) fn for_each_task<T: Send>(tasks: Vec<T>, f: impl Fn(usize, T) + Sync + Send) {
-    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
-    {
-        use rayon::prelude::*;
-        tasks.into_par_iter().enumerate().for_each(|(i, t)| f(i, t));
-    }
-    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-    tasks.into_iter().enumerate().for_each(|(i, t)| f(i, t));
-}
-
-/// Runs `f` over `chunk`-sized pieces of `xs` with their index ([`for_each_task`]).
+/// Runs `f` over `chunk`-sized pieces of `xs` with their index: in parallel natively and in the
+/// threaded wasm build (rayon over Web Workers), one after the other in the plain wasm build.
+/// The crate's one parallel loop; the other helpers are built on it.
 pub(crate) fn for_chunks<T: Send>(
     xs: &mut [T],
     chunk: usize,
     f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) {
-    for_each_task(xs.chunks_mut(chunk).collect(), f);
+    #[cfg(any(not(target_arch = "wasm32"), target_feature = "atomics"))]
+    {
+        use rayon::prelude::*;
+        xs.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(i, c)| f(i, c));
+    }
+    #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+    xs.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
 }
 
-/// Runs `f(i)` for `i` in `0..count` ([`for_each_task`]).
+/// Runs `f(i)` for `i` in `0..count` ([`for_chunks`] over nothing: `()` takes no memory).
 pub(crate) fn for_each_index(count: usize, f: impl Fn(usize) + Sync + Send) {
-    for_each_task((0..count).collect(), |_, i| f(i));
+    for_chunks(&mut vec![(); count], 1, |i, _| f(i));
+}
+
+/// Runs `f(i, task)` for every task ([`for_chunks`], one task per piece).
+pub(crate) fn for_each_task<T: Send>(mut tasks: Vec<T>, f: impl Fn(usize, &mut T) + Sync + Send) {
+    for_chunks(&mut tasks, 1, |i, t| f(i, &mut t[0]));
 }

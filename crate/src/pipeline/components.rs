@@ -166,7 +166,7 @@ pub(crate) fn load_stage(
     })
 }
 
-/// Load every stage (in the order a generation uses them).
+/// Load every stage (all stay loaded, so the order does not matter).
 pub(crate) fn load_all(
     config: &ModelConfig,
     weights: &dyn ModelWeights,

@@ -10,8 +10,10 @@
 //!    conditioning while `i <= (1 - alpha) * N`, augmented after (delayed subject conditioning);
 //! 7. decode with the VAE to RGB.
 //!
-//! Steps 4–7 live in a [`Denoiser`] that advances one step per call, so a caller (the CLI's
-//! progress bar, the browser's event loop) can report progress and cancel between steps.
+//! [`FastComposer::encode_subject`] is step 2; [`FastComposer::start`] does steps 1 and 3–5 and
+//! returns a [`Denoiser`], which runs step 6 one denoising step per call — so a caller (the CLI's
+//! progress bar, the browser's event loop) can report progress and cancel between steps — and
+//! step 7.
 
 use std::sync::Arc;
 

@@ -85,6 +85,33 @@ pub fn case(k: usize) -> (serde_json::Value, SafetensorsSource) {
     )
 }
 
+/// Reference case `k` generated on `model` to its last step (its subjects encoded from their
+/// photos, its starting latents given), and the case's reference tensors.
+pub fn run_case(
+    model: &fastcomposer::pipeline::FastComposer,
+    k: usize,
+) -> (fastcomposer::pipeline::Denoiser, SafetensorsSource) {
+    let (c, f) = case(k);
+    let subjects: Vec<_> = c["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            model
+                .encode_subject(&photo(s.as_str().unwrap()), None)
+                .unwrap()
+        })
+        .collect();
+    let (_, latents) = f.read_f32("latents").unwrap();
+    let mut d = model
+        .start(&case_options(&c), &subjects, Some(latents))
+        .unwrap();
+    while !d.is_done() {
+        d.step().unwrap();
+    }
+    (d, f)
+}
+
 /// A reference case's generation options (seed 0: its starting latents are given).
 pub fn case_options(c: &serde_json::Value) -> fastcomposer::pipeline::GenerateOptions {
     fastcomposer::pipeline::GenerateOptions {

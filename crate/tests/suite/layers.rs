@@ -362,40 +362,32 @@ fn the_checker_finds_upward_uses_and_circles() {
     .collect();
     assert_eq!(check(&clean), Vec::<String>::new());
 
-    let mut upward = clean.clone();
-    let (m, c) = file("kernels::winograd", "fn g() -> crate::io::Bundle {}");
-    upward.insert(m, c);
-    let p = check(&upward);
+    // `clean` with one module's code replaced.
+    let with = |module: &str, text: &str| {
+        let mut files = clean.clone();
+        let (m, c) = file(module, text);
+        files.insert(m, c);
+        check(&files)
+    };
+    let p = with("kernels::winograd", "fn g() -> crate::io::Bundle {}");
     assert!(
         p.iter()
             .any(|l| l.contains("kernels::winograd uses io::Bundle")),
         "{p:?}"
     );
-
-    let mut grouped = clean.clone();
-    let (m, c) = file("config", "use crate::{error::Error, models::unet::X};");
-    grouped.insert(m, c);
-    let p = check(&grouped);
     // (models uses kernels::conv, which uses config: a circle too.)
+    let p = with("config", "use crate::{error::Error, models::unet::X};");
     assert!(
         p.iter().any(|l| l.contains("config uses models::unet::X")),
         "{p:?}"
     );
-
-    let mut through_super = clean.clone();
-    let (m, c) = file("kernels::conv", "use super::super::pipeline::Denoiser;");
-    through_super.insert(m, c);
-    let p = check(&through_super);
+    let p = with("kernels::conv", "use super::super::pipeline::Denoiser;");
     assert!(
         p.iter()
             .any(|l| l.contains("kernels::conv uses pipeline::Denoiser")),
         "{p:?}"
     );
-
-    let mut circle = clean.clone();
-    let (m, c) = file("kernels::winograd", "use super::conv::is_3x3;");
-    circle.insert(m, c);
-    let p = check(&circle);
+    let p = with("kernels::winograd", "use super::conv::is_3x3;");
     assert_eq!(
         p,
         vec!["circular uses between kernels::conv, kernels::winograd".to_string()]

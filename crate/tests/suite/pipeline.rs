@@ -6,7 +6,7 @@ use crate::common;
 
 use std::sync::OnceLock;
 
-use crate::common::{case, case_options, fixture, fixtures, max_abs_diff, photo, test_device};
+use crate::common::{fixture, fixtures, max_abs_diff, photo, run_case, test_device};
 use fastcomposer::Error;
 use fastcomposer::io::model_dir::ModelDir;
 use fastcomposer::kernels::attention::AttentionKernel;
@@ -78,24 +78,7 @@ fn end_to_end_matches_the_reference_with_each_winograd_tile() {
 /// alpha 0 / 0.5 / 1, one and two subjects, DDIM and PNDM, guidance 1 and 5.
 fn end_to_end(model: &FastComposer, label: &str) {
     for k in 0..6 {
-        let (c, f) = case(k);
-        let subjects: Vec<SubjectEmbedding> = c["subjects"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                model
-                    .encode_subject(&photo(s.as_str().unwrap()), None)
-                    .unwrap()
-            })
-            .collect();
-        let (_, latents) = f.read_f32("latents").unwrap();
-        let mut d = model
-            .start(&case_options(&c), &subjects, Some(latents))
-            .unwrap();
-        while !d.is_done() {
-            d.step().unwrap();
-        }
+        let (d, f) = run_case(model, k);
         let got = d.latents().to_data().try_into_vec::<f32>().unwrap();
         let (_, want) = f.read_f32("final_latents").unwrap();
         let (err, mag) = max_abs_diff(&got, &want);

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The slow checks: correctness at full scale that takes minutes on a software GPU, so it is run
+# by hand (and on a lent GPU), not in CI. Each is an `#[ignore]`d test of crate/tests/suite/;
+# this runs them on the wgpu device (lavapipe where there is no GPU) and on the CPU device.
+#   tools/bench/slow_checks.sh [test-name filters...]
+# BENCHMARKS.md ("CI time") lists them with their last run.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-$(mktemp -d)}"
+for device in wgpu cpu; do
+  echo "== slow checks on the $device device"
+  FASTCOMPOSER_TEST_DEVICE=$device cargo test --release --test suite -- --ignored --test-threads 1 "$@"
+done
