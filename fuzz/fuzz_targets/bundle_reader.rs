@@ -1,8 +1,8 @@
 //! The bundle reader on arbitrary bytes: header parsing, chunk verification, tensor decoding.
 //! Every input must give Ok or a typed error, never a panic.
 #![no_main]
-use fastcomposer::bundle::{Bundle, BundleInfo, tensor_data};
-use fastcomposer::weights::TensorSource;
+use fastcomposer::io::bundle::{Bundle, BundleInfo, tensor_data};
+use fastcomposer::config::TensorSource;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! The PyTorch checkpoint pickle interpreter on arbitrary bytes: Ok or a typed error, never a
 //! panic, and nothing executed.
 #![no_main]
-use fastcomposer::pickle::parse_state_dict;
+use fastcomposer::io::pickle::parse_state_dict;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

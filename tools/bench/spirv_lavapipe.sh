@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The `spirv` build (kernels compiled to SPIR-V by CubeCL's Vulkan compiler instead of WGSL) on a
 # software Vulkan device, to check its results where no GPU is lent. Slow check, not a CI test.
-#   tools/bench/spirv_lavapipe.sh [cargo test filters...]   (default: --test suite; test-name filters from SPIRV_FILTERS, default "parity:: quantized_ops::")
+#   tools/bench/spirv_lavapipe.sh [cargo test args...]   (default: --test suite; test-name filters from SPIRV_FILTERS, default "parity:: quantized_ops::")
 #
 # lavapipe has no VK_KHR_workgroup_memory_explicit_layout, and without it cubecl-spirv 0.11.3
 # declares shared memory with swapped types (invalid SPIR-V: lavapipe crashes on burn's matmul).
