@@ -96,6 +96,7 @@ let busy = false;          // one generation at a time
 const sessions = new Map(); // session id -> { session, cancelled }
 let nextSession = 1;
 
+// ---------------------------------------------------------------- cache (wrapped: private modes throw)
 async function openCache() {
   try {
     if (typeof caches === 'undefined') return null;

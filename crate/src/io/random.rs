@@ -4,7 +4,7 @@
 
 use burn::tensor::TensorData;
 
-use crate::config::{ModelWeights, Part, TensorSource};
+use crate::config::TensorSource;
 use crate::error::Result;
 use crate::quant::{GgmlType, QuantMode, policy, quantize_data};
 
@@ -17,11 +17,6 @@ pub struct RandomSource {
 }
 
 impl RandomSource {
-    /// Plain f32 weights.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Weights stored as `mode` stores them (`None`: plain f32).
     pub fn stored_as(mode: Option<QuantMode>) -> Self {
         Self { stored_as: mode }
@@ -57,13 +52,6 @@ impl TensorSource for RandomSource {
             }
         }
         Some(random_data(name, shape, fan_in))
-    }
-}
-
-/// Every part of a model from the same random source, keys without a prefix.
-impl ModelWeights for RandomSource {
-    fn part(&self, _part: Part) -> Result<(&dyn TensorSource, String)> {
-        Ok((self, String::new()))
     }
 }
 

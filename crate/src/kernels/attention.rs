@@ -295,8 +295,9 @@ pub fn host_attention(
         });
     };
     // Output blocks line up with tasks: block t is rows i0..i0+m of head t / blocks_per_head.
-    let chunks = split_blocks(&mut out, bh, lq, rows, dv);
-    super::for_each_task(chunks, |i, c| task((i, &mut **c)));
+    let mut chunks = split_blocks(&mut out, bh, lq, rows, dv);
+    // One task per block: pieces of one.
+    super::for_chunks(&mut chunks, 1, |i, c| task((i, &mut *c[0])));
     out
 }
 

@@ -72,8 +72,3 @@ pub(crate) fn for_chunks<T: Send>(
 pub(crate) fn for_each_index(count: usize, f: impl Fn(usize) + Sync + Send) {
     for_chunks(&mut vec![(); count], 1, |i, _| f(i));
 }
-
-/// Runs `f(i, task)` for every task ([`for_chunks`], one task per piece).
-pub(crate) fn for_each_task<T: Send>(mut tasks: Vec<T>, f: impl Fn(usize, &mut T) + Sync + Send) {
-    for_chunks(&mut tasks, 1, |i, t| f(i, &mut t[0]));
-}
