@@ -65,6 +65,6 @@ if [ "${FASTCOMPOSER_WASM_THREADS:-1}" != 0 ]; then
   ls -l pkg/threads/fastcomposer_bg.wasm | awk '{printf "threaded wasm: %.1f MB\n", $5/1e6}'
   echo "threaded wasm module: $((SECONDS - t0)) s"
 fi
-cp web/pkg-src/package.json web/pkg-src/index.js web/pkg-src/index.d.ts web/pkg-src/protocol.js web/pkg-src/worker.js \
+cp web/pkg-src/package.json web/pkg-src/index.js web/pkg-src/index.d.ts web/pkg-src/protocol.js web/pkg-src/device.js web/pkg-src/worker.js \
   web/pkg-src/README.md pkg/
 ls -l pkg/fastcomposer_bg.wasm | awk '{printf "wasm: %.1f MB\n", $5/1e6}'

@@ -1,5 +1,6 @@
 // The demo page: uses the npm package exactly as a user would.
 import { createGenerator, detect } from './pkg/index.js';
+import { withText } from './png.js';
 
 const $ = (id) => document.getElementById(id);
 const state = { gen: null, photos: [], subjects: new Map(), abort: null, count: 0 };
@@ -14,7 +15,7 @@ function clearError() { $('error').textContent = ''; }
 
 // ------------------------------------------------------------------ capabilities
 detect().then((c) => {
-  const gpu = c.webgpu ? `WebGPU${c.adapterInfo && c.adapterInfo.isFallbackAdapter ? ' (software adapter)' : ''}${c.shaderF16 ? ', f16' : ''}` : 'no WebGPU';
+  const gpu = c.webgpu ? `WebGPU${c.adapterInfo && c.adapterInfo.software ? ' (software adapter)' : ''}${c.shaderF16 ? ', f16' : ''}` : 'no WebGPU';
   $('caps').textContent = `This browser: ${gpu}; wasm SIMD ${c.wasmSimd ? 'yes' : 'no'}; threads ${c.threads ? 'yes' : 'no'}.`;
 });
 
@@ -24,6 +25,7 @@ async function loadModel() {
   $('load').disabled = true;
   $('model-file').disabled = true; // one load at a time
   $('generate').disabled = true;
+  $('load-status').textContent = 'Loading…';
   state.subjects.clear();
   try {
     if (state.gen) { await state.gen.dispose(); state.gen = null; }
@@ -46,13 +48,13 @@ async function loadModel() {
         } else if (p.status === 'cache-invalid') {
           $('load-status').textContent = 'Cached copy was damaged; downloading again';
         } else if (p.status === 'loading') {
-          $('load-status').textContent = `Loading on ${p.device}…`;
+          $('load-status').textContent = `Loading on ${p.device} (${p.reason})…`;
         }
       },
     });
     const cpuThreads = state.gen.device === 'cpu' ? `, ${state.gen.threads} thread${state.gen.threads > 1 ? 's' : ''}` : '';
     const flash = state.gen.attention === 'fused' ? ', flash attention' : '';
-    $('load-status').textContent = `Ready on ${state.gen.device}${cpuThreads}, ${state.gen.precision}${flash} (${state.gen.imageSize}×${state.gen.imageSize} px)`;
+    $('load-status').textContent = `Ready on ${state.gen.device}${cpuThreads}, ${state.gen.precision}${flash} (${state.gen.imageSize}×${state.gen.imageSize} px): ${state.gen.deviceReason}`;
     fillSizes(state.gen.imageSize, state.gen.sizeStep);
     const m = state.gen.model;
     $('model-card').textContent = `Model: ${m.name} (${m.quantization}); licence: ${m.license.split('\n')[0]}`;
@@ -89,18 +91,49 @@ function fillSizes(native, step) {
 }
 
 // ------------------------------------------------------------------ subjects
-function insertMarker() {
-  const marker = (state.gen && state.gen.marker) || '<|image|>';
+// Each photo goes with one marker in the prompt, in order. A photo takes the first marker no photo
+// has yet (the example prompt's, or one the user typed); when there is none, a marker goes after
+// the word at the cursor (at the end when the cursor was never placed, or is at the start: a
+// marker follows its subject's noun). Removing a photo removes its marker.
+const marker = () => (state.gen && state.gen.marker) || '<|image|>';
+const markerCount = (text) => text.split(marker()).length - 1;
+let cursorPlaced = false;
+for (const ev of ['focus', 'click', 'keyup', 'select']) $('prompt').addEventListener(ev, () => { cursorPlaced = true; });
+
+function placeMarker() {
   const ta = $('prompt');
-  const at = ta.selectionStart ?? ta.value.length;
-  const before = ta.value.slice(0, at);
-  const after = ta.value.slice(at);
-  const pad = before && !/\s$/.test(before) ? ' ' : '';
-  const gap = /^\s/.test(after) ? '' : ' ';
-  ta.value = `${before}${pad}${marker}${gap}${after}`.replace(/\s+$/, '');
-  const pos = Math.min((before + pad + marker + gap).length, ta.value.length);
+  if (markerCount(ta.value) >= state.photos.length) return;
+  let at = cursorPlaced ? ta.selectionStart ?? ta.value.length : ta.value.length;
+  while (at < ta.value.length && /\S/.test(ta.value[at])) at++; // to the end of the word
+  if (!/\S/.test(ta.value.slice(0, at))) at = ta.value.length;
+  const before = ta.value.slice(0, at).replace(/\s+$/, '');
+  const after = ta.value.slice(at).replace(/^\s+/, '');
+  ta.value = `${before}${before ? ' ' : ''}${marker()}${after ? ' ' : ''}${after}`;
+  const pos = before.length + (before ? 1 : 0) + marker().length;
   ta.setSelectionRange(pos, pos);
 }
+
+// Remove the `i`-th marker (0-based) and the space before it.
+function removeMarker(i) {
+  const ta = $('prompt');
+  const parts = ta.value.split(marker());
+  if (i >= parts.length - 1) return;
+  const left = parts[i].replace(/ $/, '');
+  ta.value = [...parts.slice(0, i), left + parts[i + 1], ...parts.slice(i + 2)].join(marker());
+}
+
+// "n photos · m markers", and what to do when they differ.
+function showCounts() {
+  const m = markerCount($('prompt').value);
+  const p = state.photos.length;
+  const plural = (n, w) => `${n} ${w}${n === 1 ? '' : 's'}`;
+  let hint = '';
+  if (m < p) hint = ` — put a marker ${marker()} right after the noun of each subject (${p - m} missing)`;
+  else if (m > p) hint = ` — add a photo for each marker, or remove ${m - p} marker${m - p === 1 ? '' : 's'}`;
+  $('marker-count').textContent = `${plural(p, 'photo')} · ${plural(m, 'marker')}${hint}`;
+  $('marker-count').classList.toggle('warn', m !== p);
+}
+$('prompt').addEventListener('input', showCounts);
 
 function renderThumbs() {
   const ol = $('thumbs');
@@ -117,46 +150,66 @@ function renderThumbs() {
     rm.addEventListener('click', () => {
       URL.revokeObjectURL(p.url);
       state.photos.splice(i, 1);
+      if (markerCount($('prompt').value) > state.photos.length) removeMarker(i);
       renderThumbs();
     });
     li.append(img, rm);
     ol.append(li);
   });
+  showCounts();
 }
 
-function addFiles(files) {
+// Whether the browser can decode `file` as an image (what encodeSubject will need).
+async function decodable(file) {
+  try {
+    const bmp = await createImageBitmap(file);
+    const ok = bmp.width > 0 && bmp.height > 0;
+    bmp.close();
+    return ok;
+  } catch {
+    return false;
+  }
+}
+
+async function addFiles(files, { placeMarkers = true } = {}) {
   clearError();
   for (const file of files) {
     if (state.photos.length >= 4) { showError({ name: 'InvalidInput', message: 'at most 4 subject photos' }); break; }
-    if (!file.type.startsWith('image/')) { showError({ name: 'InvalidInput', message: `${file.name} is not an image` }); continue; }
+    if (!(await decodable(file))) {
+      showError({ name: 'InvalidInput', message: `${file.name} is not an image this browser can read (PNG, JPEG, WebP, …); it was not added` });
+      continue;
+    }
     state.photos.push({ file, url: URL.createObjectURL(file) });
-    insertMarker();
+    if (placeMarkers) placeMarker();
   }
   renderThumbs();
 }
 
-// Example subjects (renders of identities the built-in model never saw in training).
+// Example subjects (renders of identities the built-in model never saw in training). The first
+// one sets the prompt to the example's own ("a robot <|image|> on the beach"); later ones join
+// after the last subject ("... and a cup <|image|> ...").
 for (const b of document.querySelectorAll('#examples button')) {
   b.addEventListener('click', async () => {
     try {
       const res = await fetch(`examples/${b.dataset.example}.png`);
       if (!res.ok) throw new Error(`examples/${b.dataset.example}.png: HTTP ${res.status}`);
       const file = new File([await res.blob()], `${b.dataset.example}.png`, { type: 'image/png' });
+      const ta = $('prompt');
+      const n = markerCount(ta.value);
       if (state.photos.length === 0) {
-        // A fresh prompt for this example, the cursor right after its noun (where the marker goes).
-        const ta = $('prompt');
-        ta.value = `a ${b.dataset.noun} on the beach`;
-        const end = 2 + b.dataset.noun.length;
-        ta.setSelectionRange(end, end);
+        ta.value = `a ${b.dataset.noun} ${marker()} on the beach`;
+      } else if (n === state.photos.length && n > 0) {
+        const at = ta.value.lastIndexOf(marker()) + marker().length;
+        ta.value = `${ta.value.slice(0, at)} and a ${b.dataset.noun} ${marker()}${ta.value.slice(at)}`;
       }
-      addFiles([file]);
+      await addFiles([file]);
     } catch (e) {
       showError({ name: 'IoError', message: String(e.message || e) });
     }
   });
 }
 
-$('subject-photos').addEventListener('change', (e) => { addFiles(e.target.files); e.target.value = ''; });
+$('subject-photos').addEventListener('change', async (e) => { const files = [...e.target.files]; e.target.value = ''; await addFiles(files); });
 const drop = $('drop');
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
 drop.addEventListener('dragleave', () => drop.classList.remove('over'));
@@ -176,6 +229,44 @@ function drawPreview(imageData) {
   c.getContext('2d').putImageData(imageData, 0, 0);
 }
 
+// The form's settings, as the gallery keeps them and the PNG carries them.
+function readSettings() {
+  const size = Number($('size').value) || (state.gen && state.gen.imageSize) || undefined;
+  return {
+    prompt: $('prompt').value,
+    negativePrompt: $('negative').value,
+    steps: Number($('steps').value),
+    guidance: Number($('guidance').value),
+    alpha: Number($('alpha').value),
+    seed: Number($('seed').value),
+    scheduler: $('scheduler').value,
+    width: size,
+    height: size,
+  };
+}
+
+function applySettings(s, photos) {
+  $('prompt').value = s.prompt;
+  $('negative').value = s.negativePrompt;
+  for (const id of ['steps', 'guidance', 'alpha']) {
+    $(id).value = String(s[id]);
+    $(`${id}-out`).textContent = $(id).value;
+  }
+  $('seed').value = String(s.seed);
+  $('scheduler').value = s.scheduler;
+  if ([...$('size').options].some((o) => o.value === String(s.width))) $('size').value = String(s.width);
+  for (const p of state.photos) if (!photos.some((q) => q.file === p.file)) URL.revokeObjectURL(p.url);
+  state.photos = photos.map((p) => (state.photos.find((q) => q.file === p.file) || { file: p.file, url: URL.createObjectURL(p.file) }));
+  renderThumbs();
+}
+
+// The `parameters` text in the layout other SD front ends write.
+function parametersText(s, model) {
+  const sampler = { ddim: 'DDIM', pndm: 'PLMS', euler: 'Euler', lcm: 'LCM' }[s.scheduler] || s.scheduler;
+  return `${s.prompt}\nNegative prompt: ${s.negativePrompt}\nSteps: ${s.steps}, Sampler: ${sampler}, CFG scale: ${s.guidance}, `
+    + `Seed: ${s.seed}, Size: ${s.width}x${s.height}, Subject strength (alpha): ${s.alpha}, Model: ${model}`;
+}
+
 async function generate() {
   clearError();
   if (!state.gen) { showError({ name: 'InvalidInput', message: 'load a model first' }); return; }
@@ -183,28 +274,16 @@ async function generate() {
   $('cancel').disabled = false;
   state.abort = new AbortController();
   try {
+    const photos = state.photos.slice();
     const subjects = [];
-    for (const p of state.photos) {
+    for (const p of photos) {
       if (!state.subjects.has(p.file)) state.subjects.set(p.file, await state.gen.encodeSubject(p.file));
       subjects.push(state.subjects.get(p.file));
     }
-    const prompt = $('prompt').value;
-    const steps = Number($('steps').value);
-    const size = Number($('size').value) || undefined;
+    const settings = readSettings();
     $('step-progress').value = 0;
     $('step-status').textContent = 'Starting…';
-    const result = await state.gen.generate({
-      prompt,
-      subjects,
-      negativePrompt: $('negative').value,
-      steps,
-      guidance: Number($('guidance').value),
-      alpha: Number($('alpha').value),
-      seed: Number($('seed').value),
-      scheduler: $('scheduler').value,
-      width: size,
-      height: size,
-    }, {
+    const result = await state.gen.generate({ ...settings, subjects }, {
       signal: state.abort.signal,
       previewEvery: 1,
       onStep: ({ step, steps: total, preview }) => {
@@ -215,7 +294,7 @@ async function generate() {
       },
     });
     drawPreview(result.image);
-    addResult(result, prompt);
+    await addResult(result, settings, photos);
     $('step-status').textContent = `Done in ${(result.timings.totalMs / 1000).toFixed(1)} s`;
     if (result.warnings.length) $('error').textContent = `Note: ${result.warnings.join('; ')}`;
   } catch (e) {
@@ -228,20 +307,35 @@ async function generate() {
   }
 }
 
-function addResult(result, prompt) {
+// A result: the image, its settings, a PNG download that carries them, and a button that puts
+// them (and the subject photos) back into the form.
+async function addResult(result, settings, photos) {
   state.count++;
+  const model = state.gen.model ? state.gen.model.name : 'unknown model';
+  const png = result.blob && await withText(result.blob, {
+    parameters: parametersText(settings, model),
+    fastcomposer: JSON.stringify({ ...settings, model, subjects: photos.map((p) => p.file.name) }),
+  });
   const li = document.createElement('li');
   const fig = document.createElement('figure');
   const img = document.createElement('img');
-  const url = URL.createObjectURL(result.blob);
+  const url = png ? URL.createObjectURL(png) : '';
   img.src = url;
-  img.alt = `Generated image ${state.count}: ${prompt}`;
+  img.alt = `Generated image ${state.count}: ${settings.prompt}`;
   const cap = document.createElement('figcaption');
+  const text = document.createElement('p');
+  text.className = 'settings';
+  text.textContent = `${settings.prompt} · seed ${settings.seed}, ${settings.steps} steps, guidance ${settings.guidance}, `
+    + `alpha ${settings.alpha}, ${settings.scheduler}, ${settings.width}×${settings.height}`;
   const a = document.createElement('a');
   a.href = url;
-  a.download = `fastcomposer-${state.count}.png`;
+  a.download = `fastcomposer-${state.count}-seed${settings.seed}.png`;
   a.textContent = 'Download PNG';
-  cap.append(a);
+  const again = document.createElement('button');
+  again.type = 'button';
+  again.textContent = 'Use these settings again';
+  again.addEventListener('click', () => { clearError(); applySettings(settings, photos); });
+  cap.append(text, a, again);
   fig.append(img, cap);
   li.append(fig);
   $('gallery').prepend(li);
@@ -254,6 +348,8 @@ $('cancel').addEventListener('click', () => state.abort && state.abort.abort());
 if ('serviceWorker' in navigator) {
   navigator.serviceWorker.register('sw.js').catch(() => {});
 }
+
+showCounts();
 
 // Load the default model right away.
 loadModel();

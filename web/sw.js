@@ -1,7 +1,7 @@
 // Keeps the page's own files for offline use (the model is cached by the package itself).
 // Network first, cache as the fallback: a reload always gets fresh files when the server is up.
 const CACHE = 'fastcomposer-app-v1';
-const SHELL = ['./', 'index.html', 'main.js', 'style.css', 'pkg/index.js', 'pkg/protocol.js', 'pkg/worker.js', 'pkg/fastcomposer.js', 'pkg/fastcomposer_bg.wasm'];
+const SHELL = ['./', 'index.html', 'main.js', 'png.js', 'style.css', 'pkg/index.js', 'pkg/protocol.js', 'pkg/device.js', 'pkg/worker.js', 'pkg/fastcomposer.js', 'pkg/fastcomposer_bg.wasm'];
 
 self.addEventListener('install', (e) => {
   e.waitUntil(caches.open(CACHE).then((c) => c.addAll(SHELL)).catch(() => {}).then(() => self.skipWaiting()));

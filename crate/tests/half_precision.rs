@@ -15,7 +15,8 @@ use std::sync::OnceLock;
 
 use burn::tensor::{Device, FloatDType};
 use common::{
-    component_error, convert_bundle, fixtures, max_abs_diff, photo, rel_err, run_case, values,
+    component_error, convert_bundle, denoise, fixtures, max_abs_diff, photo, rel_err, run_case,
+    values,
 };
 use fastcomposer::io::model_dir::ModelDir;
 use fastcomposer::kernels::attention::AttentionKernel;
@@ -202,9 +203,7 @@ fn quantized_bundles_in_f16_match_f32() {
                 .map(|p| m.encode_subject(&photo(p), None).unwrap())
                 .collect();
             let mut g = m.start(&opts, &subjects, None).unwrap();
-            while !g.is_done() {
-                g.step().unwrap();
-            }
+            denoise(&mut g);
             let dtype = g.latents().dtype();
             (dtype, values(g.latents()), values(g.decode().unwrap()))
         };

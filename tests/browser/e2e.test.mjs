@@ -308,7 +308,166 @@ test('example subjects add a photo and a marker after the noun', async () => {
   await page.waitForFunction(() => document.querySelectorAll('#thumbs img').length === 1);
   assert.equal(await page.getByLabel('Prompt', { exact: true }).inputValue(), 'a robot <|image|> on the beach');
   await page.waitForFunction(() => document.querySelector('#thumbs img').complete && document.querySelector('#thumbs img').naturalWidth > 0);
+  // A second example joins after the first subject.
+  await page.getByRole('button', { name: 'purple cup' }).click();
+  await page.waitForFunction(() => document.querySelectorAll('#thumbs img').length === 2);
+  assert.equal(await page.getByLabel('Prompt', { exact: true }).inputValue(), 'a robot <|image|> and a cup <|image|> on the beach');
+  assert.equal(await page.locator('#marker-count').textContent(), '2 photos · 2 markers');
   assert.equal(await page.getByRole('alert').textContent(), '');
+  assertClean(problems);
+  await page.close();
+});
+
+// ------------------------------------------------------------------ first contact
+const waitForResult = (page, n = 0, timeout = 300_000) => page.waitForFunction((k) => document.querySelectorAll('#gallery img').length > k
+  || document.querySelector('[role=alert]').textContent.length > 0, n, { timeout });
+
+test('first contact: on a fresh profile the page loads the model itself; one chosen photo and Generate give an image in under 60 s, on the fastest device', async () => {
+  const fresh = await launch('fc-first-');
+  try {
+    const t0 = Date.now();
+    const { page, problems } = await openPage(fresh.ctx, server.url);
+    await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 60_000 });
+    const software = await page.evaluate(async () => (await (await import('./pkg/index.js')).detect()).adapterInfo?.software);
+    const status = await page.locator('#load-status').textContent();
+    // Here the only WebGPU adapter is Chromium's software one: Auto loads on the CPU and says why.
+    if (software) assert.match(status, /^Ready on cpu.*: the WebGPU adapter is a software one \(.*\); the CPU path is faster$/);
+    await page.getByLabel('Subject photos', { exact: true }).setInputFiles(PHOTO);
+    await page.waitForFunction(() => document.querySelectorAll('#thumbs img').length === 1);
+    // The photo takes the example prompt's marker: no second marker.
+    assert.equal(await page.getByLabel('Prompt', { exact: true }).inputValue(), 'a cat <|image|> on the beach');
+    assert.equal(await page.locator('#marker-count').textContent(), '1 photo · 1 marker');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await waitForResult(page, 0, 60_000);
+    assert.equal(await page.getByRole('alert').textContent(), '');
+    const seconds = (Date.now() - t0) / 1000;
+    console.log(`first contact: page open to image in ${seconds.toFixed(1)} s (${status})`);
+    assert.ok(seconds < 60, `page open to image took ${seconds} s`);
+    assert.ok(notBlank(await galleryPixels(page)), 'the image is blank');
+    assertClean(problems);
+  } finally {
+    await fresh.close();
+  }
+});
+
+test('photos and markers: a photo takes an unused marker, else one goes after the word at the cursor; removing a photo removes its marker; counts and hints are shown; a non-image is refused when chosen; dropped photos are added', async () => {
+  const { page, problems } = await openPage(browser, server.url);
+  const prompt = page.getByLabel('Prompt', { exact: true });
+  const counts = () => page.locator('#marker-count').textContent();
+  const thumbs = () => page.locator('#thumbs img').count();
+  assert.equal(await counts(), '0 photos · 1 marker — add a photo for each marker, or remove 1 marker');
+  await page.getByLabel('Subject photos', { exact: true }).setInputFiles(PHOTO);
+  await page.waitForFunction(() => document.querySelectorAll('#thumbs img').length === 1);
+  assert.equal(await prompt.inputValue(), 'a cat <|image|> on the beach');
+  // The user writes a second subject and leaves the cursor inside its noun.
+  await prompt.fill('a cat <|image|> and a dog on the beach');
+  await prompt.evaluate((ta) => { const at = ta.value.indexOf('dog') + 1; ta.setSelectionRange(at, at); });
+  assert.equal(await counts(), '1 photo · 1 marker');
+  await page.getByLabel('Subject photos', { exact: true }).setInputFiles(path.join(path.dirname(PHOTO), 'coffee.png'));
+  await page.waitForFunction(() => document.querySelectorAll('#thumbs img').length === 2);
+  assert.equal(await prompt.inputValue(), 'a cat <|image|> and a dog <|image|> on the beach');
+  assert.equal(await counts(), '2 photos · 2 markers');
+  // A file the browser cannot decode is refused at once; the list and the prompt stay as they were.
+  await page.getByLabel('Subject photos', { exact: true }).setInputFiles({ name: 'notes.png', mimeType: 'image/png', buffer: Buffer.from('not a picture') });
+  await page.waitForFunction(() => /notes\.png is not an image/.test(document.querySelector('[role=alert]').textContent));
+  assert.equal(await thumbs(), 2);
+  assert.equal(await prompt.inputValue(), 'a cat <|image|> and a dog <|image|> on the beach');
+  // Removing the first photo removes the first marker.
+  await page.getByRole('button', { name: 'Remove subject 1' }).click();
+  assert.equal(await prompt.inputValue(), 'a cat and a dog <|image|> on the beach');
+  assert.equal(await counts(), '1 photo · 1 marker');
+  // Markers the photos do not cover are pointed out.
+  await prompt.fill('a cat <|image|> and a dog <|image|> on the beach');
+  assert.equal(await counts(), '1 photo · 2 markers — add a photo for each marker, or remove 1 marker');
+  // Drag and drop onto the drop area adds the photo (it takes the unused marker).
+  await page.evaluate(async () => {
+    const blob = await (await fetch('fixtures/pipeline/photos/astronaut.png')).blob();
+    const dt = new DataTransfer();
+    dt.items.add(new File([blob], 'astronaut.png', { type: 'image/png' }));
+    document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+  });
+  await page.waitForFunction(() => document.querySelectorAll('#thumbs img').length === 2);
+  assert.equal(await page.locator('#thumbs img').nth(1).getAttribute('alt'), 'Subject 2: astronaut.png');
+  assert.equal(await prompt.inputValue(), 'a cat <|image|> and a dog <|image|> on the beach');
+  assert.equal(await counts(), '2 photos · 2 markers');
+  assertClean(problems.filter((p) => !/notes\.png/.test(p)));
+  await page.close();
+});
+
+test('device auto never takes a software adapter (and says why); webgpu still uses it; an adapter that does not say what it is gets a timed probe', async () => {
+  const { page, problems } = await apiPage();
+  const r = await page.evaluate(async () => {
+    const { createGenerator, detect } = await import('./pkg/index.js');
+    const { chooseDevice } = await import('./pkg/device.js');
+    const caps = await detect();
+    const auto = await createGenerator({ model: 'models/default.gguf', device: 'auto', threads: 1 });
+    const a = { device: auto.device, reason: auto.deviceReason };
+    await auto.dispose();
+    const gpu = await createGenerator({ model: 'models/default.gguf', device: 'webgpu' });
+    const g = { device: gpu.device, reason: gpu.deviceReason };
+    await gpu.dispose();
+    // The same adapter with its name withheld: the probe measures it against the CPU.
+    const unnamed = { info: {}, requestDevice: async (d) => (await navigator.gpu.requestAdapter()).requestDevice(d) };
+    const probed = await chooseDevice('auto', { adapter: unnamed });
+    return { caps, a, g, probed };
+  });
+  assert.ok(r.caps.webgpu && r.caps.adapterInfo.software, `this test needs Chromium's software adapter: ${JSON.stringify(r.caps)}`);
+  assert.equal(r.a.device, 'cpu');
+  assert.match(r.a.reason, /^the WebGPU adapter is a software one \(.*swiftshader.*\); the CPU path is faster$/i);
+  assert.equal(r.g.device, 'webgpu');
+  assert.match(r.g.reason, /^WebGPU asked for/);
+  console.log(`probe of the unnamed software adapter: ${r.probed.reason}`);
+  assert.equal(r.probed.device, 'cpu');
+  assert.match(r.probed.reason, /probe: adapter [\d.]+ ms, one CPU thread ~\d+ ms/);
+  assertClean(problems);
+  await page.close();
+});
+
+test('results keep their settings: the PNG download carries them in text chunks, and "use these settings again" makes the same image byte for byte', async () => {
+  const { page, problems } = await openPage(browser, server.url);
+  await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  await page.getByLabel('Subject photos', { exact: true }).setInputFiles(PHOTO);
+  await page.waitForFunction(() => document.querySelectorAll('#thumbs img').length === 1);
+  await setRange(page, 'steps', STEPS);
+  await page.getByLabel('Seed').fill('31');
+  await page.getByLabel('Negative prompt').fill('blurry');
+  await page.getByRole('button', { name: 'Generate' }).click();
+  await waitForResult(page, 0);
+  assert.equal(await page.getByRole('alert').textContent(), '');
+  const pngBytes = (i) => page.evaluate(async (k) => Array.from(new Uint8Array(await (await fetch(document.querySelectorAll('#gallery img')[k].src)).arrayBuffer())), i);
+  const first = await pngBytes(0);
+  // The download (a real one) holds the settings.
+  const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('link', { name: 'Download PNG' }).click()]);
+  const file = fs.readFileSync(await download.path());
+  assert.deepEqual(Array.from(file), first);
+  const { readText } = await import(path.join(ROOT, 'web', 'png.js'));
+  const text = readText(new Uint8Array(file));
+  const size = Number(await page.getByLabel('Size').inputValue());
+  const settings = JSON.parse(text.fastcomposer);
+  assert.deepEqual(settings, {
+    prompt: 'a cat <|image|> on the beach', negativePrompt: 'blurry', steps: STEPS, guidance: 5, alpha: 0.7, seed: 31,
+    scheduler: 'ddim', width: size, height: size, model: settings.model, subjects: ['chelsea.png'],
+  });
+  assert.ok(settings.model.length > 0);
+  assert.equal(text.parameters, `a cat <|image|> on the beach\nNegative prompt: blurry\nSteps: ${STEPS}, Sampler: DDIM, CFG scale: 5, Seed: 31, `
+    + `Size: ${size}x${size}, Subject strength (alpha): 0.7, Model: ${settings.model}`);
+  // The browser still reads it as the image.
+  const px = await pngPixels(page, file);
+  assert.ok(notBlank(px));
+  // Other settings, another image; then the first one's settings again.
+  await page.getByLabel('Seed').fill('32');
+  await page.getByLabel('Prompt', { exact: true }).fill('a cat <|image|> in the snow');
+  await page.getByRole('button', { name: 'Generate' }).click();
+  await waitForResult(page, 1);
+  assert.notDeepEqual(await pngBytes(0), first);
+  await page.getByRole('button', { name: 'Use these settings again' }).nth(1).click();
+  assert.equal(await page.getByLabel('Seed').inputValue(), '31');
+  assert.equal(await page.getByLabel('Prompt', { exact: true }).inputValue(), 'a cat <|image|> on the beach');
+  assert.equal(await page.getByLabel('Negative prompt').inputValue(), 'blurry');
+  await page.getByRole('button', { name: 'Generate' }).click();
+  await waitForResult(page, 2);
+  assert.equal(await page.getByRole('alert').textContent(), '');
+  assert.deepEqual(await pngBytes(0), first, 'the same settings did not give the same PNG');
   assertClean(problems);
   await page.close();
 });

@@ -24,7 +24,7 @@ function packAndInstall() {
 test('npm pack installs into a fresh folder and works from a page', async () => {
   const app = packAndInstall();
   const pkgDir = path.join(app, 'node_modules', 'fastcomposer-web');
-  for (const f of ['index.js', 'index.d.ts', 'protocol.js', 'worker.js', 'fastcomposer.js', 'fastcomposer_bg.wasm', 'package.json',
+  for (const f of ['index.js', 'index.d.ts', 'protocol.js', 'device.js', 'worker.js', 'fastcomposer.js', 'fastcomposer_bg.wasm', 'package.json',
     'threads/fastcomposer.js', 'threads/fastcomposer_bg.wasm']) {
     assert.ok(fs.existsSync(path.join(pkgDir, f)), `the package lacks ${f}`);
   }

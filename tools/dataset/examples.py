@@ -9,7 +9,7 @@ import random
 
 from PIL import Image
 
-import scenes
+from fctools.dataset import scenes
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "web", "examples")
 

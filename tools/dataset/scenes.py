@@ -406,10 +406,14 @@ def preview(path: str, seed: int = 0, n: int = 16):
     Image.fromarray(grid).save(path)
 
 
-if __name__ == "__main__":
+def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preview", default="/tmp/scenes.png")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     print(len(IDENTITIES), "identities")
     preview(a.preview, a.seed, 8)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,27 +11,21 @@ training checkpoints), not part of the evaluation.
 import argparse
 import os
 import random
-import sys
 
 import numpy as np
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "train"))
-sys.path.insert(0, HERE)
-
-import judges  # noqa: E402
-import train as T  # noqa: E402
-from evaluate import ATTRS  # noqa: E402
-
-import scenes  # noqa: E402  (on the path through train)
+from fctools.dataset import scenes
+from fctools.eval import judges
+from fctools.eval.evaluate import ATTRS
+from fctools.train import models as T
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=600, help="scenes")
     ap.add_argument("--seed", type=int, default=777)
-    ap.add_argument("--dir", default=T.OUT, help="the training checkpoints (vae.pt, and vae_decoder.pt if that stage ran)")
+    ap.add_argument("--dir", default=T.DEFAULT_OUT, help="the training checkpoints (vae.pt, and vae_decoder.pt if that stage ran)")
     a = ap.parse_args()
     torch.manual_seed(0)
     enc = torch.load(os.path.join(a.dir, "vae.pt"), map_location="cpu")["model"]

@@ -16,19 +16,18 @@ import json
 import os
 import random
 import subprocess
-import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
+from fctools.dataset import scenes
+from fctools.eval import judges
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
-sys.path.insert(0, os.path.join(HERE, "..", "dataset"))
-sys.path.insert(0, HERE)
-import judges  # noqa: E402
-import scenes  # noqa: E402
+
 
 ALPHAS = [0.0, 0.3, 0.5, 0.7, 1.0]
 ATTRS = ["color", "secondary", "pattern", "accessory"]

@@ -14,7 +14,6 @@ of tools/dataset/scenes.py (never on generated images, sharing nothing with the 
 import argparse
 import os
 import random
-import sys
 
 import numpy as np
 import torch
@@ -22,9 +21,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from fctools.dataset import scenes
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "dataset"))
-import scenes  # noqa: E402
+
 
 OUT = os.path.join(HERE, "..", ".data", "judges.pt")
 RES = 64
@@ -158,7 +158,7 @@ def accuracy_table(n=600, seed=4242):
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
+def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["train", "accuracy"])
     ap.add_argument("--n", type=int, default=12000)
@@ -168,3 +168,7 @@ if __name__ == "__main__":
         train(a.n, a.epochs)
     else:
         print(accuracy_table())
+
+
+if __name__ == "__main__":
+    main()

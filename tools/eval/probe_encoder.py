@@ -8,20 +8,16 @@ evaluation: it looks at the encoder alone, not at generated images.
 
 import argparse
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "train"))
-
-import train as T  # noqa: E402
+from fctools.train import models as T
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint", default=os.path.join(T.OUT, "fc.pt"))
+    ap.add_argument("--checkpoint", default=os.path.join(T.DEFAULT_OUT, "fc.pt"))
     ap.add_argument("--weights", default="ema", choices=["ema", "model"])
     a = ap.parse_args()
     torch.manual_seed(0)

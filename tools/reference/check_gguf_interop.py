@@ -6,18 +6,17 @@ format's claim that other GGUF readers can list, size and decode every tensor.
 """
 
 import json
-import os
 import sys
 
 import numpy as np
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "train"))
-from bundle_io import read_bundle  # noqa: E402
+from fctools.bundle_io import read_bundle
 
 
-def main(path):
+def main(path=None):
+    path = path or sys.argv[1]
     r = GGUFReader(path)  # raises on tensors that break ggml's layout rules
     f = r.fields["fastcomposer.tensor_shapes"]
     shapes = json.loads(bytes(f.parts[f.data[0]]).decode())
@@ -34,4 +33,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

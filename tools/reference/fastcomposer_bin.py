@@ -12,7 +12,7 @@ from collections import OrderedDict
 import torch
 from safetensors.torch import load_file
 
-from common import FIXTURES
+from fctools.reference.common import FIXTURES
 
 MODEL = os.path.join(FIXTURES, "pipeline", "model")
 PREFIX = {"text_encoder": "text_encoder.", "image_encoder": "image_encoder.", "vae": "vae.", "unet": "unet.", "fuser": "postfuse_module."}

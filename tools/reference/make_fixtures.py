@@ -22,8 +22,8 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, LCMScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from common import FIXTURES, randomize, save_json, save_tensors
-from fastcomposer_ref import Fuser
+from fctools.reference.common import FIXTURES, randomize, save_json, save_tensors
+from fctools.reference.fastcomposer_ref import Fuser
 
 torch.set_grad_enabled(False)
 
@@ -269,8 +269,12 @@ def lcm(path):
     print("schedulers: lcm x 1, 2, 4, 8 steps")
 
 
-if __name__ == "__main__":
+def main():
     # All parts, or the ones named: python make_fixtures.py [text_encoder vision_encoder fuser unets vae schedulers]
     parts = {f.__name__: f for f in (text_encoder, vision_encoder, fuser, unets, vae, schedulers)}
     for name in sys.argv[1:] or parts:
         parts[name]()
+
+
+if __name__ == "__main__":
+    main()

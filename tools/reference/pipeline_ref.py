@@ -16,7 +16,6 @@ Writes crate/tests/fixtures/pipeline/:
 Run:  tools/.venv/bin/python tools/reference/pipeline_ref.py
 """
 
-import json
 import os
 import shutil
 
@@ -29,10 +28,10 @@ from safetensors.torch import save_file
 from skimage import data as skdata
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from common import FIXTURES, randomize, save_json
-from fastcomposer_ref import Fuser
-from make_fixtures import SD15_SCHEDULER, saved_config
-from tokenizer_corpus import MARKER, hf_tokenizer, marker_reference
+from fctools.reference.common import FIXTURES, randomize, save_json
+from fctools.reference.fastcomposer_ref import Fuser
+from fctools.reference.make_fixtures import SD15_SCHEDULER, saved_config
+from fctools.reference.tokenizer_corpus import MARKER, hf_tokenizer, marker_reference
 
 torch.set_grad_enabled(False)
 

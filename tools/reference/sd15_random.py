@@ -13,9 +13,9 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from fastcomposer_ref import Fuser
+from fctools.reference.fastcomposer_ref import Fuser
 
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", ".data", "sd15_random")
+OUT = os.path.join(os.path.dirname(__file__), "..", ".data", "sd15_random")
 
 
 def save(sub, model, config=None, fname="model.safetensors"):
@@ -34,17 +34,25 @@ def save(sub, model, config=None, fname="model.safetensors"):
     del model
 
 
-torch.set_grad_enabled(False)
-save("text_encoder", CLIPTextModel(CLIPTextConfig(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu")))
-save("image_encoder", CLIPVisionModelWithProjection(CLIPVisionConfig(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
-    patch_size=14, projection_dim=768, hidden_act="quick_gelu")))
-save("fuser", Fuser(768), {"embed_dim": 768})
-save("unet", UNet2DConditionModel(cross_attention_dim=768), fname="diffusion_pytorch_model.safetensors")
-save("vae", AutoencoderKL(
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512),
-    fname="diffusion_pytorch_model.safetensors")
-print("wrote", OUT)
+def main():
+    global OUT
+    if len(sys.argv) > 1:
+        OUT = sys.argv[1]
+    torch.set_grad_enabled(False)
+    save("text_encoder", CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu")))
+    save("image_encoder", CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
+        patch_size=14, projection_dim=768, hidden_act="quick_gelu")))
+    save("fuser", Fuser(768), {"embed_dim": 768})
+    save("unet", UNet2DConditionModel(cross_attention_dim=768), fname="diffusion_pytorch_model.safetensors")
+    save("vae", AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512),
+        fname="diffusion_pytorch_model.safetensors")
+    print("wrote", OUT)
+
+
+if __name__ == "__main__":
+    main()

@@ -15,7 +15,7 @@ import os
 import open_clip
 from transformers import CLIPTokenizer
 
-from common import FIXTURES, save_json
+from fctools.reference.common import FIXTURES, save_json
 
 MARKER = "<|image|>"
 MAX_LEN = 77

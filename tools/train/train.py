@@ -31,52 +31,23 @@ import json
 import math
 import os
 import random
-import sys
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "dataset"))
-sys.path.insert(0, os.path.join(HERE, "..", "reference"))
+from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-import scenes  # noqa: E402
-from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
-from bundle_io import component, read_bundle  # noqa: E402
-from fastcomposer_ref import Fuser  # noqa: E402
-from tokenizer_corpus import MARKER, hf_tokenizer, marker_reference  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
+from fctools.bundle_io import component, read_bundle
+from fctools.dataset import scenes
+from fctools.reference.tokenizer_corpus import MARKER, hf_tokenizer, marker_reference
+from fctools.train.models import (
+    ATTRIBUTES, D, DEFAULT_OUT, HP, Models, attribute_labels, latent_width, load_data,
+    make_vae, ref_pixels, to_m11,
+)
 
-OUT = os.path.join(HERE, "..", ".data", "train")
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073])[:, None, None]
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711])[:, None, None]
-
-D = 128  # text width = fuser = image projection = UNet cross-attention
-HP = {
-    "seed": 0,
-    "n_scenes": 24000,
-    "image_size": scenes.SIZE,
-    # 8 latent channels (the first default model had SD1.5's 4): more of the subjects' detail survives
-    "vae": dict(block_out_channels=[16, 32, 64, 64], layers_per_block=1, latent_channels=8, norm_num_groups=8),
-    "vae_steps": 3000, "vae_batch": 8, "vae_lr": 5e-4, "vae_kl": 1e-6,
-    # Reconstruction loss weight on the subjects' pixels (1 elsewhere): the identity is in them.
-    "vae_subject_weight": 5.0,
-    "decoder_steps": 3000, "decoder_batch": 16, "decoder_lr": 2e-4, "decoder_latent_noise": 0.1,
-    "text_encoder": dict(vocab_size=49408, hidden_size=D, intermediate_size=256, num_hidden_layers=3,
-                         num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu"),
-    "image_encoder": dict(hidden_size=D, intermediate_size=256, projection_dim=D, num_hidden_layers=3,
-                          num_attention_heads=4, image_size=scenes.REF_SIZE, patch_size=16, hidden_act="quick_gelu"),
-    "unet": dict(sample_size=16, block_out_channels=[64, 128, 192], layers_per_block=1,
-                 down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-                 up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-                 cross_attention_dim=D, attention_head_dim=4, norm_num_groups=32),
-    "vision_steps": 1500, "vision_batch": 128, "vision_lr": 1e-3, "vision_trainable_layers": 2,
-    "fc_batch": 32, "fc_lr": 3e-4, "fc_warmup": 300, "fc_weight_decay": 0.01, "ema": 0.999,
-    "subject_dropout": 0.1, "caption_dropout": 0.1, "masked_loss_p": 0.5, "localization_weight": 1e-3,
-    "grad_clip": 1.0,
-}
+OUT = DEFAULT_OUT
 
 
 def device():
@@ -110,11 +81,6 @@ def warm_start(model, state, what):
     model.load_state_dict(same, strict=False)
     fresh = sorted(k for k in own if k not in same)
     print(f"{what}: warm start, {len(same)} of {len(own)} tensors copied; fresh: {fresh}", flush=True)
-
-
-def latent_width(vae_state):
-    """The latent channels of a VAE state dict (8 now; the first default model's: 4)."""
-    return vae_state["quant_conv.weight"].shape[0] // 2
 
 
 def rec_loss(rec, x, w):
@@ -168,23 +134,7 @@ def stage_data():
     print(f"data: {n} scenes in {time.time() - t0:.0f}s")
 
 
-def load_data():
-    d = np.load(os.path.join(OUT, "scenes.npz"))
-    with open(os.path.join(OUT, "captions.json")) as f:
-        c = json.load(f)
-    return d, c
-
-
-def to_m11(x_uint8):
-    """[N, H, W, 3] uint8 -> [N, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(x_uint8).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 # ----------------------------------------------------------------------------- VAE
-def make_vae():
-    return AutoencoderKL(in_channels=3, out_channels=3, sample_size=scenes.SIZE,
-                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                         **HP["vae"])
 
 
 def stage_vae(deadline, init_from=None):
@@ -197,7 +147,7 @@ def stage_vae(deadline, init_from=None):
         return
     if step == 0 and init_from:
         warm_start(vae, torch.load(init_from, map_location=dev)["model"], "vae")
-    d, _ = load_data()
+    d, _ = load_data(OUT)
     images = d["images"]
     masks = d["masks"]
     g = torch.Generator().manual_seed(step)
@@ -236,7 +186,7 @@ def stage_latents():
     dev = device()
     vae = make_vae().to(dev).eval()
     vae.load_state_dict(s["model"])
-    d, _ = load_data()
+    d, _ = load_data(OUT)
     images = d["images"]
     out = []
     with torch.no_grad():
@@ -265,7 +215,7 @@ def stage_decoder(deadline):
     step = resume(ck, vae, opt, dev)
     if step >= HP["decoder_steps"]:
         return
-    d, _ = load_data()
+    d, _ = load_data(OUT)
     images = d["images"]
     masks = d["masks"]
     lt = torch.load(os.path.join(OUT, "latents.pt"))
@@ -294,14 +244,6 @@ def stage_decoder(deadline):
 
 
 # ----------------------------------------------------------------------------- image encoder
-ATTRIBUTES = {"cls": scenes.CLASSES, "color": scenes.COLOR_NAMES, "secondary": scenes.COLOR_NAMES,
-              "pattern": scenes.PATTERNS, "accessory": scenes.ACCESSORIES}
-
-
-def attribute_labels(identity_indices):
-    """{attribute: LongTensor} of the identities' class and attributes."""
-    return {a: torch.tensor([vals.index(getattr(scenes.IDENTITIES[i], a)) for i in identity_indices])
-            for a, vals in ATTRIBUTES.items()}
 
 
 class VisionPretrain(torch.nn.Module):
@@ -327,7 +269,7 @@ def stage_vision(deadline):
     step = resume(ck, model, opt, dev)
     if step >= HP["vision_steps"]:
         return
-    d, c = load_data()
+    d, c = load_data(OUT)
     rows = [(i, k) for i in range(len(d["n_subj"])) for k in range(int(d["n_subj"][i]))]
     refs = d["refs"]
     labels = attribute_labels([c["meta"][i]["subjects"][k] for i, k in rows])
@@ -367,14 +309,6 @@ def stage_vision(deadline):
 
 
 # ----------------------------------------------------------------------------- FastComposer
-class Models(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.text = CLIPTextModel(CLIPTextConfig(**HP["text_encoder"]))
-        self.vision = CLIPVisionModelWithProjection(CLIPVisionConfig(**HP["image_encoder"]))
-        self.fuser = Fuser(D)
-        lc = HP["vae"]["latent_channels"]
-        self.unet = UNet2DConditionModel(in_channels=lc, out_channels=lc, **HP["unet"])
 
 
 class CaptureAttn2:
@@ -419,12 +353,6 @@ def encode_captions(tok, captions):
         ids.append(r["input_ids"])
         pos.append(r["subject_positions"])
     return torch.tensor(ids), pos
-
-
-def ref_pixels(refs_uint8):
-    """[N, S, S, 3] uint8 (already square, at the encoder's size) -> normalised."""
-    x = torch.from_numpy(refs_uint8).permute(0, 3, 1, 2).float() / 255.0
-    return (x - CLIP_MEAN) / CLIP_STD
 
 
 def localization_loss(store, positions, masks_full, use_subjects):
@@ -490,7 +418,7 @@ def stage_fc(deadline, max_steps, init_from=None, cooldown=0, cooldown_s=0.0):
             mod.requires_grad_(False)
     store = []
     localization_processors(models.unet, store)
-    d, c = load_data()
+    d, c = load_data(OUT)
     lat = torch.load(os.path.join(OUT, "latents.pt"))["latents"]
     tok = hf_tokenizer()
     tok.add_tokens([MARKER], special_tokens=True)

@@ -2,7 +2,9 @@
 export interface Capabilities {
   webgpu: boolean;
   shaderF16: boolean;
-  adapterInfo: { vendor: string; architecture: string; device: string; description: string; isFallbackAdapter: boolean } | null;
+  /** `software`: a software adapter (SwiftShader, llvmpipe, lavapipe, WARP; or flagged as a fallback),
+   *  which `device: 'auto'` never picks; null where the adapter does not say what it is. */
+  adapterInfo: { vendor: string; architecture: string; device: string; description: string; isFallbackAdapter: boolean; software: boolean | null } | null;
   wasmSimd: boolean;
   threads: boolean;
 }
@@ -27,7 +29,7 @@ export type LoadProgress =
   | { status: 'download'; file: string; loaded: number; total: number; cached?: boolean }
   | { status: 'read'; file: string; loaded: number; total: number }
   | { status: 'cache-invalid'; file: string; reason: string }
-  | { status: 'loading'; device: 'webgpu' | 'cpu' }
+  | { status: 'loading'; device: 'webgpu' | 'cpu'; reason: string }
   | { status: 'ready'; device: 'webgpu' | 'cpu' };
 
 export interface CreateGeneratorOptions {
@@ -36,7 +38,12 @@ export interface CreateGeneratorOptions {
    * user converted and picked from disk: streamed and verified, not cached), or its bytes.
    */
   model: string | URL | Blob | ArrayBuffer | Uint8Array;
-  /** 'auto' = WebGPU if available, else CPU. */
+  /**
+   * 'auto' (default): WebGPU on a GPU adapter; the CPU where there is no adapter or only a software
+   * one (SwiftShader, llvmpipe, lavapipe, WARP: slower than the CPU path), and where the adapter
+   * does not say what it is, a short timed probe decides. `generator.deviceReason` says why.
+   * 'webgpu' uses whatever adapter there is.
+   */
   device?: 'auto' | 'webgpu' | 'cpu';
   /**
    * 'resident': every component stays loaded (fastest for many images). 'sequential': each
@@ -98,6 +105,8 @@ export interface GenerateOptions {
 export interface StepEvent {
   step: number;
   steps: number;
+  /** This step's time in milliseconds, finished on the device. */
+  stepMs: number;
   preview?: ImageData;
 }
 
@@ -109,8 +118,12 @@ export interface GenerateCallbacks {
   previewEvery?: number;
 }
 
+/** A generation's stage times in milliseconds, each finished on the device. */
 export interface Timings {
+  /** Checks, the prompt's encodings, the timesteps and the initial latents. */
   setupMs: number;
+  /** Each denoising step. */
+  stepMs: number[];
   stepsMs: number;
   perStepMs: number;
   decodeMs: number;
@@ -141,6 +154,8 @@ export interface DenoiseSession {
  */
 export interface Generator {
   readonly device: 'webgpu' | 'cpu';
+  /** Why this device: e.g. "the WebGPU adapter is a software one (…); the CPU path is faster". */
+  readonly deviceReason: string;
   /** The float type in use (see CreateGeneratorOptions.precision). */
   readonly precision: 'f32' | 'f16';
   /** The attention kernel that runs: 'fused' only where the flash kernel does (see options). */

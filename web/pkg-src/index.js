@@ -2,6 +2,7 @@
 // The model lives in a Web Worker (worker.js); this module is the page-side API.
 
 import { OP, CACHE_NAME, ERROR_NAMES, LOAD_PROGRESS, apiError, fromWire } from './protocol.js';
+import { classifyAdapter } from './device.js';
 
 export { ERROR_NAMES, LOAD_PROGRESS };
 
@@ -20,6 +21,7 @@ export async function detect() {
         out.adapterInfo = {
           vendor: info.vendor || '', architecture: info.architecture || '', device: info.device || '',
           description: info.description || '', isFallbackAdapter: !!(info.isFallbackAdapter || adapter.isFallbackAdapter),
+          software: classifyAdapter(adapter).software,
         };
       }
     }
@@ -161,6 +163,7 @@ class Generator {
     this.threads = started.threads;
     const info = await this._client.call(OP.load, { model, device, memory, precision, attention }, onProgress);
     this.device = info.device;
+    this.deviceReason = info.deviceReason;
     this.precision = info.precision;
     this.attention = info.attention;
     this.memory = info.memory;
@@ -222,7 +225,7 @@ class Generator {
       const values = subjectValues(subjects);
       const r = await this._call(OP.generate, { options, subjects: values, previewEvery: previewEvery || 0, runId }, (p) => {
         if (p.status !== 'step' || !onStep) return;
-        const ev = { step: p.step, steps: p.steps };
+        const ev = { step: p.step, steps: p.steps, stepMs: p.stepMs };
         if (p.preview) ev.preview = new ImageData(new Uint8ClampedArray(p.preview.rgba), p.preview.width, p.preview.height);
         onStep(ev);
       });
@@ -252,7 +255,9 @@ class Generator {
 /**
  * Load a model: `model` is a URL (streamed with byte progress, verified chunk by chunk, cached
  * for offline use), a File or Blob (a bundle on the user's disk, e.g. from a file input: read
- * as a stream with progress and verified the same way, not cached) or an ArrayBuffer. `device`: 'auto' (WebGPU if available, else CPU),
+ * as a stream with progress and verified the same way, not cached) or an ArrayBuffer. `device`: 'auto' (WebGPU on
+ * a GPU adapter; the CPU where there is none or only a software one, whose kernels are slower than
+ * the CPU path's; `generator.deviceReason` says why),
  * 'webgpu' or 'cpu'. `memory`: 'auto' (default), 'resident' (every component stays loaded) or
  * 'sequential' (each component is loaded when its stage starts and the previous one freed: for
  * models larger than the device's memory; auto picks it for bundles over 512 MiB).

@@ -4,15 +4,25 @@
 // isolated and more than one thread is wanted, else the single-threaded build (which also has
 // the WebGPU device; the threaded one does not).
 import { OP, CACHE_NAME, apiError, toWire } from './protocol.js';
+import { chooseDevice } from './device.js';
 
 let Generator, BundleBuffer, version, checkLoadOptions;
 let threadCount = 1;
+
+// The device a requested one ('auto', 'webgpu', 'cpu') means here, decided once (device.js):
+// { requested, device, reason }; device is null for 'webgpu' without an adapter.
+let choice = null;
+async function decide(requested) {
+  if (!['auto', 'webgpu', 'cpu'].includes(requested)) throw apiError('InvalidInput', `unknown device "${requested}" (expected auto, webgpu or cpu)`);
+  if (!choice || choice.requested !== requested) choice = { requested, ...(await chooseDevice(requested)) };
+  return choice;
+}
 
 async function loadWasm(wasmUrl, threads, device) {
   const isolated = typeof SharedArrayBuffer !== 'undefined' && self.crossOriginIsolated === true;
   const cores = (self.navigator && navigator.hardwareConcurrency) || 1;
   const n = threads === 'auto' || threads == null ? Math.min(cores, 8) : threads;
-  const cpu = device === 'cpu' || (device === 'auto' && !(await hasWebGPU()));
+  const cpu = (await decide(device)).device === 'cpu';
   let m = null;
   if (cpu && n > 1 && isolated && !wasmUrl) {
     try {
@@ -252,15 +262,6 @@ async function obtainBundle(model, report) {
 }
 
 // ---------------------------------------------------------------- ops
-async function hasWebGPU() {
-  try {
-    if (!self.navigator || !navigator.gpu) return false;
-    const adapter = await navigator.gpu.requestAdapter();
-    return !!adapter;
-  } catch {
-    return false;
-  }
-}
 
 const ops = {
   async [OP.init]({ wasmUrl, threads, device }) {
@@ -272,12 +273,8 @@ const ops = {
   async [OP.load]({ model, device, memory, precision, attention }, report) {
     await ready;
     if (generator) { generator.free(); generator = null; }
-    let dev = device || 'auto';
-    if (dev === 'auto') dev = (await hasWebGPU()) ? 'webgpu' : 'cpu';
-    if (dev === 'webgpu' && !(await hasWebGPU())) {
-      throw apiError('DeviceError', 'WebGPU is not available in this browser (no adapter); use device "cpu"');
-    }
-    if (dev !== 'cpu' && dev !== 'webgpu') throw apiError('InvalidInput', `unknown device "${dev}" (expected auto, webgpu or cpu)`);
+    const { device: dev, reason } = await decide(device || 'auto');
+    if (!dev) throw apiError('DeviceError', `${reason}; use device "cpu"`);
     // The other options are the wasm module's to check (its messages), before any download.
     checkLoadOptions(memory || 'auto', precision || 'auto', attention || 'sliced');
     const { buf, source: from, cacheAs } = await obtainBundle(model, report);
@@ -287,7 +284,7 @@ const ops = {
       const h = buf.header();
       about = { name: h.name, license: h.license, description: h.description, quantization: h.quantization };
       fileBytes = h.fileBytes;
-      report({ status: 'loading', device: dev });
+      report({ status: 'loading', device: dev, reason });
     } catch (e) {
       buf.free();
       throw e;
@@ -298,7 +295,7 @@ const ops = {
     if (cacheAs) source = (await cacheFromGenerator(cacheAs, generator, fileBytes)) ? 'network+cached' : 'network';
     generator.releaseBundle();
     report({ status: 'ready', device: dev });
-    return { device: dev, precision: generator.precision, attention: generator.attention, memory: generator.memory, imageSize: generator.imageSize, sizeStep: generator.sizeStep, marker: generator.marker, source, model: about };
+    return { device: dev, deviceReason: reason, precision: generator.precision, attention: generator.attention, memory: generator.memory, imageSize: generator.imageSize, sizeStep: generator.sizeStep, marker: generator.marker, source, model: about };
   },
 
   async [OP.encodeSubject]({ rgba, width, height, mask }) {
@@ -341,39 +338,25 @@ const ops = {
     return {};
   },
 
-  // A whole generation. Cancellation arrives as a separate 'cancel' message between steps.
+  // A whole generation: the wasm module runs the loop (the pipeline's, as natively) and calls
+  // back after each step; the callback relays the progress, lets a 'cancel' message in, and
+  // answers whether to go on.
   async [OP.generate]({ options, subjects, previewEvery, runId }, report) {
     if (!generator) throw apiError('InvalidInput', 'no model is loaded');
     if (busy) throw apiError('Busy', 'a generation is already running; wait for it or abort it');
     busy = true;
-    const t0 = performance.now();
-    let session;
     try {
-      session = generator.startDenoise(options || {}, (subjects || []).map((s) => new Float32Array(s)));
-      const total = session.total;
-      const tStart = performance.now();
-      for (let i = 0; i < total; i++) {
-        if (cancelled.has(runId)) throw apiError('Cancelled', 'the generation was cancelled');
-        if (deviceLost) throw lostError();
-        await session.step();
-        const p = { status: 'step', step: i + 1, steps: total };
-        if (previewEvery && (i + 1) % previewEvery === 0 && i + 1 < total) p.preview = await session.preview();
+      const onStep = async (p) => {
         report(p);
-        // Let the cancel message in.
         await new Promise((r) => setTimeout(r, 0));
-      }
-      if (cancelled.has(runId)) throw apiError('Cancelled', 'the generation was cancelled');
-      const tLoop = performance.now();
-      const image = await session.decode();
-      const tEnd = performance.now();
-      return {
-        image,
-        warnings: session.warnings,
-        timings: { setupMs: tStart - t0, stepsMs: tLoop - tStart, perStepMs: (tLoop - tStart) / total, decodeMs: tEnd - tLoop, totalMs: tEnd - t0 },
+        return !cancelled.has(runId) && !deviceLost;
       };
+      return await generator.generate(options || {}, (subjects || []).map((s) => new Float32Array(s)), previewEvery || 0, onStep);
+    } catch (e) {
+      if (deviceLost) throw lostError();
+      throw e;
     } finally {
       cancelled.delete(runId);
-      if (session) session.free();
       busy = false;
     }
   },

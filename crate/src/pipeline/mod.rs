@@ -11,14 +11,17 @@
 //! 7. decode with the VAE to RGB.
 //!
 //! [`FastComposer::encode_subject`] is step 2; [`FastComposer::start`] does steps 1 and 3–5 and
-//! returns a [`Denoiser`], which runs step 6 one denoising step per call — so a caller (the CLI's
-//! progress bar, the browser's event loop) can report progress and cancel between steps — and
-//! step 7.
+//! returns a [`Denoiser`], which runs step 6 one denoising step per call, and step 7.
+//! [`Denoiser::run`] is the one denoising loop every face uses (the CLI, the wasm API, the
+//! tests): each step finished on the device and timed, then a [`StepHooks`] call that may
+//! report progress (with a preview every so many steps) or cancel. [`FastComposer::generate_async`]
+//! is steps 1–7 around it (natively, `futures_lite::future::block_on` runs it to the end).
 
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use web_time::Instant;
 
 pub mod components;
 pub mod default_model;
@@ -488,24 +491,93 @@ impl FastComposer {
         Ok((w, h))
     }
 
-    /// Steps 1–7 in one call. `on_step(step, total)` runs after every step; returning `false`
-    /// cancels ([`Error::Cancelled`]).
-    pub fn generate(
+    /// Steps 1–7 in one call, without blocking (WebGPU in a browser): [`Self::start`], the
+    /// loop ([`Denoiser::run`]) and the decode, each finished on the device and timed.
+    pub async fn generate_async(
         &self,
         opts: &GenerateOptions,
         subjects: &[SubjectEmbedding],
-        on_step: &mut dyn FnMut(&Denoiser) -> bool,
-    ) -> Result<(RgbImage, Vec<String>)> {
+        preview_every: usize,
+        hooks: &mut impl StepHooks,
+    ) -> Result<Generated> {
+        let t0 = Instant::now();
         let mut d = self.start(opts, subjects, None)?;
-        while !d.is_done() {
-            d.step()?;
-            if !on_step(&d) {
-                return Err(Error::Cancelled);
-            }
-        }
-        let warnings = d.warnings.clone();
-        Ok((d.decode_rgb()?, warnings))
+        d.settle().await?;
+        let setup_ms = ms_since(t0);
+        let step_ms = d.run(preview_every, hooks).await?;
+        let t1 = Instant::now();
+        let image = d.decode_rgb_async().await?;
+        let decode_ms = ms_since(t1);
+        Ok(Generated {
+            image,
+            warnings: d.warnings,
+            timings: Timings {
+                setup_ms,
+                step_ms,
+                decode_ms,
+            },
+        })
     }
+}
+
+/// What [`Denoiser::run`] tells its hooks after each step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Steps done (1 after the first).
+    pub step: usize,
+    /// Model evaluations in all.
+    pub total: usize,
+    /// This step's time, finished on the device.
+    pub ms: f64,
+    /// A latent preview ([`latent_preview`]), every `preview_every` steps but the last.
+    pub preview: Option<RgbImage>,
+}
+
+/// Called by [`Denoiser::run`] after every step: report progress, and return `false` to cancel
+/// (the loop ends with [`Error::Cancelled`]). A closure `FnMut(&StepReport) -> bool` is one.
+#[allow(async_fn_in_trait)] // used with concrete types, never as `dyn` or across threads
+pub trait StepHooks {
+    async fn after_step(&mut self, report: &StepReport) -> bool;
+}
+
+impl<F: FnMut(&StepReport) -> bool> StepHooks for F {
+    async fn after_step(&mut self, report: &StepReport) -> bool {
+        self(report)
+    }
+}
+
+/// A generation's stage times in milliseconds, each finished on the device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Timings {
+    /// Checks, the prompt's encodings, the timesteps and the initial latents.
+    pub setup_ms: f64,
+    /// Each denoising step.
+    pub step_ms: Vec<f64>,
+    pub decode_ms: f64,
+}
+
+impl Timings {
+    pub fn steps_ms(&self) -> f64 {
+        self.step_ms.iter().sum()
+    }
+
+    pub fn total_ms(&self) -> f64 {
+        self.setup_ms + self.steps_ms() + self.decode_ms
+    }
+}
+
+/// What [`FastComposer::generate_async`] returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generated {
+    pub image: RgbImage,
+    /// Notes for the user (a truncated prompt).
+    pub warnings: Vec<String>,
+    pub timings: Timings,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }
 
 /// Steps 6 and 7, one step at a time.
@@ -572,6 +644,40 @@ impl Denoiser {
         self.latents = self.scheduler.step(eps, t, self.latents.clone());
         self.index += 1;
         Ok(())
+    }
+
+    /// The denoising loop: every remaining step, each finished on the device and timed, then
+    /// `hooks` (with a latent preview every `preview_every` steps but the last; 0: none).
+    /// Returns each step's time in milliseconds; [`Error::Cancelled`] when a hook says stop.
+    pub async fn run(
+        &mut self,
+        preview_every: usize,
+        hooks: &mut impl StepHooks,
+    ) -> Result<Vec<f64>> {
+        let mut step_ms = Vec::with_capacity(self.total() - self.done());
+        while !self.is_done() {
+            let t = Instant::now();
+            self.step()?;
+            self.settle().await?;
+            let ms = ms_since(t);
+            step_ms.push(ms);
+            let (step, total) = (self.done(), self.total());
+            let preview = if preview_every > 0 && step % preview_every == 0 && step < total {
+                Some(self.preview_async().await?)
+            } else {
+                None
+            };
+            let report = StepReport {
+                step,
+                total,
+                ms,
+                preview,
+            };
+            if !hooks.after_step(&report).await {
+                return Err(Error::Cancelled);
+            }
+        }
+        Ok(step_ms)
     }
 
     /// The current latents.

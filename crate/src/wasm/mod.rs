@@ -15,7 +15,9 @@ use crate::io::bundle::{BundleInfo, BundleStream};
 use crate::kernels::attention::AttentionKernel;
 use crate::kernels::device::Precision;
 use crate::pipeline::components::Residency;
-use crate::pipeline::{Denoiser, FastComposer, GenerateOptions, RgbImage, SubjectEmbedding};
+use crate::pipeline::{
+    Denoiser, FastComposer, GenerateOptions, RgbImage, StepHooks, StepReport, SubjectEmbedding,
+};
 use crate::scheduler::SchedulerKind;
 
 fn js_error(e: Error) -> JsValue {
@@ -404,6 +406,53 @@ impl Generator {
         Ok(Float32Array::from(&e.values[..]))
     }
 
+    /// A whole generation through the pipeline's loop (`Denoiser::run`). After every step,
+    /// `onStep({ status: 'step', step, steps, stepMs, preview? })` (a `preview`
+    /// `{ width, height, rgba }` every `previewEvery` steps but the last; 0: none); it may return
+    /// a boolean or a promise of one, and `false` cancels (`Cancelled`; a throw cancels with
+    /// its error). Resolves to `{ image, warnings, timings }` (timings in milliseconds, each
+    /// stage finished on the device: `setupMs`, `stepMs` (each step), `stepsMs`, `perStepMs`,
+    /// `decodeMs`, `totalMs`).
+    pub async fn generate(
+        &self,
+        options: JsValue,
+        subjects: Vec<Float32Array>,
+        preview_every: usize,
+        on_step: js_sys::Function,
+    ) -> JsResult<JsValue> {
+        let opts = parse_options(options)?;
+        let subjects = embeddings(&subjects);
+        let mut hooks = JsHooks {
+            on_step,
+            error: None,
+        };
+        let g = self
+            .model
+            .generate_async(&opts, &subjects, preview_every, &mut hooks)
+            .await
+            .map_err(|e| hooks.error.take().unwrap_or_else(|| js_error(e)))?;
+        let t = &g.timings;
+        let timings = Object::new();
+        let steps = t.step_ms.len().max(1) as f64;
+        for (k, v) in [
+            ("setupMs", t.setup_ms),
+            ("stepsMs", t.steps_ms()),
+            ("perStepMs", t.steps_ms() / steps),
+            ("decodeMs", t.decode_ms),
+            ("totalMs", t.total_ms()),
+        ] {
+            Reflect::set(&timings, &k.into(), &v.into())?;
+        }
+        let step_ms: js_sys::Array = t.step_ms.iter().map(|&v| JsValue::from(v)).collect();
+        Reflect::set(&timings, &"stepMs".into(), &step_ms)?;
+        let warnings: js_sys::Array = g.warnings.iter().map(JsValue::from).collect();
+        let o = Object::new();
+        Reflect::set(&o, &"image".into(), &image_object(&g.image)?)?;
+        Reflect::set(&o, &"warnings".into(), &warnings)?;
+        Reflect::set(&o, &"timings".into(), &timings)?;
+        Ok(o.into())
+    }
+
     /// Check the options and set up a denoising session. `subjects` holds the embeddings from
     /// `encodeSubject`, in marker order.
     #[wasm_bindgen(js_name = startDenoise)]
@@ -412,15 +461,62 @@ impl Generator {
         options: JsValue,
         subjects: Vec<Float32Array>,
     ) -> JsResult<DenoiseSession> {
-        let o: JsOptions = serde_wasm_bindgen::from_value(options)
-            .map_err(|e| js_error(Error::invalid(format!("bad options: {e}"))))?;
-        let opts = o.into_options().map_err(js_error)?;
-        let subjects: Vec<SubjectEmbedding> = subjects
-            .iter()
-            .map(|a| SubjectEmbedding { values: a.to_vec() })
-            .collect();
-        let d = self.model.start(&opts, &subjects, None).map_err(js_error)?;
+        let opts = parse_options(options)?;
+        let d = self
+            .model
+            .start(&opts, &embeddings(&subjects), None)
+            .map_err(js_error)?;
         Ok(DenoiseSession { inner: d })
+    }
+}
+
+fn parse_options(options: JsValue) -> JsResult<GenerateOptions> {
+    let o: JsOptions = serde_wasm_bindgen::from_value(options)
+        .map_err(|e| js_error(Error::invalid(format!("bad options: {e}"))))?;
+    o.into_options().map_err(js_error)
+}
+
+fn embeddings(subjects: &[Float32Array]) -> Vec<SubjectEmbedding> {
+    subjects
+        .iter()
+        .map(|a| SubjectEmbedding { values: a.to_vec() })
+        .collect()
+}
+
+/// `generate`'s `onStep` as the pipeline's hooks; a throw (or rejected promise) is kept and
+/// becomes the generation's error.
+struct JsHooks {
+    on_step: js_sys::Function,
+    error: Option<JsValue>,
+}
+
+impl JsHooks {
+    async fn call(&self, r: &StepReport) -> JsResult<bool> {
+        let p = Object::new();
+        Reflect::set(&p, &"status".into(), &"step".into())?;
+        Reflect::set(&p, &"step".into(), &(r.step as f64).into())?;
+        Reflect::set(&p, &"steps".into(), &(r.total as f64).into())?;
+        Reflect::set(&p, &"stepMs".into(), &r.ms.into())?;
+        if let Some(img) = &r.preview {
+            Reflect::set(&p, &"preview".into(), &image_object(img)?)?;
+        }
+        let mut v = self.on_step.call1(&JsValue::NULL, &p)?;
+        if let Some(promise) = v.dyn_ref::<js_sys::Promise>() {
+            v = wasm_bindgen_futures::JsFuture::from(promise.clone()).await?;
+        }
+        Ok(v.as_bool() != Some(false))
+    }
+}
+
+impl StepHooks for JsHooks {
+    async fn after_step(&mut self, report: &StepReport) -> bool {
+        match self.call(report).await {
+            Ok(go_on) => go_on,
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
+        }
     }
 }
 

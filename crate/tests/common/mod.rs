@@ -106,10 +106,16 @@ pub fn run_case(
     let mut d = model
         .start(&case_options(&c), &subjects, Some(latents))
         .unwrap();
-    while !d.is_done() {
-        d.step().unwrap();
-    }
+    denoise(&mut d);
     (d, f)
+}
+
+/// Every remaining step through the pipeline's loop ([`Denoiser::run`]), as the faces run it.
+///
+/// [`Denoiser::run`]: fastcomposer::pipeline::Denoiser::run
+pub fn denoise(d: &mut fastcomposer::pipeline::Denoiser) {
+    futures_lite::future::block_on(d.run(0, &mut |_: &fastcomposer::pipeline::StepReport| true))
+        .unwrap();
 }
 
 /// A reference case's generation options (seed 0: its starting latents are given).

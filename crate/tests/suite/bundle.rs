@@ -4,7 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::common::{convert_bundle, fixtures, max_abs_diff, photo, rel_err, test_device, values};
+use crate::common::{
+    convert_bundle, denoise, fixtures, max_abs_diff, photo, rel_err, test_device, values,
+};
 use fastcomposer::Error;
 use fastcomposer::io::bundle::{Bundle, BundleInfo};
 use fastcomposer::io::convert::{ConvertOptions, convert};
@@ -95,9 +97,7 @@ fn compare(m: &FastComposer) -> (Vec<(&'static str, f32)>, f64) {
     };
     let run = |m: &FastComposer| {
         let mut d = m.start(&opts, &subjects(m), None).unwrap();
-        while !d.is_done() {
-            d.step().unwrap();
-        }
+        denoise(&mut d);
         (d.latents(), d.decode_rgb().unwrap())
     };
     let (lr, ir) = run(r);
@@ -450,9 +450,7 @@ fn sequential_residency_loads_one_stage_at_a_time_and_matches_resident() {
         };
         let mut d = m.start(&opts, std::slice::from_ref(&e), None).unwrap();
         stages.push(m.loaded_stage());
-        while !d.is_done() {
-            d.step().unwrap();
-        }
+        denoise(&mut d);
         stages.push(m.loaded_stage());
         let img = d.decode_rgb().unwrap();
         stages.push(m.loaded_stage());
@@ -507,9 +505,7 @@ fn fused_attention_generates_what_sliced_does() {
             ..Default::default()
         };
         let mut d = m.start(&opts, &[e], None).unwrap();
-        while !d.is_done() {
-            d.step().unwrap();
-        }
+        denoise(&mut d);
         (values(d.latents()), d.decode_rgb().unwrap())
     };
     let (want, want_img) = run(AttentionKernel::default());

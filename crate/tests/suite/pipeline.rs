@@ -11,8 +11,9 @@ use fastcomposer::Error;
 use fastcomposer::io::model_dir::ModelDir;
 use fastcomposer::kernels::attention::AttentionKernel;
 use fastcomposer::pipeline::preprocess::{decode_image, subject_pixel_values};
-use fastcomposer::pipeline::{FastComposer, GenerateOptions, SubjectEmbedding};
+use fastcomposer::pipeline::{FastComposer, GenerateOptions, StepReport, SubjectEmbedding};
 use fastcomposer::scheduler::SchedulerKind;
+use futures_lite::future::block_on;
 
 fn model() -> &'static FastComposer {
     static M: OnceLock<FastComposer> = OnceLock::new();
@@ -109,12 +110,13 @@ fn same_seed_same_image_other_seed_other_image() {
         seed: 7,
         ..opts("a cat <|image|> on the beach")
     };
-    let (a, _) = model().generate(&o, &s, &mut |_| true).unwrap();
-    let (b, _) = model().generate(&o, &s, &mut |_| true).unwrap();
+    let run = |o: &GenerateOptions| {
+        block_on(model().generate_async(o, &s, 0, &mut |_: &StepReport| true))
+    };
+    let a = run(&o).unwrap().image;
+    let b = run(&o).unwrap().image;
     assert_eq!(a, b, "same seed must give a bit-identical image");
-    let (c, _) = model()
-        .generate(&GenerateOptions { seed: 8, ..o }, &s, &mut |_| true)
-        .unwrap();
+    let c = run(&GenerateOptions { seed: 8, ..o }).unwrap().image;
     assert_ne!(a, c);
     assert_eq!((a.width, a.height, a.pixels.len()), (64, 64, 64 * 64 * 3));
 }
@@ -173,12 +175,55 @@ fn alpha_switch_by_step_index() {
 #[test]
 fn cancel_between_steps() {
     let mut n = 0;
-    let r = model().generate(&opts("a cat <|image|>"), &[subject("chelsea")], &mut |_| {
-        n += 1;
-        n < 2
-    });
+    let r = block_on(model().generate_async(
+        &opts("a cat <|image|>"),
+        &[subject("chelsea")],
+        0,
+        &mut |_: &StepReport| {
+            n += 1;
+            n < 2
+        },
+    ));
     assert!(matches!(r, Err(Error::Cancelled)));
     assert_eq!(n, 2);
+}
+
+/// The loop's hooks see every step once, in order, with its time; a preview every
+/// `preview_every` steps but the last (the decoded image follows it); the timings hold one entry
+/// per step; and the image is the one a loop without previews makes.
+#[test]
+fn hooks_see_each_step_with_previews_and_timings() {
+    let o = GenerateOptions {
+        steps: 5,
+        seed: 3,
+        ..opts("a cat <|image|> on the beach")
+    };
+    let s = [subject("chelsea")];
+    let mut seen = Vec::new();
+    let g = block_on(model().generate_async(&o, &s, 2, &mut |r: &StepReport| {
+        assert!(r.ms >= 0.0 && r.ms.is_finite());
+        seen.push((
+            r.step,
+            r.total,
+            r.preview.as_ref().map(|p| (p.width, p.height)),
+        ));
+        true
+    }))
+    .unwrap();
+    assert_eq!(
+        seen,
+        [
+            (1, 5, None),
+            (2, 5, Some((8, 8))),
+            (3, 5, None),
+            (4, 5, Some((8, 8))),
+            (5, 5, None)
+        ]
+    );
+    assert_eq!(g.timings.step_ms.len(), 5);
+    assert!(g.timings.setup_ms > 0.0 && g.timings.decode_ms > 0.0);
+    let plain = block_on(model().generate_async(&o, &s, 0, &mut |_: &StepReport| true)).unwrap();
+    assert_eq!(g.image, plain.image);
 }
 
 fn invalid(r: Result<impl std::fmt::Debug, Error>, needle: &str) {

@@ -194,17 +194,14 @@ pub fn run(args: Args) -> Result<()> {
     );
     bar.set_message("denoising");
     let t0 = std::time::Instant::now();
-    // Each step's time, finished on the device (wgpu queues work: wait for it).
-    let mut step_s = Vec::with_capacity(d.total());
-    while !d.is_done() {
-        let t = std::time::Instant::now();
-        d.step()?;
-        if choice == device::DeviceChoice::Wgpu {
-            d.settle_blocking()?;
-        }
-        step_s.push(t.elapsed().as_secs_f64());
+    // The pipeline's loop: each step finished on the device and timed.
+    let step_s: Vec<f64> = futures_lite::future::block_on(d.run(0, &mut |_: &StepReport| {
         bar.inc(1);
-    }
+        true
+    }))?
+    .iter()
+    .map(|ms| ms / 1e3)
+    .collect();
     bar.finish_and_clear();
     report("denoising");
     d.settle_blocking()?;

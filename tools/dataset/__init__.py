@@ -1,0 +1,1 @@
+"""The procedural scenes the default model is trained and evaluated on."""

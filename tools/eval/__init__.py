@@ -1,0 +1,1 @@
+"""Evaluation of the default model: judges, the evaluation grid, probes."""

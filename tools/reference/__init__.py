@@ -1,0 +1,1 @@
+"""Reference implementations (diffusers, transformers, open_clip) and the golden fixtures the crate's tests compare against."""

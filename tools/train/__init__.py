@@ -1,0 +1,1 @@
+"""Training of the default model (`train.py`) and its architecture (`models.py`)."""
