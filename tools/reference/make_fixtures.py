@@ -19,7 +19,7 @@ import sys
 import tempfile
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, LCMScheduler, PNDMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DDIMScheduler, EulerDiscreteScheduler, LCMScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from fctools.reference.common import FIXTURES, randomize, save_json, save_tensors
@@ -153,6 +153,19 @@ def vae():
     write_component("vae", m, saved_config(m), cases, half=True)
 
 
+def vae_tiny():
+    # TAESD's layout at a small width (diffusers' DecoderTiny keeps one width throughout: its
+    # blocks and level convolutions map a level's channels to themselves).
+    m = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(12, 12, 12, 12),
+        num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(2, 2, 1, 1), latent_channels=4,
+    ).eval()
+    randomize(m, 22, half_exact=True)
+    lat = torch.randn((2, 4, 5, 6), generator=gen(23)) * 2
+    cases = {"decode0": ({"latents": lat}, m.decode(lat).sample)}
+    write_component("vae_tiny", m, saved_config(m), cases, half=True)
+
+
 # ---------------------------------------------------------------- schedulers
 SD15_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -270,8 +283,8 @@ def lcm(path):
 
 
 def main():
-    # All parts, or the ones named: python make_fixtures.py [text_encoder vision_encoder fuser unets vae schedulers]
-    parts = {f.__name__: f for f in (text_encoder, vision_encoder, fuser, unets, vae, schedulers)}
+    # All parts, or the ones named: python make_fixtures.py [text_encoder vision_encoder fuser unets vae vae_tiny schedulers]
+    parts = {f.__name__: f for f in (text_encoder, vision_encoder, fuser, unets, vae, vae_tiny, schedulers)}
     for name in sys.argv[1:] or parts:
         parts[name]()
 

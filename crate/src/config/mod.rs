@@ -21,7 +21,7 @@ pub use clip_vision::ClipVisionConfig;
 pub use fuser::FuserConfig;
 pub use scheduler::SchedulerConfig;
 pub use unet::{PerLevel, UNet2DConditionConfig};
-pub use vae::AutoencoderKLConfig;
+pub use vae::{AutoencoderKLConfig, AutoencoderTinyConfig};
 
 /// Every component's config: what a model is, without its weights.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]

@@ -82,3 +82,77 @@ impl AutoencoderKLConfig {
         1 << self.block_out_channels.len().saturating_sub(1)
     }
 }
+
+/// diffusers' `AutoencoderTiny` config (TAESD, `config.json`). Defaults: madebyollin/taesd (SD1.5).
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
+#[serde(default)]
+pub struct AutoencoderTinyConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub encoder_block_out_channels: Vec<usize>,
+    pub decoder_block_out_channels: Vec<usize>,
+    pub act_fn: String,
+    pub upsample_fn: String,
+    pub latent_channels: usize,
+    pub upsampling_scaling_factor: usize,
+    pub num_encoder_blocks: Vec<usize>,
+    pub num_decoder_blocks: Vec<usize>,
+    pub latent_magnitude: f64,
+    pub latent_shift: f64,
+    pub scaling_factor: f64,
+}
+
+impl Default for AutoencoderTinyConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            encoder_block_out_channels: vec![64; 4],
+            decoder_block_out_channels: vec![64; 4],
+            act_fn: "relu".into(),
+            upsample_fn: "nearest".into(),
+            latent_channels: 4,
+            upsampling_scaling_factor: 2,
+            num_encoder_blocks: vec![1, 3, 3, 3],
+            num_decoder_blocks: vec![3, 3, 3, 1],
+            latent_magnitude: 3.0,
+            latent_shift: 0.5,
+            scaling_factor: 1.0,
+        }
+    }
+}
+
+impl AutoencoderTinyConfig {
+    pub(crate) fn check_decoder(&self) -> Result<()> {
+        let n = self.decoder_block_out_channels.len();
+        if n == 0 || self.num_decoder_blocks.len() != n {
+            return Err(Error::invalid(
+                "tiny vae config: decoder_block_out_channels and num_decoder_blocks differ in length",
+            ));
+        }
+        if self.upsample_fn != "nearest" || self.upsampling_scaling_factor != 2 {
+            return Err(Error::invalid(format!(
+                "tiny vae config: only nearest upsampling by 2 is supported (got {} by {})",
+                self.upsample_fn, self.upsampling_scaling_factor
+            )));
+        }
+        let c = self.decoder_block_out_channels[0];
+        if self.latent_channels == 0 || c == 0 || self.out_channels == 0 {
+            return Err(Error::invalid("tiny vae config: zero channels"));
+        }
+        // diffusers' DecoderTiny maps each level's channels to themselves (its blocks and level
+        // convolutions), so only one width throughout runs there.
+        if self.decoder_block_out_channels.iter().any(|&x| x != c) {
+            return Err(Error::invalid(format!(
+                "tiny vae config: decoder_block_out_channels {:?} differ; the decoder keeps one width",
+                self.decoder_block_out_channels
+            )));
+        }
+        Ok(())
+    }
+
+    /// Pixels per latent cell (2^(levels-1)); 8 for TAESD.
+    pub fn scale_factor(&self) -> usize {
+        1 << self.decoder_block_out_channels.len().saturating_sub(1)
+    }
+}

@@ -3,6 +3,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::autoencoder_tiny::TinyDecoder;
 use super::clip_text::ClipTextModel;
 use super::clip_vision::ClipVisionModel;
 use super::fuser::Fuser;
@@ -10,8 +11,8 @@ use super::loader::Loader;
 use super::unet::UNet2DConditionModel;
 use super::vae::{VaeDecoder, VaeEncoder};
 use crate::config::{
-    AutoencoderKLConfig, ClipTextConfig, ClipVisionConfig, FuserConfig, UNet2DConditionConfig,
-    parse_config,
+    AutoencoderKLConfig, AutoencoderTinyConfig, ClipTextConfig, ClipVisionConfig, FuserConfig,
+    UNet2DConditionConfig, parse_config,
 };
 use crate::error::{Error, Result};
 use crate::io::safetensors::SafetensorsSource;
@@ -24,6 +25,8 @@ pub enum Component {
     Unet,
     VaeDecoder,
     VaeEncoder,
+    /// The tiny autoencoder's (TAESD's) decoder.
+    TinyVaeDecoder,
     TextEncoder,
     VisionEncoder,
     Fuser,
@@ -36,13 +39,14 @@ impl std::str::FromStr for Component {
             "unet" => Component::Unet,
             "vae-decoder" => Component::VaeDecoder,
             "vae-encoder" => Component::VaeEncoder,
+            "tiny-vae-decoder" => Component::TinyVaeDecoder,
             "text-encoder" => Component::TextEncoder,
             "vision-encoder" => Component::VisionEncoder,
             "fuser" => Component::Fuser,
             other => {
                 return Err(Error::invalid(format!(
                     "unknown component `{other}` (expected unet, vae-decoder, vae-encoder, \
-                     text-encoder, vision-encoder or fuser)"
+                     tiny-vae-decoder, text-encoder, vision-encoder or fuser)"
                 )));
             }
         })
@@ -102,6 +106,13 @@ pub fn forward_component(
                 model.forward(input(inputs, "image", device)?)?
             };
             return read(out);
+        }
+        Component::TinyVaeDecoder => {
+            let config: AutoencoderTinyConfig = parse_config(config_json, "tiny vae")?;
+            // A full AutoencoderTiny file holds the encoder too; the decoder takes its own keys.
+            let model = TinyDecoder::load(&vb, &config)?;
+            vb.finish("decoder.", &[])?;
+            return read(model.forward(input(inputs, "latents", device)?)?);
         }
         Component::TextEncoder => {
             let config: ClipTextConfig = parse_config(config_json, "text encoder")?;

@@ -1,10 +1,11 @@
 //! The model components, one file per reference class, named like diffusers / transformers so
 //! that module paths are checkpoint keys: the CLIP encoders and FastComposer's fuser, the
-//! `UNet2DConditionModel` and the `AutoencoderKL`, with the blocks they share
+//! `UNet2DConditionModel`, the `AutoencoderKL` and the tiny autoencoder (TAESD), with the blocks they share
 //! ([`unet_2d_blocks`], [`resnet`], [`attention`], [`embeddings`]), the layers ([`nn`], [`banded`])
 //! and the [`loader`] that reads their weights by key.
 
 pub mod attention;
+pub mod autoencoder_tiny;
 pub mod banded;
 pub mod clip;
 pub mod clip_text;

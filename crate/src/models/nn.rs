@@ -271,6 +271,7 @@ pub enum Activation {
     QuickGelu,
     /// tanh-approximated GELU.
     GeluTanh,
+    Relu,
 }
 
 impl Activation {
@@ -281,9 +282,10 @@ impl Activation {
             "gelu" => Activation::Gelu,
             "quick_gelu" => Activation::QuickGelu,
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
             other => {
                 return Err(crate::Error::invalid(format!(
-                    "unsupported activation `{other}` (supported: silu, gelu, quick_gelu, gelu_new)"
+                    "unsupported activation `{other}` (supported: silu, gelu, quick_gelu, gelu_new, relu)"
                 )));
             }
         })
@@ -295,6 +297,7 @@ impl Activation {
             Activation::Gelu => crate::kernels::cpu_ops::gelu(x),
             Activation::QuickGelu => x.clone() * activation::sigmoid(x * 1.702),
             Activation::GeluTanh => activation::gelu_approximate(x),
+            Activation::Relu => activation::relu(x),
         }
     }
 }

@@ -43,6 +43,7 @@ fn forward_writes_out_matching_the_reference() {
     for (component, dir, case) in [
         ("unet", "unet_tiny", "case1"),
         ("vae-decoder", "vae", "decode0"),
+        ("tiny-vae-decoder", "vae_tiny", "decode0"),
         ("text-encoder", "text_encoder", "case0"),
         ("vision-encoder", "vision_encoder", "case0"),
         ("fuser", "fuser", "case0"),

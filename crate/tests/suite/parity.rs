@@ -220,6 +220,13 @@ fn vae_decoder_on_row_bands_matches_diffusers() {
     }
 }
 
+/// TAESD's decoder (`AutoencoderTiny`: 3×3 convolutions, ReLUs, nearest upsampling; the levels'
+/// first blocks change the channel count, so the 1×1 skips are covered too).
+#[test]
+fn tiny_vae_decoder_matches_diffusers() {
+    check_convolutions("vae_tiny", Component::TinyVaeDecoder, "decode0", sliced());
+}
+
 #[test]
 fn vae_encoder_matches_diffusers() {
     check_convolutions("vae", Component::VaeEncoder, "encode0", sliced());

@@ -5,7 +5,7 @@ use super::*;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// unet | vae-decoder | vae-encoder | text-encoder | vision-encoder | fuser
+    /// unet | vae-decoder | vae-encoder | tiny-vae-decoder | text-encoder | vision-encoder | fuser
     #[arg(long)]
     pub component: String,
     /// The reference library's saved config.json (fuser: {"embed_dim": D}).
@@ -14,7 +14,8 @@ pub struct Args {
     /// Weights by the reference key names.
     #[arg(long)]
     pub weights: PathBuf,
-    /// Input tensors: unet: sample, timestep, encoder_hidden_states; vae-decoder: latents;
+    /// Input tensors: unet: sample, timestep, encoder_hidden_states; vae-decoder and
+    /// tiny-vae-decoder: latents (divided by the autoencoder's scaling factor);
     /// vae-encoder: image; text-encoder: input_ids; vision-encoder: pixel_values;
     /// fuser: text, image.
     #[arg(long)]
