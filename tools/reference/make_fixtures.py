@@ -166,6 +166,72 @@ def vae_tiny():
     write_component("vae_tiny", m, saved_config(m), cases, half=True)
 
 
+# ---------------------------------------------------------------- LoRA
+def lora():
+    """LoRAs on the tiny UNet and text encoder fixtures (their weights, read back): linear and
+    convolution updates (3x3 down, 1x1 up in the resnets), rank 4, alpha 8, applied by peft at
+    scale 0.7 on each fixture's case0; the same updates written in the three file formats."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    def fixture(name):
+        with open(os.path.join(FIXTURES, name, "config.json")) as f:
+            cfg = json.load(f)
+        return cfg, {k: v.float() for k, v in load_file(os.path.join(FIXTURES, name, "weights.safetensors")).items()}
+
+    rank, alpha, scale = 4, 8, 0.7
+    cfg, w = fixture("unet_tiny")
+    unet = UNet2DConditionModel.from_config(cfg).eval()
+    unet.load_state_dict(w)
+    cfg, w = fixture("text_encoder")
+    te = CLIPTextModel(CLIPTextConfig(**{k: v for k, v in cfg.items() if not k.startswith("_")})).eval()
+    te.load_state_dict(w, strict=False)  # position_ids: a buffer
+    unet = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=[
+        "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+        "conv1", "conv2", "time_emb_proj"]), unet)
+    te = inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=alpha, target_modules=[
+        "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]), te)
+    g = gen(30)
+    with torch.no_grad():
+        for m in (unet, te):
+            for n, p in m.named_parameters():
+                if "lora_" in n:
+                    fan_in = p[0].numel()
+                    p.copy_((torch.randn(p.shape, generator=g) / fan_in ** 0.5).half().float())
+            for layer in m.modules():
+                if isinstance(layer, LoraLayer):
+                    layer.scale_layer(scale)
+    path = reset("lora")
+    unet_in = load_file(os.path.join(FIXTURES, "unet_tiny", "case0.in.safetensors"))
+    te_in = load_file(os.path.join(FIXTURES, "text_encoder", "case0.in.safetensors"))
+    with torch.no_grad():
+        unet_out = unet(unet_in["sample"], unet_in["timestep"], unet_in["encoder_hidden_states"]).sample
+        te_out = te(input_ids=te_in["input_ids"]).last_hidden_state
+    save_tensors(os.path.join(path, "unet.out.safetensors"), {"out": unet_out})
+    save_tensors(os.path.join(path, "text_encoder.out.safetensors"), {"out": te_out})
+    sd = {"unet": get_peft_model_state_dict(unet), "text_encoder": get_peft_model_state_dict(te)}
+    kohya, peft, old = {}, {}, {}
+    for part, short in (("unet", "unet"), ("text_encoder", "te")):
+        for k, v in sd[part].items():
+            module, role = k.rsplit(".lora_", 1)
+            # SD1.5's LoRA files name the text encoder's modules from `text_model.` (transformers 4),
+            # which the fixture's weights (transformers 5) leave out: both must match.
+            if part == "text_encoder" and not module.startswith("text_model."):
+                module = f"text_model.{module}"
+            up = role.startswith("B")
+            # Files without an alpha mean alpha = rank: their up matrices carry alpha / rank.
+            baked = v * (alpha / rank) if up else v
+            kohya[f"lora_{short}_{module.replace('.', '_')}.lora_{'up' if up else 'down'}.weight"] = v
+            kohya[f"lora_{short}_{module.replace('.', '_')}.alpha"] = torch.tensor(float(alpha))
+            peft[f"{part}.{module}.lora_{'B' if up else 'A'}.weight"] = baked
+            old[f"{part}.{module}.lora.{'up' if up else 'down'}.weight"] = baked
+    for name, tensors in (("kohya", kohya), ("peft", peft), ("diffusers_old", old)):
+        save_tensors(os.path.join(path, f"{name}.safetensors"), tensors)
+    print(f"lora: {len(sd['unet']) // 2} unet and {len(sd['text_encoder']) // 2} text encoder modules, rank {rank}, alpha {alpha}, scale {scale}")
+
+
 # ---------------------------------------------------------------- schedulers
 SD15_SCHEDULER = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -283,8 +349,8 @@ def lcm(path):
 
 
 def main():
-    # All parts, or the ones named: python make_fixtures.py [text_encoder vision_encoder fuser unets vae vae_tiny schedulers]
-    parts = {f.__name__: f for f in (text_encoder, vision_encoder, fuser, unets, vae, vae_tiny, schedulers)}
+    # All parts, or the ones named: python make_fixtures.py [text_encoder vision_encoder fuser unets vae vae_tiny lora schedulers]
+    parts = {f.__name__: f for f in (text_encoder, vision_encoder, fuser, unets, vae, vae_tiny, lora, schedulers)}
     for name in sys.argv[1:] or parts:
         parts[name]()
 

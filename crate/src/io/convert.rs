@@ -99,6 +99,8 @@ pub struct ConvertOptions {
     /// Keep the VAE encoder (`vae.encoder.*`, `vae.quant_conv.*`). Generation only decodes, so
     /// by default a bundle leaves it out (34 M parameters at SD1.5 size).
     pub keep_vae_encoder: bool,
+    /// LoRAs merged into the UNet and the text encoder before quantization.
+    pub loras: Vec<super::lora::LoraFile>,
 }
 
 /// Tensors a generation never reads: the VAE encoder.
@@ -204,6 +206,11 @@ pub fn convert(o: &ConvertOptions) -> Result<ConvertReport> {
         }
     }
     plan.sort_by(|a, b| a.0.cmp(&b.0));
+    let index: std::collections::BTreeMap<String, Vec<usize>> = plan
+        .iter()
+        .map(|(n, s, ..)| (n.clone(), s.clone()))
+        .collect();
+    let deltas = &super::lora::LoraDeltas::load(&o.loras, &index)?;
     let sources = &sources;
     let torch_index: std::collections::HashMap<String, usize> = match sources.first() {
         Some(Src::Torch(t)) => t
@@ -223,9 +230,13 @@ pub fn convert(o: &ConvertOptions) -> Result<ConvertReport> {
                 name: name.clone(),
                 shape: shape.clone(),
                 ty,
-                read: Box::new(move || match &sources[*si] {
-                    Src::St(f) => f.read_f32(key),
-                    Src::Torch(t) => t.read_f32(&t.tensors()[torch_index[key]].1),
+                read: Box::new(move || {
+                    let mut v = match &sources[*si] {
+                        Src::St(f) => f.read_f32(key)?,
+                        Src::Torch(t) => t.read_f32(&t.tensors()[torch_index[key]].1)?,
+                    };
+                    deltas.apply(name, &mut v);
+                    Ok(v)
                 }),
             }
         })

@@ -10,6 +10,7 @@ use super::fuser::Fuser;
 use super::loader::Loader;
 use super::unet::UNet2DConditionModel;
 use super::vae::{VaeDecoder, VaeEncoder};
+use crate::config::TensorSource;
 use crate::config::{
     AutoencoderKLConfig, AutoencoderTinyConfig, ClipTextConfig, ClipVisionConfig, FuserConfig,
     UNet2DConditionConfig, parse_config,
@@ -53,6 +54,18 @@ impl std::str::FromStr for Component {
     }
 }
 
+impl Component {
+    /// The bundle prefix of the part whose weights LoRAs change (`"unet."`, `"text_encoder."`);
+    /// `None` for components LoRAs leave alone.
+    pub fn lora_prefix(self) -> Option<&'static str> {
+        match self {
+            Component::Unet => Some("unet."),
+            Component::TextEncoder => Some("text_encoder."),
+            _ => None,
+        }
+    }
+}
+
 fn input<const D: usize>(
     inputs: &SafetensorsSource,
     name: &str,
@@ -73,7 +86,7 @@ fn input<const D: usize>(
 pub fn forward_component(
     component: Component,
     config_json: &str,
-    weights: &SafetensorsSource,
+    weights: &dyn TensorSource,
     inputs: &SafetensorsSource,
     device: &Device,
     kernels: impl Into<KernelOptions>,

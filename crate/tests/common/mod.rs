@@ -149,6 +149,7 @@ pub fn convert_bundle(
         license: Some("MIT".into()),
         card: None,
         keep_vae_encoder: false,
+        loras: Vec::new(),
     })
     .unwrap_or_else(|e| panic!("convert {quant}: {e}"));
     out

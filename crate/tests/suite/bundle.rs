@@ -154,6 +154,7 @@ fn vae_encoder_left_out_unless_kept() {
             license: None,
             card: None,
             keep_vae_encoder: keep,
+            loras: Vec::new(),
         })
         .unwrap();
         let bytes = std::fs::read(&out).unwrap();
@@ -412,6 +413,7 @@ fn pickle_with_unsupported_opcodes_is_refused() {
         license: None,
         card: None,
         keep_vae_encoder: false,
+        loras: Vec::new(),
     });
     let m = weights_err(r);
     assert!(m.contains("unsupported global os.system"), "{m}");

@@ -24,18 +24,30 @@ fn forward(
     weights: Option<PathBuf>,
     out: &PathBuf,
 ) -> Output {
+    forward_command(component, dir, case, weights, out)
+        .output()
+        .unwrap()
+}
+
+/// `fastcomposer forward` on a fixture's case, for more arguments.
+fn forward_command(
+    component: &str,
+    dir: &str,
+    case: &str,
+    weights: Option<PathBuf>,
+    out: &PathBuf,
+) -> Command {
     let d = fixtures().join(dir);
-    bin()
-        .args(["forward", "--component", component, "--config"])
+    let mut c = bin();
+    c.args(["forward", "--component", component, "--config"])
         .arg(d.join("config.json"))
         .arg("--weights")
         .arg(weights.unwrap_or_else(|| d.join("weights.safetensors")))
         .arg("--inputs")
         .arg(d.join(format!("{case}.in.safetensors")))
         .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
+        .arg(out);
+    c
 }
 
 #[test]
@@ -403,4 +415,40 @@ fn generate_bad_input_exits_with_code_2() {
         a.extend(["--out", o]);
         assert_fails(generate(&a), needle);
     }
+}
+
+/// `forward --lora FILE:SCALE` gives peft's output; `convert --lora` with a LoRA for another
+/// model exits with code 2 naming what does not fit, and writes no bundle.
+#[test]
+fn forward_and_convert_take_loras() {
+    let out = tmp("lora.out.safetensors");
+    let lora = fixtures().join("lora/kohya.safetensors");
+    let o = forward_command("unet", "unet_tiny", "case0", None, &out)
+        .arg("--lora")
+        .arg(format!("{}:0.7", lora.display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (_, got) = SafetensorsSource::from_file(&out)
+        .unwrap()
+        .read_f32("out")
+        .unwrap();
+    let (_, want) = fixture("lora/unet.out.safetensors")
+        .read_f32("out")
+        .unwrap();
+    let (err, mag) = max_abs_diff(&got, &want);
+    assert!(err <= 1e-4 * mag, "forward --lora: {err} (max {mag})");
+
+    let bundle = tmp("lora.gguf");
+    let o = bin()
+        .args(["convert", "--from"])
+        .arg(fixtures().join("pipeline/model"))
+        .arg("--lora")
+        .arg(fixtures().join("lora/peft.safetensors"))
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_fails(o, "LoRA ");
+    assert!(!bundle.exists(), "a bundle was written");
 }

@@ -9,6 +9,7 @@ mod common;
 mod bundle;
 mod cli;
 mod layers;
+mod lora;
 mod parity;
 mod pipeline;
 mod quantized_ops;

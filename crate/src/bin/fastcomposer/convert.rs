@@ -30,6 +30,10 @@ pub struct Args {
     /// Also store the VAE encoder (generation only decodes; left out by default).
     #[arg(long)]
     pub keep_vae_encoder: bool,
+    /// A LoRA (kohya, diffusers/peft) merged into the UNet and text encoder before
+    /// quantization, as FILE or FILE:SCALE (default scale 1). Repeatable.
+    #[arg(long = "lora")]
+    pub loras: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -42,6 +46,7 @@ pub fn run(args: Args) -> Result<()> {
         license,
         card,
         keep_vae_encoder,
+        loras,
     } = args;
     let opts = ConvertOptions {
         from,
@@ -52,6 +57,7 @@ pub fn run(args: Args) -> Result<()> {
         license: license.as_deref().map(read_text).transpose()?,
         card: card.as_deref().map(read_text).transpose()?,
         keep_vae_encoder,
+        loras: loras.iter().map(|l| l.parse()).collect::<Result<_>>()?,
     };
     let r = convert(&opts)?;
     for (ty, n, bytes) in &r.by_type {

@@ -9,9 +9,11 @@ use burn::tensor::{Tensor, TensorData};
 
 use clap::{Parser, Subcommand};
 use fastcomposer::config::Part;
+use fastcomposer::config::TensorSource;
 use fastcomposer::config::parse_config;
 use fastcomposer::io::bundle::{Bundle, BundleInfo};
 use fastcomposer::io::convert::{ConvertOptions, convert};
+use fastcomposer::io::lora::{LoraDeltas, LoraFile, LoraSource};
 use fastcomposer::io::model_dir::ModelDir;
 use fastcomposer::io::safetensors::SafetensorsSource;
 use fastcomposer::kernels::attention::AttentionKernel;
