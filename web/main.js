@@ -56,6 +56,7 @@ async function loadModel() {
     const flash = state.gen.attention === 'fused' ? ', flash attention' : '';
     $('load-status').textContent = `Ready on ${state.gen.device}${cpuThreads}, ${state.gen.precision}${flash} (${state.gen.imageSize}×${state.gen.imageSize} px): ${state.gen.deviceReason}`;
     fillSizes(state.gen.imageSize, state.gen.sizeStep);
+    applyModelDefaults(state.gen.defaults);
     const m = state.gen.model;
     $('model-card').textContent = `Model: ${m.name} (${m.quantization}); licence: ${m.license.split('\n')[0]}`;
     $('generate').disabled = false;
@@ -72,6 +73,18 @@ async function loadModel() {
 $('load').addEventListener('click', loadModel);
 $('model-file').addEventListener('change', () => { if ($('model-file').files.length) loadModel(); });
 $('model-url').addEventListener('input', () => { $('model-file').value = ''; });
+
+// A bundle's own generation settings (an LCM-LoRA bundle: its scheduler, 4 steps, guidance 1)
+// become the form's; the others keep what the form has.
+function applyModelDefaults(d) {
+  if (!d) return;
+  if (d.scheduler) $('scheduler').value = d.scheduler;
+  for (const id of ['steps', 'guidance']) {
+    if (d[id] === undefined) continue;
+    $(id).value = String(d[id]);
+    $(`${id}-out`).textContent = $(id).value;
+  }
+}
 
 // Image sizes offered for this model: its own, and half, three quarters and one and a half
 // times it, each a multiple of the model's size step (smaller is faster: a step's cost grows

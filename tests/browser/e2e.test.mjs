@@ -639,6 +639,46 @@ test('two generate calls at once are queued, results uncorrupted; bad input is a
   await page.close();
 });
 
+// A bundle with recorded generation settings (as an LCM-LoRA bundle has: `convert --scheduler lcm
+// --steps 4 --guidance 1`), made here from the pipeline fixture's tiny model by the CLI.
+test('a bundle\'s own scheduler, steps and guidance: the API uses them unless told otherwise; the demo\'s form takes them', async () => {
+  const bundle = path.join(os.tmpdir(), `fc-defaults-${process.pid}.gguf`);
+  execFileSync(CLI, ['convert', '--from', path.join(ROOT, 'crate/tests/fixtures/pipeline/model'), '--scheduler', 'lcm',
+    '--steps', '4', '--guidance', '1', '--out', bundle], { stdio: 'pipe' });
+  const { page, problems } = await apiPage();
+  const r = await page.evaluate(async (b64) => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const g = await createGenerator({ model: bytes, device: 'cpu', threads: 1 });
+    const s = await g.encodeSubject(await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob());
+    const opts = { prompt: 'a cat <|image|> in the snow', subjects: [s], seed: 5 };
+    const implicit = await g.generate(opts);
+    const explicit = await g.generate({ ...opts, scheduler: 'lcm', steps: 4, guidance: 1 });
+    const told = await g.generate({ ...opts, steps: 2 });
+    const out = {
+      defaults: g.defaults, steps: implicit.timings.stepMs.length, toldSteps: told.timings.stepMs.length,
+      same: implicit.image.data.every((v, i) => v === explicit.image.data[i]),
+    };
+    await g.dispose();
+    return out;
+  }, fs.readFileSync(bundle).toString('base64'));
+  assert.deepEqual(r.defaults, { scheduler: 'lcm', steps: 4, guidance: 1 });
+  assert.equal(r.steps, 4);
+  assert.equal(r.toldSteps, 2);
+  assert.ok(r.same, 'the recorded defaults did not give the explicit settings\' image');
+  // The demo: loading the file sets its form.
+  await page.getByLabel('Device').selectOption('cpu');
+  await page.getByLabel('or a model file').setInputFiles(bundle);
+  await page.waitForFunction(() => /Ready on cpu/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
+  assert.equal(await page.getByLabel('Scheduler').inputValue(), 'lcm');
+  assert.equal(await page.locator('#steps').inputValue(), '4');
+  assert.equal(await page.locator('#guidance').inputValue(), '1');
+  assert.equal(await page.locator('#steps-out').textContent(), '4');
+  fs.rmSync(bundle, { force: true });
+  assertClean(problems);
+  await page.close();
+});
+
 test('a model file from disk: the demo loads it from its file input; through the API it gives the URL\'s image; bad files are typed errors and leave no worker', async () => {
   // The demo: pick the bundle in the file input (it loads at once), then generate.
   const { page, problems } = await apiPage();

@@ -156,6 +156,12 @@ export interface Generator {
   readonly device: 'webgpu' | 'cpu';
   /** Why this device: e.g. "the WebGPU adapter is a software one (…); the CPU path is faster". */
   readonly deviceReason: string;
+  /**
+   * The generation settings the model's bundle records (e.g. an LCM-LoRA bundle's
+   * `{ scheduler: 'lcm', steps: 4, guidance: 1 }`); `generate` uses them where its options give
+   * none, and the library's (ddim, 50 steps, guidance 5) where the bundle has none.
+   */
+  readonly defaults: { scheduler?: 'ddim' | 'pndm' | 'euler' | 'lcm'; steps?: number; guidance?: number };
   /** The float type in use (see CreateGeneratorOptions.precision). */
   readonly precision: 'f32' | 'f16';
   /** The attention kernel that runs: 'fused' only where the flash kernel does (see options). */

@@ -170,6 +170,7 @@ class Generator {
     this.imageSize = info.imageSize;
     this.sizeStep = info.sizeStep;
     this.marker = info.marker;
+    this.defaults = info.defaults;
     this.source = info.source;
     this.model = info.model;
   }

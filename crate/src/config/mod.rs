@@ -35,6 +35,20 @@ pub struct ModelConfig {
     /// The subject marker in prompts.
     #[serde(default = "default_marker")]
     pub marker: String,
+    /// What a generation uses unless told otherwise (`convert --scheduler/--steps/--guidance`).
+    #[serde(default)]
+    pub defaults: GenerationDefaults,
+}
+
+/// A model's own generation settings, used where a caller gives none: an LCM-LoRA model's few
+/// steps, its scheduler and its low guidance travel with the bundle.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct GenerationDefaults {
+    /// A scheduler name (`ddim`, `pndm`, `euler`, `lcm`); checked where schedulers are known.
+    pub scheduler: Option<String>,
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
 }
 
 fn default_marker() -> String {
@@ -79,6 +93,22 @@ impl ModelConfig {
             return Err(Error::invalid(format!(
                 "model config: the UNet has {}/{} in/out channels but the VAE has {} latent channels",
                 self.unet.in_channels, self.unet.out_channels, self.vae.latent_channels
+            )));
+        }
+        let d = &self.defaults;
+        if let Some(s) = d.steps
+            && (s == 0 || s > self.scheduler.num_train_timesteps)
+        {
+            return Err(Error::invalid(format!(
+                "model config: default steps must be between 1 and {}, got {s}",
+                self.scheduler.num_train_timesteps
+            )));
+        }
+        if let Some(g) = d.guidance
+            && !(g.is_finite() && g >= 0.0)
+        {
+            return Err(Error::invalid(format!(
+                "model config: default guidance must be a finite number >= 0, got {g}"
             )));
         }
         self.scheduler.check()

@@ -101,6 +101,9 @@ pub struct ConvertOptions {
     pub keep_vae_encoder: bool,
     /// LoRAs merged into the UNet and the text encoder before quantization.
     pub loras: Vec<super::lora::LoraFile>,
+    /// Generation settings recorded in the bundle (e.g. an LCM-LoRA's scheduler, steps and
+    /// guidance); the scheduler name is checked by the caller, which knows the schedulers.
+    pub defaults: crate::config::GenerationDefaults,
 }
 
 /// Tensors a generation never reads: the VAE encoder.
@@ -143,7 +146,7 @@ pub fn convert(o: &ConvertOptions) -> Result<ConvertReport> {
     }
     let mut plan: Vec<(String, Vec<usize>, usize, String)> = Vec::new(); // (bundle name, shape, source, source key)
     let mut sources: Vec<Src> = Vec::new();
-    let config: ModelConfig;
+    let mut config: ModelConfig;
     if o.from.is_dir() {
         config = read_configs(o.configs.as_deref().unwrap_or(&o.from))?;
         for part in Part::ALL {
@@ -191,6 +194,7 @@ pub fn convert(o: &ConvertOptions) -> Result<ConvertReport> {
         }
         sources.push(src);
     }
+    config.defaults = o.defaults.clone();
     config.check()?;
     if !o.keep_vae_encoder {
         plan.retain(|(name, ..)| !is_vae_encoder(name));

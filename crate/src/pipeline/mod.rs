@@ -69,6 +69,26 @@ pub struct GenerateOptions {
     pub scheduler: SchedulerKind,
 }
 
+impl GenerateOptions {
+    /// The options a generation on `config`'s model starts from: its recorded defaults
+    /// (scheduler, steps, guidance) over [`GenerateOptions::default`].
+    pub fn for_model(config: &ModelConfig) -> Result<Self> {
+        let d = &config.defaults;
+        let base = Self::default();
+        Ok(Self {
+            steps: d.steps.unwrap_or(base.steps),
+            guidance: d.guidance.unwrap_or(base.guidance),
+            scheduler: match &d.scheduler {
+                Some(s) => s
+                    .parse()
+                    .map_err(|e| Error::invalid(format!("the model's default scheduler: {e}")))?,
+                None => base.scheduler,
+            },
+            ..base
+        })
+    }
+}
+
 impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
@@ -145,7 +165,7 @@ impl FastComposer {
         let config = bundle.config().clone();
         let tokenizer = ClipTokenizer::from_gz(&bundle.info.tokenizer_bpe_gz, &config.marker)?;
         config.check()?;
-        Ok(Self::from_parts(
+        Self::from_parts(
             &config,
             tokenizer,
             Components::Sequential {
@@ -154,7 +174,7 @@ impl FastComposer {
                 current: std::sync::Mutex::new(None),
             },
             device,
-        ))
+        )
     }
 
     /// Load every component; unexpected or missing tensors are errors naming the key.
@@ -177,12 +197,7 @@ impl FastComposer {
     ) -> Result<Self> {
         config.check()?;
         let loaded = load_all(config, weights, device, kernels)?;
-        Ok(Self::from_parts(
-            config,
-            tokenizer,
-            Components::Resident(loaded),
-            device,
-        ))
+        Self::from_parts(config, tokenizer, Components::Resident(loaded), device)
     }
 
     fn from_parts(
@@ -190,15 +205,16 @@ impl FastComposer {
         tokenizer: ClipTokenizer,
         components: Components,
         device: &Device,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        GenerateOptions::for_model(config)?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 tokenizer,
                 components,
                 device: device.clone(),
             }),
-        }
+        })
     }
 
     fn stage(&self, kind: StageKind) -> Result<Stage> {
@@ -255,6 +271,12 @@ impl FastComposer {
 
     pub fn config(&self) -> &ModelConfig {
         &self.inner.config
+    }
+
+    /// The options a generation starts from: the model's recorded defaults over the library's
+    /// ([`GenerateOptions::for_model`]; checked when the model was loaded).
+    pub fn default_options(&self) -> GenerateOptions {
+        GenerateOptions::for_model(&self.inner.config).unwrap_or_default()
     }
 
     pub fn device(&self) -> &Device {

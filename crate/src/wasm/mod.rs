@@ -18,7 +18,6 @@ use crate::pipeline::components::Residency;
 use crate::pipeline::{
     Denoiser, FastComposer, GenerateOptions, RgbImage, StepHooks, StepReport, SubjectEmbedding,
 };
-use crate::scheduler::SchedulerKind;
 
 fn js_error(e: Error) -> JsValue {
     let err = js_sys::Error::new(&e.to_string());
@@ -150,8 +149,8 @@ struct JsOptions {
 }
 
 impl JsOptions {
-    fn into_options(self) -> Result<GenerateOptions, Error> {
-        let d = GenerateOptions::default();
+    /// The options, with `d`'s (the model's defaults) where these give none.
+    fn into_options(self, d: GenerateOptions) -> Result<GenerateOptions, Error> {
         let seed = match self.seed {
             None => 0,
             Some(s) if s.is_finite() && s >= 0.0 && s.fract() == 0.0 && s <= 9007199254740991.0 => {
@@ -174,7 +173,7 @@ impl JsOptions {
             height: self.height,
             scheduler: match self.scheduler {
                 Some(s) => s.parse()?,
-                None => SchedulerKind::Ddim,
+                None => d.scheduler,
             },
         })
     }
@@ -370,6 +369,24 @@ impl Generator {
         self.model.config().marker.clone()
     }
 
+    /// The generation settings the bundle records, `{ scheduler?, steps?, guidance? }` (absent
+    /// ones are the library's: ddim, 50, 5); `generate` uses them where its options give none.
+    #[wasm_bindgen(getter)]
+    pub fn defaults(&self) -> JsResult<JsValue> {
+        let d = &self.model.config().defaults;
+        let o = Object::new();
+        if let Some(s) = &d.scheduler {
+            Reflect::set(&o, &"scheduler".into(), &s.into())?;
+        }
+        if let Some(n) = d.steps {
+            Reflect::set(&o, &"steps".into(), &(n as f64).into())?;
+        }
+        if let Some(g) = d.guidance {
+            Reflect::set(&o, &"guidance".into(), &g.into())?;
+        }
+        Ok(o.into())
+    }
+
     /// Encode one subject photo given as RGBA pixels (`width × height × 4` bytes), with an
     /// optional mask of the same size (one byte per pixel, >= 128 = subject). Returns the
     /// subject embedding (reusable across generations).
@@ -420,7 +437,7 @@ impl Generator {
         preview_every: usize,
         on_step: js_sys::Function,
     ) -> JsResult<JsValue> {
-        let opts = parse_options(options)?;
+        let opts = parse_options(options, self.model.default_options())?;
         let subjects = embeddings(&subjects);
         let mut hooks = JsHooks {
             on_step,
@@ -461,7 +478,7 @@ impl Generator {
         options: JsValue,
         subjects: Vec<Float32Array>,
     ) -> JsResult<DenoiseSession> {
-        let opts = parse_options(options)?;
+        let opts = parse_options(options, self.model.default_options())?;
         let d = self
             .model
             .start(&opts, &embeddings(&subjects), None)
@@ -470,10 +487,10 @@ impl Generator {
     }
 }
 
-fn parse_options(options: JsValue) -> JsResult<GenerateOptions> {
+fn parse_options(options: JsValue, defaults: GenerateOptions) -> JsResult<GenerateOptions> {
     let o: JsOptions = serde_wasm_bindgen::from_value(options)
         .map_err(|e| js_error(Error::invalid(format!("bad options: {e}"))))?;
-    o.into_options().map_err(js_error)
+    o.into_options(defaults).map_err(js_error)
 }
 
 fn embeddings(subjects: &[Float32Array]) -> Vec<SubjectEmbedding> {

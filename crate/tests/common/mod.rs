@@ -150,6 +150,7 @@ pub fn convert_bundle(
         card: None,
         keep_vae_encoder: false,
         loras: Vec::new(),
+        defaults: Default::default(),
     })
     .unwrap_or_else(|e| panic!("convert {quant}: {e}"));
     out

@@ -140,23 +140,101 @@ fn round_trip_every_mode() {
     }
 }
 
+/// The pipeline fixture's model converted to int8 at `tmp(name)`, with `edit`'s options.
+fn convert_int8(name: &str, edit: impl FnOnce(&mut ConvertOptions)) -> Result<PathBuf, Error> {
+    let mut o = ConvertOptions {
+        from: model_dir(),
+        configs: None,
+        quant: QuantMode::Int8,
+        out: tmp(name),
+        name: None,
+        license: None,
+        card: None,
+        keep_vae_encoder: false,
+        loras: Vec::new(),
+        defaults: Default::default(),
+    };
+    edit(&mut o);
+    convert(&o).map(|_| o.out)
+}
+
+/// A bundle records generation defaults (`convert --scheduler lcm --steps 4 --guidance 1`, as
+/// for an LCM-LoRA): a generation that gives none uses them, and gives exactly the image of one
+/// that spells them out. Bad defaults are refused at convert time.
+#[test]
+fn bundle_generation_defaults_are_used_unless_told_otherwise() {
+    use fastcomposer::config::GenerationDefaults;
+    use fastcomposer::scheduler::SchedulerKind;
+    let convert_with =
+        |defaults: GenerationDefaults, name: &str| convert_int8(name, |o| o.defaults = defaults);
+    let lcm = GenerationDefaults {
+        scheduler: Some("lcm".into()),
+        steps: Some(4),
+        guidance: Some(1.0),
+    };
+    let path = convert_with(lcm.clone(), "lcm_defaults.gguf").unwrap();
+    let bundle = Bundle::open(&path).unwrap();
+    assert_eq!(bundle.config().defaults, lcm);
+    let m = FastComposer::load_bundle(&bundle, &test_device(), AttentionKernel::default()).unwrap();
+    let base = m.default_options();
+    assert_eq!(
+        (base.scheduler, base.steps, base.guidance),
+        (SchedulerKind::Lcm, 4, 1.0)
+    );
+    let e = m.encode_subject(&photo("chelsea"), None).unwrap();
+    let run = |o: &GenerateOptions| {
+        let mut d = m.start(o, std::slice::from_ref(&e), None).unwrap();
+        let total = d.total();
+        denoise(&mut d);
+        (total, d.decode_rgb().unwrap())
+    };
+    let implicit = GenerateOptions {
+        prompt: "a cat <|image|> in the snow".into(),
+        width: Some(64),
+        height: Some(64),
+        ..base
+    };
+    let explicit = GenerateOptions {
+        scheduler: SchedulerKind::Lcm,
+        steps: 4,
+        guidance: 1.0,
+        ..implicit.clone()
+    };
+    let (n, img) = run(&implicit);
+    assert_eq!(n, 4);
+    assert_eq!(run(&explicit), (4, img));
+    // A bundle without defaults keeps the library's.
+    let plain =
+        Bundle::open(&convert_with(GenerationDefaults::default(), "no_defaults.gguf").unwrap())
+            .unwrap();
+    let p = FastComposer::load_bundle(&plain, &test_device(), AttentionKernel::default()).unwrap();
+    assert_eq!(p.default_options(), GenerateOptions::default());
+    // Out-of-range defaults never reach a bundle.
+    for bad in [
+        GenerationDefaults {
+            steps: Some(0),
+            ..Default::default()
+        },
+        GenerationDefaults {
+            guidance: Some(f64::NAN),
+            ..Default::default()
+        },
+    ] {
+        match convert_with(bad.clone(), "bad_defaults.gguf") {
+            Err(Error::InvalidInput(m)) => assert!(m.contains("default"), "{m}"),
+            other => panic!(
+                "{bad:?}: expected InvalidInput, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+    }
+}
+
 /// Generation only decodes: the VAE encoder stays out of a bundle unless asked for.
 #[test]
 fn vae_encoder_left_out_unless_kept() {
     let names = |keep: bool| -> Vec<String> {
-        let out = tmp(&format!("enc_{keep}.gguf"));
-        convert(&ConvertOptions {
-            from: model_dir(),
-            configs: None,
-            quant: QuantMode::Int8,
-            out: out.clone(),
-            name: None,
-            license: None,
-            card: None,
-            keep_vae_encoder: keep,
-            loras: Vec::new(),
-        })
-        .unwrap();
+        let out = convert_int8(&format!("enc_{keep}.gguf"), |o| o.keep_vae_encoder = keep).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         let info = BundleInfo::parse(&bytes).unwrap();
         info.header.tensors.iter().map(|t| t.name.clone()).collect()
@@ -404,17 +482,7 @@ fn pickle_with_unsupported_opcodes_is_refused() {
         .unwrap();
         z.finish().unwrap();
     }
-    let r = convert(&ConvertOptions {
-        from: path,
-        configs: None,
-        quant: QuantMode::Int8,
-        out: tmp("evil.gguf"),
-        name: None,
-        license: None,
-        card: None,
-        keep_vae_encoder: false,
-        loras: Vec::new(),
-    });
+    let r = convert_int8("evil.gguf", |o| o.from = path);
     let m = weights_err(r);
     assert!(m.contains("unsupported global os.system"), "{m}");
 }

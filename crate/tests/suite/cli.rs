@@ -451,4 +451,15 @@ fn forward_and_convert_take_loras() {
         .unwrap();
     assert_fails(o, "LoRA ");
     assert!(!bundle.exists(), "a bundle was written");
+    // A default scheduler the library does not have.
+    let o = bin()
+        .args(["convert", "--from"])
+        .arg(fixtures().join("pipeline/model"))
+        .args(["--scheduler", "dpm++"])
+        .arg("--out")
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert_fails(o, "unknown scheduler `dpm++`");
+    assert!(!bundle.exists(), "a bundle was written");
 }

@@ -34,6 +34,16 @@ pub struct Args {
     /// quantization, as FILE or FILE:SCALE (default scale 1). Repeatable.
     #[arg(long = "lora")]
     pub loras: Vec<String>,
+    /// The scheduler generations with this bundle use unless told otherwise (ddim | pndm |
+    /// euler | lcm; `lcm` for an LCM-LoRA).
+    #[arg(long)]
+    pub scheduler: Option<String>,
+    /// The bundle's default number of steps (e.g. 4 with an LCM-LoRA).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// The bundle's default guidance scale (e.g. 1 with an LCM-LoRA).
+    #[arg(long)]
+    pub guidance: Option<f64>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -47,7 +57,13 @@ pub fn run(args: Args) -> Result<()> {
         card,
         keep_vae_encoder,
         loras,
+        scheduler,
+        steps,
+        guidance,
     } = args;
+    if let Some(s) = &scheduler {
+        s.parse::<SchedulerKind>()?;
+    }
     let opts = ConvertOptions {
         from,
         configs,
@@ -58,6 +74,11 @@ pub fn run(args: Args) -> Result<()> {
         card: card.as_deref().map(read_text).transpose()?,
         keep_vae_encoder,
         loras: loras.iter().map(|l| l.parse()).collect::<Result<_>>()?,
+        defaults: GenerationDefaults {
+            scheduler: scheduler.map(|s| s.to_ascii_lowercase()),
+            steps,
+            guidance,
+        },
     };
     let r = convert(&opts)?;
     for (ty, n, bytes) in &r.by_type {

@@ -18,10 +18,12 @@ pub struct Args {
     pub masks: Vec<PathBuf>,
     #[arg(long, default_value = "")]
     pub negative: String,
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    #[arg(long, default_value_t = 5.0)]
-    pub guidance: f64,
+    /// Denoising steps (default: the model's own, else 50).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (default: the model's own, else 5).
+    #[arg(long)]
+    pub guidance: Option<f64>,
     /// Fraction of the steps (the last ones) conditioned on the subjects.
     #[arg(long, default_value_t = 0.7)]
     pub alpha: f64,
@@ -32,9 +34,10 @@ pub struct Args {
     pub width: Option<usize>,
     #[arg(long)]
     pub height: Option<usize>,
-    /// ddim | pndm | euler | lcm (few steps, for LCM-distilled UNets)
-    #[arg(long, default_value = "ddim")]
-    pub scheduler: String,
+    /// ddim | pndm | euler | lcm (few steps, for LCM-distilled UNets). Default: the model's
+    /// own, else ddim.
+    #[arg(long)]
+    pub scheduler: Option<String>,
     /// Report wgpu's device-memory peaks (with --device wgpu): reserved, allocated and the
     /// largest buffer, after each stage.
     #[arg(long)]
@@ -106,17 +109,7 @@ pub fn run(args: Args) -> Result<()> {
     // A bad mode or kernel name fails before any work.
     Residency::parse(&memory, 0)?;
     let kernel = attention.options()?;
-    let opts = GenerateOptions {
-        prompt,
-        negative_prompt: negative,
-        steps,
-        guidance,
-        alpha,
-        seed,
-        width,
-        height,
-        scheduler: scheduler.parse()?,
-    };
+    let scheduler: Option<SchedulerKind> = scheduler.map(|s| s.parse()).transpose()?;
     // Read every photo before loading the model: bad files fail fast.
     let photos = subjects
         .iter()
@@ -169,6 +162,19 @@ pub fn run(args: Args) -> Result<()> {
         }
     };
     report("loading");
+    // The model's own defaults (a bundle may record them) where the command line gives none.
+    let base = model.default_options();
+    let opts = GenerateOptions {
+        prompt,
+        negative_prompt: negative,
+        steps: steps.unwrap_or(base.steps),
+        guidance: guidance.unwrap_or(base.guidance),
+        alpha,
+        seed,
+        width,
+        height,
+        scheduler: scheduler.unwrap_or(base.scheduler),
+    };
     let t_load = t0.elapsed().as_secs_f64();
     let t0 = std::time::Instant::now();
     let embeddings = photos

@@ -9,8 +9,8 @@ use burn::tensor::{Tensor, TensorData};
 
 use clap::{Parser, Subcommand};
 use fastcomposer::config::Part;
-use fastcomposer::config::TensorSource;
 use fastcomposer::config::parse_config;
+use fastcomposer::config::{GenerationDefaults, TensorSource};
 use fastcomposer::io::bundle::{Bundle, BundleInfo};
 use fastcomposer::io::convert::{ConvertOptions, convert};
 use fastcomposer::io::lora::{LoraDeltas, LoraFile, LoraSource};
@@ -26,6 +26,7 @@ use fastcomposer::pipeline::components::Residency;
 use fastcomposer::pipeline::default_model;
 use fastcomposer::pipeline::preprocess::decode_image;
 use fastcomposer::pipeline::{FastComposer, GenerateOptions, StepReport};
+use fastcomposer::scheduler::SchedulerKind;
 use fastcomposer::tokenizer::ClipTokenizer;
 use fastcomposer::{Error, Result};
 use indicatif::{ProgressBar, ProgressStyle};
