@@ -57,6 +57,8 @@ async function loadModel() {
     $('load-status').textContent = `Ready on ${state.gen.device}${cpuThreads}, ${state.gen.precision}${flash} (${state.gen.imageSize}×${state.gen.imageSize} px): ${state.gen.deviceReason}`;
     fillSizes(state.gen.imageSize, state.gen.sizeStep);
     applyModelDefaults(state.gen.defaults);
+    $('decoder').querySelector('[value=tiny]').disabled = !state.gen.hasTinyDecoder;
+    if (!state.gen.hasTinyDecoder) $('decoder').value = 'full';
     const m = state.gen.model;
     $('model-card').textContent = `Model: ${m.name} (${m.quantization}); licence: ${m.license.split('\n')[0]}`;
     $('generate').disabled = false;
@@ -255,6 +257,7 @@ function readSettings() {
     scheduler: $('scheduler').value,
     width: size,
     height: size,
+    decoder: $('decoder').value,
   };
 }
 
@@ -267,6 +270,7 @@ function applySettings(s, photos) {
   }
   $('seed').value = String(s.seed);
   $('scheduler').value = s.scheduler;
+  if (!$('decoder').querySelector(`[value=${s.decoder}]`).disabled) $('decoder').value = s.decoder;
   if ([...$('size').options].some((o) => o.value === String(s.width))) $('size').value = String(s.width);
   for (const p of state.photos) if (!photos.some((q) => q.file === p.file)) URL.revokeObjectURL(p.url);
   state.photos = photos.map((p) => (state.photos.find((q) => q.file === p.file) || { file: p.file, url: URL.createObjectURL(p.file) }));
@@ -277,7 +281,8 @@ function applySettings(s, photos) {
 function parametersText(s, model) {
   const sampler = { ddim: 'DDIM', pndm: 'PLMS', euler: 'Euler', lcm: 'LCM' }[s.scheduler] || s.scheduler;
   return `${s.prompt}\nNegative prompt: ${s.negativePrompt}\nSteps: ${s.steps}, Sampler: ${sampler}, CFG scale: ${s.guidance}, `
-    + `Seed: ${s.seed}, Size: ${s.width}x${s.height}, Subject strength (alpha): ${s.alpha}, Model: ${model}`;
+    + `Seed: ${s.seed}, Size: ${s.width}x${s.height}, Subject strength (alpha): ${s.alpha}, Model: ${model}`
+    + (s.decoder === 'tiny' ? ', VAE: TAESD' : '');
 }
 
 async function generate() {

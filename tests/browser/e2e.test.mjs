@@ -446,7 +446,7 @@ test('results keep their settings: the PNG download carries them in text chunks,
   const settings = JSON.parse(text.fastcomposer);
   assert.deepEqual(settings, {
     prompt: 'a cat <|image|> on the beach', negativePrompt: 'blurry', steps: STEPS, guidance: 5, alpha: 0.7, seed: 31,
-    scheduler: 'ddim', width: size, height: size, model: settings.model, subjects: ['chelsea.png'],
+    scheduler: 'ddim', width: size, height: size, decoder: 'full', model: settings.model, subjects: ['chelsea.png'],
   });
   assert.ok(settings.model.length > 0);
   assert.equal(text.parameters, `a cat <|image|> on the beach\nNegative prompt: blurry\nSteps: ${STEPS}, Sampler: DDIM, CFG scale: 5, Seed: 31, `
@@ -640,11 +640,16 @@ test('two generate calls at once are queued, results uncorrupted; bad input is a
 });
 
 // A bundle with recorded generation settings (as an LCM-LoRA bundle has: `convert --scheduler lcm
-// --steps 4 --guidance 1`), made here from the pipeline fixture's tiny model by the CLI.
-test('a bundle\'s own scheduler, steps and guidance: the API uses them unless told otherwise; the demo\'s form takes them', async () => {
+// --steps 4 --guidance 1`) and a tiny autoencoder (`--tiny-vae`: the TAESD fixture), made here
+// from the pipeline fixture's tiny model by the CLI.
+test('a bundle\'s own scheduler, steps and guidance, and its tiny decoder: the API uses them unless told otherwise (tiny: the native CLI\'s image, full-size previews); the demo\'s form takes them', async () => {
   const bundle = path.join(os.tmpdir(), `fc-defaults-${process.pid}.gguf`);
-  execFileSync(CLI, ['convert', '--from', path.join(ROOT, 'crate/tests/fixtures/pipeline/model'), '--scheduler', 'lcm',
-    '--steps', '4', '--guidance', '1', '--out', bundle], { stdio: 'pipe' });
+  const fixtures = path.join(ROOT, 'crate/tests/fixtures');
+  execFileSync(CLI, ['convert', '--from', path.join(fixtures, 'pipeline/model'), '--scheduler', 'lcm',
+    '--steps', '4', '--guidance', '1', '--tiny-vae', path.join(fixtures, 'vae_tiny/weights.safetensors'), '--out', bundle], { stdio: 'pipe' });
+  const nativeTiny = path.join(os.tmpdir(), `fc-tiny-${process.pid}.png`);
+  execFileSync(CLI, ['generate', '--model', bundle, '--prompt', 'a cat <|image|> in the snow', '--subject', PHOTO, '--seed', '5',
+    '--decoder', 'tiny', '--out', nativeTiny], { stdio: 'pipe' });
   const { page, problems } = await apiPage();
   const r = await page.evaluate(async (b64) => {
     const { createGenerator } = await import('./pkg/index.js');
@@ -655,9 +660,12 @@ test('a bundle\'s own scheduler, steps and guidance: the API uses them unless to
     const implicit = await g.generate(opts);
     const explicit = await g.generate({ ...opts, scheduler: 'lcm', steps: 4, guidance: 1 });
     const told = await g.generate({ ...opts, steps: 2 });
+    const previews = [];
+    const tiny = await g.generate({ ...opts, decoder: 'tiny' }, { previewEvery: 1, onStep: (e) => previews.push(e.preview ? [e.preview.width, e.preview.height] : null) });
     const out = {
       defaults: g.defaults, steps: implicit.timings.stepMs.length, toldSteps: told.timings.stepMs.length,
       same: implicit.image.data.every((v, i) => v === explicit.image.data[i]),
+      hasTiny: g.hasTinyDecoder, tiny: Array.from(tiny.image.data), previews,
     };
     await g.dispose();
     return out;
@@ -666,6 +674,11 @@ test('a bundle\'s own scheduler, steps and guidance: the API uses them unless to
   assert.equal(r.steps, 4);
   assert.equal(r.toldSteps, 2);
   assert.ok(r.same, 'the recorded defaults did not give the explicit settings\' image');
+  assert.ok(r.hasTiny);
+  assert.deepEqual(r.previews, [[64, 64], [64, 64], [64, 64], null]);
+  const d = diffStats(r.tiny, await pngPixels(page, fs.readFileSync(nativeTiny)));
+  console.log(`tiny decoder, wasm vs native: max |diff| ${d.max}, mean ${d.mean.toFixed(3)}`);
+  assert.ok(d.mean <= 1 && d.max <= 24, JSON.stringify(d));
   // The demo: loading the file sets its form.
   await page.getByLabel('Device').selectOption('cpu');
   await page.getByLabel('or a model file').setInputFiles(bundle);
@@ -674,7 +687,9 @@ test('a bundle\'s own scheduler, steps and guidance: the API uses them unless to
   assert.equal(await page.locator('#steps').inputValue(), '4');
   assert.equal(await page.locator('#guidance').inputValue(), '1');
   assert.equal(await page.locator('#steps-out').textContent(), '4');
+  assert.equal(await page.locator('#decoder option[value=tiny]').isDisabled(), false);
   fs.rmSync(bundle, { force: true });
+  fs.rmSync(nativeTiny, { force: true });
   assertClean(problems);
   await page.close();
 });

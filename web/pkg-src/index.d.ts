@@ -100,6 +100,9 @@ export interface GenerateOptions {
   height?: number;
   /** 'lcm': few-step sampling (2–8 steps) for LCM-distilled UNets, best with guidance ≤ 1. */
   scheduler?: 'ddim' | 'pndm' | 'euler' | 'lcm';
+  /** 'full' (default): the VAE's decoder; 'tiny': the model's tiny autoencoder (TAESD), a
+   *  small fraction of the cost, where `generator.hasTinyDecoder`. */
+  decoder?: 'full' | 'tiny';
 }
 
 export interface StepEvent {
@@ -161,6 +164,9 @@ export interface Generator {
    * `{ scheduler: 'lcm', steps: 4, guidance: 1 }`); `generate` uses them where its options give
    * none, and the library's (ddim, 50 steps, guidance 5) where the bundle has none.
    */
+  /** Whether the model has a tiny autoencoder (TAESD): `decoder: 'tiny'` works, and step
+   *  previews are decoded by it at full size. */
+  readonly hasTinyDecoder: boolean;
   readonly defaults: { scheduler?: 'ddim' | 'pndm' | 'euler' | 'lcm'; steps?: number; guidance?: number };
   /** The float type in use (see CreateGeneratorOptions.precision). */
   readonly precision: 'f32' | 'f16';

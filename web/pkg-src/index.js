@@ -171,6 +171,7 @@ class Generator {
     this.sizeStep = info.sizeStep;
     this.marker = info.marker;
     this.defaults = info.defaults;
+    this.hasTinyDecoder = info.hasTinyDecoder;
     this.source = info.source;
     this.model = info.model;
   }

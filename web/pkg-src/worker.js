@@ -295,7 +295,7 @@ const ops = {
     if (cacheAs) source = (await cacheFromGenerator(cacheAs, generator, fileBytes)) ? 'network+cached' : 'network';
     generator.releaseBundle();
     report({ status: 'ready', device: dev });
-    return { device: dev, deviceReason: reason, precision: generator.precision, attention: generator.attention, memory: generator.memory, imageSize: generator.imageSize, sizeStep: generator.sizeStep, marker: generator.marker, defaults: generator.defaults, source, model: about };
+    return { device: dev, deviceReason: reason, precision: generator.precision, attention: generator.attention, memory: generator.memory, imageSize: generator.imageSize, sizeStep: generator.sizeStep, marker: generator.marker, defaults: generator.defaults, hasTinyDecoder: generator.hasTinyDecoder, source, model: about };
   },
 
   async [OP.encodeSubject]({ rgba, width, height, mask }) {

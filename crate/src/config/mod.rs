@@ -31,6 +31,9 @@ pub struct ModelConfig {
     pub fuser: FuserConfig,
     pub unet: UNet2DConditionConfig,
     pub vae: AutoencoderKLConfig,
+    /// An optional second decoder for the same latents: TAESD (`convert --tiny-vae`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiny_vae: Option<AutoencoderTinyConfig>,
     pub scheduler: SchedulerConfig,
     /// The subject marker in prompts.
     #[serde(default = "default_marker")]
@@ -95,6 +98,21 @@ impl ModelConfig {
                 self.unet.in_channels, self.unet.out_channels, self.vae.latent_channels
             )));
         }
+        if let Some(t) = &self.tiny_vae {
+            t.check_decoder()?;
+            if t.latent_channels != self.vae.latent_channels
+                || t.scale_factor() != self.vae.scale_factor()
+            {
+                return Err(Error::invalid(format!(
+                    "model config: the tiny autoencoder takes {} latent channels at 1/{} scale, \
+                     the VAE makes {} at 1/{}",
+                    t.latent_channels,
+                    t.scale_factor(),
+                    self.vae.latent_channels,
+                    self.vae.scale_factor()
+                )));
+            }
+        }
         let d = &self.defaults;
         if let Some(s) = d.steps
             && (s == 0 || s > self.scheduler.num_train_timesteps)
@@ -123,9 +141,12 @@ pub enum Part {
     Fuser,
     Unet,
     Vae,
+    /// Optional: TAESD's decoder.
+    TinyVae,
 }
 
 impl Part {
+    /// The parts every model has (the tiny autoencoder is optional).
     pub const ALL: [Part; 5] = [
         Part::TextEncoder,
         Part::ImageEncoder,
@@ -143,6 +164,7 @@ impl Part {
             Part::Fuser => "fuser",
             Part::Unet => "unet",
             Part::Vae => "vae",
+            Part::TinyVae => "tiny_vae",
         }
     }
 }

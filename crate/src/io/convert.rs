@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::Metadata;
 
-use crate::config::{ModelConfig, Part};
+use crate::config::{AutoencoderTinyConfig, ModelConfig, Part, parse_config};
 use crate::error::{Error, Result};
 use crate::io::bundle::write::{BundleMeta, PlannedTensor, write_bundle};
 use crate::io::model_dir::{read_configs, weights_file};
@@ -104,11 +104,40 @@ pub struct ConvertOptions {
     /// Generation settings recorded in the bundle (e.g. an LCM-LoRA's scheduler, steps and
     /// guidance); the scheduler name is checked by the caller, which knows the schedulers.
     pub defaults: crate::config::GenerationDefaults,
+    /// A tiny autoencoder (TAESD) to add as a second decoder: a diffusers `AutoencoderTiny`
+    /// directory (`config.json` and its weights), or a `.safetensors` file (its config from a
+    /// `config.json` beside it, else TAESD's for SD1.5). Only the decoder is kept.
+    pub tiny_vae: Option<PathBuf>,
 }
 
 /// Tensors a generation never reads: the VAE encoder.
 fn is_vae_encoder(bundle_name: &str) -> bool {
     bundle_name.starts_with("vae.encoder.") || bundle_name.starts_with("vae.quant_conv.")
+}
+
+/// A tiny autoencoder's config and weights file (see [`ConvertOptions::tiny_vae`]).
+fn open_tiny_vae(path: &Path) -> Result<(AutoencoderTinyConfig, SafetensorsFile)> {
+    let (config_path, weights) = if path.is_dir() {
+        (path.join("config.json"), weights_file(path)?)
+    } else {
+        (
+            path.parent().unwrap_or(Path::new(".")).join("config.json"),
+            path.to_path_buf(),
+        )
+    };
+    let config = if config_path.exists() {
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| Error::Io(format!("cannot read {}: {e}", config_path.display())))?;
+        parse_config(&text, "tiny vae")?
+    } else if path.is_dir() {
+        return Err(Error::invalid(format!(
+            "{}: missing config.json",
+            path.display()
+        )));
+    } else {
+        AutoencoderTinyConfig::default()
+    };
+    Ok((config, SafetensorsFile::open(&weights)?))
 }
 
 /// What was written.
@@ -195,6 +224,27 @@ pub fn convert(o: &ConvertOptions) -> Result<ConvertReport> {
         sources.push(src);
     }
     config.defaults = o.defaults.clone();
+    if let Some(path) = &o.tiny_vae {
+        let (cfg, f) = open_tiny_vae(path)?;
+        for (k, shape) in f.names() {
+            if k.starts_with("decoder.") {
+                plan.push((
+                    format!("{}.{k}", Part::TinyVae.name()),
+                    shape,
+                    sources.len(),
+                    k,
+                ));
+            }
+        }
+        if !plan.iter().any(|(n, ..)| n.starts_with("tiny_vae.")) {
+            return Err(Error::weights(format!(
+                "{}: no `decoder.` tensors for the tiny autoencoder",
+                path.display()
+            )));
+        }
+        sources.push(Src::St(f));
+        config.tiny_vae = Some(cfg);
+    }
     config.check()?;
     if !o.keep_vae_encoder {
         plan.retain(|(name, ..)| !is_vae_encoder(name));

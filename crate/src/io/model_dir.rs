@@ -35,6 +35,7 @@ pub fn read_configs(dir: &Path) -> Result<ModelConfig> {
             None => Default::default(),
         },
         marker: crate::tokenizer::DEFAULT_MARKER.to_string(),
+        tiny_vae: None,
         defaults: Default::default(),
     })
 }

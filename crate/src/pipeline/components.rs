@@ -16,6 +16,7 @@ use crate::config::{ModelConfig, ModelWeights, Part};
 use crate::error::{Error, Result};
 use crate::io::bundle::Bundle;
 use crate::kernels::KernelOptions;
+use crate::models::autoencoder_tiny::TinyDecoder;
 use crate::models::clip_text::ClipTextModel;
 use crate::models::clip_vision::ClipVisionModel;
 use crate::models::fuser::Fuser;
@@ -75,6 +76,7 @@ pub(crate) enum Stage {
     Image(Arc<ClipVisionModel>),
     Unet(Arc<UNet2DConditionModel>),
     Vae(Arc<VaeDecoder>),
+    TinyVae(Arc<TinyDecoder>),
 }
 
 /// Which stage.
@@ -84,6 +86,8 @@ pub(crate) enum StageKind {
     Image,
     Unet,
     Vae,
+    /// The tiny autoencoder's decoder (models that have one).
+    TinyVae,
 }
 
 impl Stage {
@@ -93,6 +97,7 @@ impl Stage {
             Stage::Image(_) => StageKind::Image,
             Stage::Unet(_) => StageKind::Unet,
             Stage::Vae(_) => StageKind::Vae,
+            Stage::TinyVae(_) => StageKind::TinyVae,
         }
     }
 }
@@ -104,6 +109,7 @@ pub(crate) struct Loaded {
     pub image_encoder: Arc<ClipVisionModel>,
     pub unet: Arc<UNet2DConditionModel>,
     pub vae: Arc<VaeDecoder>,
+    pub tiny_vae: Option<Arc<TinyDecoder>>,
 }
 
 /// The components as a model holds them.
@@ -163,6 +169,13 @@ pub(crate) fn load_stage(
             vb.finish(&format!("{p}decoder."), &[])?;
             Stage::Vae(Arc::new(vae))
         }
+        StageKind::TinyVae => {
+            let config = config.tiny_vae.as_ref().ok_or_else(no_tiny_vae)?;
+            let (vb, p) = part(Part::TinyVae)?;
+            let tiny = TinyDecoder::load(&vb, config)?;
+            vb.finish(&p, &[])?;
+            Stage::TinyVae(Arc::new(tiny))
+        }
     })
 }
 
@@ -189,13 +202,29 @@ pub(crate) fn load_all(
     let Stage::Vae(vae) = load_stage(StageKind::Vae, config, weights, device, kernels)? else {
         unreachable!("vae stage")
     };
+    let tiny_vae = match &config.tiny_vae {
+        Some(_) => match load_stage(StageKind::TinyVae, config, weights, device, kernels)? {
+            Stage::TinyVae(t) => Some(t),
+            _ => unreachable!("tiny vae stage"),
+        },
+        None => None,
+    };
     Ok(Loaded {
         text_encoder,
         fuser,
         image_encoder,
         unet,
         vae,
+        tiny_vae,
     })
+}
+
+/// The error for a tiny-autoencoder request on a model without one.
+pub(crate) fn no_tiny_vae() -> Error {
+    Error::invalid(
+        "this model has no tiny autoencoder (add one with `fastcomposer convert --tiny-vae`); \
+         use the full decoder",
+    )
 }
 
 impl Components {
@@ -213,6 +242,7 @@ impl Components {
                 StageKind::Image => Stage::Image(l.image_encoder.clone()),
                 StageKind::Unet => Stage::Unet(l.unet.clone()),
                 StageKind::Vae => Stage::Vae(l.vae.clone()),
+                StageKind::TinyVae => Stage::TinyVae(l.tiny_vae.clone().ok_or_else(no_tiny_vae)?),
             }),
             Components::Sequential {
                 bundle,

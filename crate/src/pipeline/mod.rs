@@ -30,6 +30,7 @@ pub mod preprocess;
 use crate::config::{ModelConfig, ModelWeights};
 use crate::error::{Error, Result};
 use crate::kernels::KernelOptions;
+use crate::models::autoencoder_tiny::TinyDecoder;
 use crate::models::clip_text::ClipTextModel;
 use crate::models::clip_vision::ClipVisionModel;
 use crate::models::fuser::Fuser;
@@ -67,6 +68,50 @@ pub struct GenerateOptions {
     pub width: Option<usize>,
     pub height: Option<usize>,
     pub scheduler: SchedulerKind,
+    /// Which decoder turns the final latents into the image.
+    pub decoder: DecoderKind,
+}
+
+/// The decoder that makes the image from the final latents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    /// The VAE's own decoder.
+    #[default]
+    Full,
+    /// The tiny autoencoder's (TAESD), where the model has one: a small fraction of the cost.
+    Tiny,
+}
+
+impl std::str::FromStr for DecoderKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "full" => Ok(DecoderKind::Full),
+            "tiny" => Ok(DecoderKind::Tiny),
+            other => Err(Error::invalid(format!(
+                "unknown decoder `{other}` (expected full or tiny)"
+            ))),
+        }
+    }
+}
+
+/// A decoder and what it needs: the VAE's or the tiny autoencoder's.
+#[derive(Clone)]
+pub enum ImageDecoder {
+    Full(Arc<VaeDecoder>),
+    Tiny(Arc<TinyDecoder>),
+}
+
+impl ImageDecoder {
+    /// Final latents `[B, C, h, w]` (as the UNet makes them) to the image `[B, 3, H, W]` in
+    /// about [-1, 1]: divided by the decoder's scaling factor first.
+    pub fn decode(&self, latents: Tensor<4>) -> Result<Tensor<4>> {
+        match self {
+            ImageDecoder::Full(vae) => vae.forward(latents / vae.config.scaling_factor),
+            ImageDecoder::Tiny(t) => t.forward(latents / t.config.scaling_factor),
+        }
+    }
 }
 
 impl GenerateOptions {
@@ -101,6 +146,7 @@ impl Default for GenerateOptions {
             width: None,
             height: None,
             scheduler: SchedulerKind::Ddim,
+            decoder: DecoderKind::Full,
         }
     }
 }
@@ -253,6 +299,23 @@ impl FastComposer {
         }
     }
 
+    /// The decoder `kind` names (loading it, sequentially); an error where the model has no
+    /// tiny autoencoder and it is asked for.
+    pub fn decoder(&self, kind: DecoderKind) -> Result<ImageDecoder> {
+        Ok(match kind {
+            DecoderKind::Full => ImageDecoder::Full(self.vae()?),
+            DecoderKind::Tiny => match self.stage(StageKind::TinyVae)? {
+                Stage::TinyVae(t) => ImageDecoder::Tiny(t),
+                _ => unreachable!("tiny vae stage"),
+            },
+        })
+    }
+
+    /// Whether the model has a tiny autoencoder (`DecoderKind::Tiny`).
+    pub fn has_tiny_vae(&self) -> bool {
+        self.inner.config.tiny_vae.is_some()
+    }
+
     /// How the components are kept.
     pub fn residency(&self) -> Residency {
         self.inner.components.residency()
@@ -266,6 +329,7 @@ impl FastComposer {
             StageKind::Image => "image",
             StageKind::Unet => "unet",
             StageKind::Vae => "vae",
+            StageKind::TinyVae => "tiny_vae",
         })
     }
 
@@ -300,7 +364,7 @@ impl FastComposer {
 
     /// The VAE decoder on latents (before dividing by the scaling factor): `[B, 3, H, W]`.
     pub fn decode_latents(&self, latents: Tensor<4>) -> Result<Tensor<4>> {
-        decode_to_rgb_tensor(&*self.vae()?, latents)
+        self.decoder(DecoderKind::Full)?.decode(latents)
     }
 
     /// Step 2 for one photo already preprocessed to `[3, S, S]`: the embedding on the device.
@@ -363,6 +427,9 @@ impl FastComposer {
         let c = &inner.config;
         // 1. check inputs
         let (width, height) = self.check_options(opts)?;
+        if opts.decoder == DecoderKind::Tiny && !self.has_tiny_vae() {
+            return Err(components::no_tiny_vae());
+        }
         let prompt = inner.tokenizer.encode_prompt(&opts.prompt)?;
         let k = prompt.subject_positions.len();
         if subjects.len() > MAX_SUBJECTS {
@@ -475,6 +542,7 @@ impl FastComposer {
             switch,
             guidance: opts.guidance,
             guided,
+            decoder: opts.decoder,
             warnings,
         })
     }
@@ -613,6 +681,7 @@ pub struct Denoiser {
     switch: f64,
     guidance: f64,
     guided: bool,
+    decoder: DecoderKind,
     /// Notes for the user (a truncated prompt).
     pub warnings: Vec<String>,
 }
@@ -707,9 +776,11 @@ impl Denoiser {
         self.latents.clone()
     }
 
-    /// Step 7: the VAE's output `[1, 3, H, W]` in about [-1, 1].
+    /// Step 7: the chosen decoder's output `[1, 3, H, W]` in about [-1, 1].
     pub fn decode(&self) -> Result<Tensor<4>> {
-        self.model.decode_latents(self.latents.clone())
+        self.model
+            .decoder(self.decoder)?
+            .decode(self.latents.clone())
     }
 
     /// Step 7 to 8-bit RGB (`(x / 2 + 0.5).clamp(0, 1) · 255`, rounded half to even).
@@ -726,20 +797,14 @@ impl Denoiser {
     /// When nothing else shares the model, the text and image encoders, the fuser and the
     /// UNet are freed here (sequentially: the UNet, the only stage loaded), so decoding reuses
     /// their device memory (a one-shot generation on a device short of memory).
-    pub fn into_decoder(self) -> Result<(Arc<VaeDecoder>, Tensor<4>)> {
-        let vae = self.model.vae()?;
-        Ok((vae, self.latents))
+    pub fn into_decoder(self) -> Result<(ImageDecoder, Tensor<4>)> {
+        let decoder = self.model.decoder(self.decoder)?;
+        Ok((decoder, self.latents))
     }
 
     /// [`Self::decode_rgb`] without blocking (WebGPU in a browser).
     pub async fn decode_rgb_async(&self) -> Result<RgbImage> {
-        let img = self.decode()?;
-        let [_, _, h, w] = img.dims();
-        let v = crate::kernels::device::read_async(img)
-            .await?
-            .try_into_vec::<f32>()
-            .map_err(|e| Error::Device(format!("{e:?}")))?;
-        Ok(to_rgb(&v, w, h))
+        rgb_async(self.decode()?).await
     }
 
     /// Wait until the device has finished all the work queued so far (every stream, fused
@@ -757,9 +822,15 @@ impl Denoiser {
         crate::kernels::device::read_async(one).await.map(|_| ())
     }
 
-    /// A cheap preview of the current latents: the latents' first three channels mapped to RGB
-    /// through a fixed linear approximation of the SD1.5 VAE, at latent resolution.
+    /// A cheap preview of the current latents: decoded by the tiny autoencoder at full size
+    /// where the model keeps one loaded (resident; sequentially it would unload the UNet),
+    /// else the latents' first three channels mapped to RGB through a fixed linear
+    /// approximation of the SD1.5 VAE, at latent resolution.
     pub async fn preview_async(&self) -> Result<RgbImage> {
+        if self.model.has_tiny_vae() && self.model.residency() == Residency::Resident {
+            let tiny = self.model.decoder(DecoderKind::Tiny)?;
+            return rgb_async(tiny.decode(self.latents.clone())?).await;
+        }
         let [_, c, h, w] = self.latents.dims();
         let v = crate::kernels::device::read_async(self.latents.clone())
             .await?
@@ -769,15 +840,20 @@ impl Denoiser {
     }
 }
 
-/// The VAE decoder on latents before dividing by its scaling factor: `[B, 3, H, W]`.
-fn decode_to_rgb_tensor(vae: &VaeDecoder, latents: Tensor<4>) -> Result<Tensor<4>> {
-    vae.forward(latents / vae.config.scaling_factor)
+/// An image `[1, 3, H, W]` in about [-1, 1] to 8-bit RGB, read without blocking.
+async fn rgb_async(img: Tensor<4>) -> Result<RgbImage> {
+    let [_, _, h, w] = img.dims();
+    let v = crate::kernels::device::read_async(img)
+        .await?
+        .try_into_vec::<f32>()
+        .map_err(|e| Error::Device(format!("{e:?}")))?;
+    Ok(to_rgb(&v, w, h))
 }
 
-/// Decode final latents `[1, C, h, w]` with a VAE decoder to 8-bit RGB (see
+/// Decode final latents `[1, C, h, w]` with a decoder to 8-bit RGB (see
 /// [`Denoiser::into_decoder`]).
-pub fn decode_rgb_with(vae: &VaeDecoder, latents: Tensor<4>) -> Result<RgbImage> {
-    let img = decode_to_rgb_tensor(vae, latents)?;
+pub fn decode_rgb_with(decoder: &ImageDecoder, latents: Tensor<4>) -> Result<RgbImage> {
+    let img = decoder.decode(latents)?;
     let [_, _, h, w] = img.dims();
     let v = crate::kernels::device::read(img)?
         .try_into_vec::<f32>()

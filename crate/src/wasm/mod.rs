@@ -146,6 +146,7 @@ struct JsOptions {
     width: Option<usize>,
     height: Option<usize>,
     scheduler: Option<String>,
+    decoder: Option<String>,
 }
 
 impl JsOptions {
@@ -174,6 +175,10 @@ impl JsOptions {
             scheduler: match self.scheduler {
                 Some(s) => s.parse()?,
                 None => d.scheduler,
+            },
+            decoder: match self.decoder {
+                Some(s) => s.parse()?,
+                None => d.decoder,
             },
         })
     }
@@ -367,6 +372,13 @@ impl Generator {
     #[wasm_bindgen(getter)]
     pub fn marker(&self) -> String {
         self.model.config().marker.clone()
+    }
+
+    /// Whether the model has a tiny autoencoder (TAESD): `decoder: 'tiny'` works, and previews
+    /// are decoded by it.
+    #[wasm_bindgen(getter, js_name = hasTinyDecoder)]
+    pub fn has_tiny_decoder(&self) -> bool {
+        self.model.has_tiny_vae()
     }
 
     /// The generation settings the bundle records, `{ scheduler?, steps?, guidance? }` (absent

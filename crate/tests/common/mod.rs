@@ -130,6 +130,7 @@ pub fn case_options(c: &serde_json::Value) -> fastcomposer::pipeline::GenerateOp
         width: Some(c["width"].as_u64().unwrap() as usize),
         height: Some(c["height"].as_u64().unwrap() as usize),
         scheduler: c["scheduler"].as_str().unwrap().parse().unwrap(),
+        ..Default::default()
     }
 }
 
@@ -151,6 +152,7 @@ pub fn convert_bundle(
         keep_vae_encoder: false,
         loras: Vec::new(),
         defaults: Default::default(),
+        tiny_vae: None,
     })
     .unwrap_or_else(|e| panic!("convert {quant}: {e}"));
     out

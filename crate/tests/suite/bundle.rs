@@ -153,6 +153,7 @@ fn convert_int8(name: &str, edit: impl FnOnce(&mut ConvertOptions)) -> Result<Pa
         keep_vae_encoder: false,
         loras: Vec::new(),
         defaults: Default::default(),
+        tiny_vae: None,
     };
     edit(&mut o);
     convert(&o).map(|_| o.out)
@@ -227,6 +228,112 @@ fn bundle_generation_defaults_are_used_unless_told_otherwise() {
                 other.map(|_| ())
             ),
         }
+    }
+}
+
+/// A tiny autoencoder (TAESD) added by `convert --tiny-vae` is a second decoder: its image is
+/// TAESD's decoder on the final latents; the full decoder's image is unchanged by its presence;
+/// asking for it where a model has none, or adding one for other latents, is refused.
+#[test]
+fn tiny_vae_is_a_second_decoder() {
+    use fastcomposer::io::safetensors::SafetensorsSource;
+    use fastcomposer::models::autoencoder_tiny::{AutoencoderTinyConfig, TinyDecoder};
+    use fastcomposer::models::loader::Loader;
+    use fastcomposer::pipeline::{DecoderKind, ImageDecoder, decode_rgb_with};
+    let taesd = fixtures().join("vae_tiny/weights.safetensors");
+    let with =
+        Bundle::open(&convert_int8("tiny.gguf", |o| o.tiny_vae = Some(taesd.clone())).unwrap())
+            .unwrap();
+    let names: Vec<&str> = with
+        .info
+        .header
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .filter(|n| n.starts_with("tiny_vae."))
+        .collect();
+    assert!(
+        !names.is_empty() && names.iter().all(|n| n.starts_with("tiny_vae.decoder.")),
+        "{names:?}"
+    );
+    let without = Bundle::open(&convert_int8("no_tiny.gguf", |_| ()).unwrap()).unwrap();
+    let device = test_device();
+    let m = FastComposer::load_bundle(&with, &device, AttentionKernel::default()).unwrap();
+    let plain = FastComposer::load_bundle(&without, &device, AttentionKernel::default()).unwrap();
+    assert!(m.has_tiny_vae() && !plain.has_tiny_vae());
+    let e = m.encode_subject(&photo("chelsea"), None).unwrap();
+    let opts = |decoder| GenerateOptions {
+        prompt: "a cat <|image|> in the snow".into(),
+        steps: 2,
+        width: Some(64),
+        height: Some(64),
+        decoder,
+        ..Default::default()
+    };
+    let run = |model: &FastComposer, decoder| {
+        let mut d = model
+            .start(&opts(decoder), std::slice::from_ref(&e), None)
+            .unwrap();
+        denoise(&mut d);
+        (d.latents(), d.decode_rgb().unwrap())
+    };
+    let (latents, tiny) = run(&m, DecoderKind::Tiny);
+    let (_, full) = run(&m, DecoderKind::Full);
+    assert_eq!(
+        full,
+        run(&plain, DecoderKind::Full).1,
+        "the full decoder's image changed"
+    );
+    assert_ne!(tiny, full);
+    // TAESD's decoder straight from the fixture's weights, on the same latents.
+    let src = SafetensorsSource::from_file(&taesd).unwrap();
+    let config: AutoencoderTinyConfig = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("vae_tiny/config.json")).unwrap(),
+    )
+    .unwrap();
+    let reference = TinyDecoder::load(&Loader::new(&src, &device), &config).unwrap();
+    let want =
+        decode_rgb_with(&ImageDecoder::Tiny(std::sync::Arc::new(reference)), latents).unwrap();
+    assert_eq!(tiny, want);
+    assert_eq!((tiny.width, tiny.height), (64, 64));
+    // Previews are the tiny decoder's, at full size (the latent colour map is 8x8).
+    let mut sizes = Vec::new();
+    futures_lite::future::block_on(m.generate_async(
+        &opts(DecoderKind::Full),
+        std::slice::from_ref(&e),
+        1,
+        &mut |r: &fastcomposer::pipeline::StepReport| {
+            sizes.push(r.preview.as_ref().map(|p| (p.width, p.height)));
+            true
+        },
+    ))
+    .unwrap();
+    assert_eq!(sizes, [Some((64, 64)), None]);
+    match "small".parse::<DecoderKind>() {
+        Err(Error::InvalidInput(msg)) => assert!(msg.contains("unknown decoder `small`"), "{msg}"),
+        other => panic!("expected InvalidInput, got {other:?}"),
+    }
+    // No tiny autoencoder: a clear error before any work.
+    match plain.start(&opts(DecoderKind::Tiny), std::slice::from_ref(&e), None) {
+        Err(Error::InvalidInput(msg)) => assert!(msg.contains("no tiny autoencoder"), "{msg}"),
+        other => panic!("expected InvalidInput, got {:?}", other.map(|_| ())),
+    }
+    // One for other latents (8 channels) never reaches a bundle.
+    let dir = tmp("taesd8");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&taesd, dir.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let mut c: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("vae_tiny/config.json")).unwrap(),
+    )
+    .unwrap();
+    c["latent_channels"] = 8.into();
+    std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
+    match convert_int8("tiny8.gguf", |o| o.tiny_vae = Some(dir)) {
+        Err(Error::InvalidInput(msg)) => assert!(
+            msg.contains("tiny autoencoder takes 8 latent channels"),
+            "{msg}"
+        ),
+        other => panic!("expected InvalidInput, got {:?}", other.map(|_| ())),
     }
 }
 

@@ -307,6 +307,17 @@ fn generate_bad_input_exits_with_code_2() {
                 cat,
                 "--subject",
                 "PHOTOS/chelsea.png",
+                "--decoder",
+                "tiny",
+            ],
+            "no tiny autoencoder",
+        ),
+        (
+            vec![
+                "--prompt",
+                cat,
+                "--subject",
+                "PHOTOS/chelsea.png",
                 "--attention",
                 "paged",
             ],

@@ -44,6 +44,10 @@ pub struct Args {
     /// The bundle's default guidance scale (e.g. 1 with an LCM-LoRA).
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// Add a tiny autoencoder (TAESD) as a second, much cheaper decoder: a diffusers
+    /// AutoencoderTiny directory or its .safetensors file (`generate --decoder tiny`).
+    #[arg(long)]
+    pub tiny_vae: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -60,6 +64,7 @@ pub fn run(args: Args) -> Result<()> {
         scheduler,
         steps,
         guidance,
+        tiny_vae,
     } = args;
     if let Some(s) = &scheduler {
         s.parse::<SchedulerKind>()?;
@@ -79,6 +84,7 @@ pub fn run(args: Args) -> Result<()> {
             steps,
             guidance,
         },
+        tiny_vae,
     };
     let r = convert(&opts)?;
     for (ty, n, bytes) in &r.by_type {

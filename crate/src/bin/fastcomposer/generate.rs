@@ -38,6 +38,10 @@ pub struct Args {
     /// own, else ddim.
     #[arg(long)]
     pub scheduler: Option<String>,
+    /// full | tiny: the decoder that makes the image; tiny needs a bundle with a tiny
+    /// autoencoder (`convert --tiny-vae`).
+    #[arg(long, default_value = "full")]
+    pub decoder: String,
     /// Report wgpu's device-memory peaks (with --device wgpu): reserved, allocated and the
     /// largest buffer, after each stage.
     #[arg(long)]
@@ -84,6 +88,7 @@ pub fn run(args: Args) -> Result<()> {
         width,
         height,
         scheduler,
+        decoder,
         model,
         device,
         precision,
@@ -110,6 +115,7 @@ pub fn run(args: Args) -> Result<()> {
     Residency::parse(&memory, 0)?;
     let kernel = attention.options()?;
     let scheduler: Option<SchedulerKind> = scheduler.map(|s| s.parse()).transpose()?;
+    let decoder: DecoderKind = decoder.parse()?;
     // Read every photo before loading the model: bad files fail fast.
     let photos = subjects
         .iter()
@@ -174,6 +180,7 @@ pub fn run(args: Args) -> Result<()> {
         width,
         height,
         scheduler: scheduler.unwrap_or(base.scheduler),
+        decoder,
     };
     let t_load = t0.elapsed().as_secs_f64();
     let t0 = std::time::Instant::now();

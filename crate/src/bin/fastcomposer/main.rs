@@ -25,7 +25,7 @@ use fastcomposer::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use fastcomposer::pipeline::components::Residency;
 use fastcomposer::pipeline::default_model;
 use fastcomposer::pipeline::preprocess::decode_image;
-use fastcomposer::pipeline::{FastComposer, GenerateOptions, StepReport};
+use fastcomposer::pipeline::{DecoderKind, FastComposer, GenerateOptions, StepReport};
 use fastcomposer::scheduler::SchedulerKind;
 use fastcomposer::tokenizer::ClipTokenizer;
 use fastcomposer::{Error, Result};
