@@ -14,12 +14,11 @@ background), as FastComposer's reference images are separate photos of the subje
 """
 
 import argparse
-import math
 import random
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 MARKER = "<|image|>"
 SIZE = 128
