@@ -166,11 +166,24 @@ fn generation_in_f16_matches_the_reference() {
     }
 }
 
-/// Quantized weights (int8 and int4 blocks: burn's quantized matmul and the quantized
-/// convolution kernels) with f16 activations: a bundle of the pipeline model generates on the f16
-/// device what it generates in f32 on the CPU device, to f16's precision.
+/// Quantized weights (int8 blocks: burn's quantized matmul and the quantized convolution
+/// kernels) with f16 activations: a bundle of the pipeline model generates on the f16 device what
+/// it generates in f32 on the CPU device, to f16's precision.
 #[test]
-fn quantized_bundles_in_f16_match_f32() {
+fn int8_bundle_in_f16_matches_f32() {
+    quantized_bundle_in_f16_matches_f32("int8");
+}
+
+/// The same with int4 blocks. A slow check (`tools/bench/slow_checks.sh`): on lavapipe each new
+/// quantized f16 kernel is compiled by LLVM, and the two modes together took most of CI's 25
+/// minutes of f16 tests; int4's kernels in f32 stay in CI (`quantized_ops`).
+#[test]
+#[ignore]
+fn int4_bundle_in_f16_matches_f32() {
+    quantized_bundle_in_f16_matches_f32("int4");
+}
+
+fn quantized_bundle_in_f16_matches_f32(mode: &str) {
     use fastcomposer::io::bundle::Bundle;
     let Some(device) = device_or_skip("quantized bundles") else {
         return;
@@ -188,7 +201,7 @@ fn quantized_bundles_in_f16_match_f32() {
         height: Some(64),
         ..Default::default()
     };
-    for mode in ["int8", "int4"] {
+    {
         let path = convert_bundle(
             &fixtures().join("pipeline/model"),
             None,
