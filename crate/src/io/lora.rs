@@ -36,8 +36,8 @@ pub struct LoraFile {
 impl std::str::FromStr for LoraFile {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (path, scale): (&str, f32) = match s.rsplit_once(':') {
-            Some((p, v)) if !p.is_empty() && v.parse::<f32>().is_ok() => (p, v.parse().unwrap()),
+        let (path, scale) = match s.rsplit_once(':').map(|(p, v)| (p, v.parse::<f32>())) {
+            Some((p, Ok(v))) if !p.is_empty() => (p, v),
             _ => (s, 1.0),
         };
         if path.is_empty() {
@@ -274,8 +274,9 @@ impl LoraDeltas {
 }
 
 fn read_file(path: &Path) -> Result<SafetensorsSource> {
+    // A file that cannot be read stays an I/O error; one that is not a LoRA says so.
     SafetensorsSource::from_file(path).map_err(|e| match e {
-        Error::Io(m) => Error::Io(m),
+        Error::Io(_) => e,
         other => Error::weights(format!("LoRA {}: {other}", path.display())),
     })
 }

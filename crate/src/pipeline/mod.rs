@@ -637,8 +637,7 @@ impl<F: FnMut(&StepReport) -> bool> StepHooks for F {
 }
 
 /// A generation's stage times in milliseconds, each finished on the device.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Timings {
     /// Checks, the prompt's encodings, the timesteps and the initial latents.
     pub setup_ms: f64,
