@@ -694,6 +694,92 @@ test('a bundle\'s own scheduler, steps and guidance, and its tiny decoder: the A
   await page.close();
 });
 
+// A kohya LoRA for the default model (rank 4, seeded values): a UNet attention projection, a
+// resnet 3×3 convolution (conv LoRA: 3×3 down, 1×1 up) and a text-encoder projection.
+function defaultModelLora() {
+  let state = 12345;
+  const rand = () => { state = (Math.imul(state, 1664525) + 1013904223) >>> 0; return state / 2 ** 32 * 2 - 1; };
+  const modules = [
+    ['lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q', [64, 64]],
+    ['lora_unet_down_blocks_0_resnets_0_conv1', [64, 64, 3, 3]],
+    ['lora_te_text_model_encoder_layers_0_self_attn_q_proj', [128, 128]],
+  ];
+  const tensors = [];
+  for (const [name, [out, inp, ...k]] of modules) {
+    const fan = inp * k.reduce((a, b) => a * b, 1);
+    tensors.push([`${name}.lora_down.weight`, [4, inp, ...k], Array.from({ length: 4 * fan }, () => rand() * Math.sqrt(3 / fan))]);
+    tensors.push([`${name}.lora_up.weight`, [out, 4, ...k.map(() => 1)], Array.from({ length: out * 4 }, () => 4 * rand())]);
+    tensors.push([`${name}.alpha`, [], [4]]);
+  }
+  // safetensors: u64 header length, JSON header, f32 data.
+  const header = {};
+  let offset = 0;
+  for (const [name, shape, v] of tensors) {
+    header[name] = { dtype: 'F32', shape, data_offsets: [offset, offset + 4 * v.length] };
+    offset += 4 * v.length;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (json.length % 8)) % 8);
+  const data = Buffer.alloc(offset);
+  let o = 0;
+  for (const [, , v] of tensors) for (const x of v) { data.writeFloatLE(x, o); o += 4; }
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(json.length));
+  return Buffer.concat([len, Buffer.from(json), data]);
+}
+
+test('LoRAs at load: the page\'s image with a LoRA is the native CLI\'s (`generate --lora`); bad LoRAs are typed errors', async () => {
+  const lora = path.join(os.tmpdir(), `fc-lora-${process.pid}.safetensors`);
+  fs.writeFileSync(lora, defaultModelLora());
+  const prompt = 'a cat <|image|> in the snow';
+  const native = path.join(os.tmpdir(), `fc-lora-${process.pid}.png`);
+  execFileSync(CLI, ['generate', '--model', MODEL, '--prompt', prompt, '--subject', PHOTO, '--seed', '3', '--steps', String(STEPS),
+    '--lora', `${lora}:0.8`, '--out', native], { stdio: 'pipe' });
+  const { page, problems } = await apiPage();
+  const r = await page.evaluate(async ({ b64, prompt, steps }) => {
+    const { createGenerator } = await import('./pkg/index.js');
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    const photo = await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob();
+    const run = async (loras) => {
+      const g = await createGenerator({ model: 'models/default.gguf', device: 'cpu', threads: 1, loras });
+      const s = await g.encodeSubject(photo);
+      const img = await g.generate({ prompt, subjects: [s], seed: 3, steps });
+      await g.dispose();
+      return Array.from(img.image.data);
+    };
+    const errorOf = async (loras) => {
+      try {
+        const g = await createGenerator({ model: 'models/default.gguf', device: 'cpu', threads: 1, loras });
+        await g.dispose();
+        return 'none';
+      } catch (e) {
+        return `${e.name}: ${e.message}`;
+      }
+    };
+    return {
+      withLora: await run([{ model: new File([bytes], 'mine.safetensors'), scale: 0.8 }]),
+      without: await run([]),
+      nan: await errorOf([{ model: bytes, scale: NaN }]),
+      other: await errorOf([{ model: 'fixtures/lora/kohya.safetensors' }]),
+      missing: await errorOf([{ model: 'fixtures/lora/no-such.safetensors' }]),
+      junk: await errorOf([{ model: new Uint8Array([1, 2, 3]) }]),
+    };
+  }, { b64: fs.readFileSync(lora).toString('base64'), prompt, steps: STEPS });
+  const d = diffStats(r.withLora, await pngPixels(page, fs.readFileSync(native)));
+  const moved = diffStats(r.withLora, r.without);
+  console.log(`LoRA at load, wasm vs native: max |diff| ${d.max}, mean ${d.mean.toFixed(3)}; the LoRA moves the image by mean ${moved.mean.toFixed(2)}`);
+  assert.ok(d.mean <= 1 && d.max <= 24, JSON.stringify(d));
+  assert.ok(moved.mean > 5 * Math.max(d.mean, 0.2), `the LoRA must change the image (${JSON.stringify(moved)})`);
+  assert.match(r.nan, /^InvalidInput: .*scale.*finite/);
+  assert.match(r.other, /^WeightsError: .*kohya\.safetensors.*matched/);
+  assert.match(r.missing, /^IoError: .*no-such\.safetensors/);
+  assert.match(r.junk, /^WeightsError: .*LoRA 1/);
+  fs.rmSync(lora, { force: true });
+  fs.rmSync(native, { force: true });
+  assertClean(problems);
+  await page.close();
+});
+
 test('a model file from disk: the demo loads it from its file input; through the API it gives the URL\'s image; bad files are typed errors and leave no worker', async () => {
   // The demo: pick the bundle in the file input (it loads at once), then generate.
   const { page, problems } = await apiPage();

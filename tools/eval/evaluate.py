@@ -72,6 +72,7 @@ def references(subject_ids, workdir):
 
 def generate(cli, model, job):
     args = [cli, "generate", "--model", model, "--prompt", job["prompt"], "--steps", str(job["steps"]),
+            "--scheduler", job["scheduler"],
             "--guidance", str(job["guidance"]), "--alpha", str(job["alpha"]), "--seed", str(job["seed"]), "--out", job["out"]]
     for p in job["refs"]:
         args += ["--subject", p]
@@ -132,6 +133,7 @@ def main():
     ap.add_argument("--cli", default=os.path.join(ROOT, "target", "release", "fastcomposer"))
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=5.0)
+    ap.add_argument("--scheduler", default="ddim", help="ddim (the default model's) or lcm (its few-step model's)")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--prompts", type=int, default=20, help="prompts per kind (20; fewer for a quick check)")
@@ -150,7 +152,7 @@ def main():
     for kind, items in (("single", single), ("two", double)):
         for k, item in enumerate(items):
             for seed in (0, 1):
-                base = dict(item=item, kind=kind, seed=seed, steps=a.steps, guidance=a.guidance,
+                base = dict(item=item, kind=kind, seed=seed, steps=a.steps, guidance=a.guidance, scheduler=a.scheduler,
                             refs=[refs[s] for s in item["subjects"]])
                 for alpha in alphas:
                     jobs.append(dict(base, method=f"alpha {alpha}", alpha=alpha, prompt=item["prompt"],
@@ -205,7 +207,7 @@ def main():
     Image.fromarray(grid).save(os.path.join(a.out, "eval_grid.png"))
     with open(os.path.join(a.out, "eval_results.json"), "w") as f:
         json.dump({"summary": summary, "prompts": {"single": single, "two": double}, "steps": a.steps,
-                   "guidance": a.guidance, "model": os.path.relpath(a.model, ROOT)}, f, indent=1, default=float)
+                   "scheduler": a.scheduler, "guidance": a.guidance, "model": os.path.relpath(a.model, ROOT)}, f, indent=1, default=float)
     table = "\n".join(["| method | identity (1 subject) | prompt (1 subject) | identity (2 subjects) | prompt (2 subjects) |",
                        "|---|---|---|---|---|"] + rows)
     chance = f"identity {CHANCE_ID:.3f} (colour 1/8, secondary 1/8, pattern 1/4, accessory 1/4); prompt: context 0.125, position / size 0.333"
@@ -227,7 +229,7 @@ def write_report(a, table, attr_table, chance, summary, n_images, seconds):
 
 Written by `tools/.venv/bin/python tools/eval/evaluate.py` (judges: `tools/eval/judges.py train`),
 {time.strftime('%Y-%m-%d', time.gmtime())}, {machine}, {n_images} generated images in {seconds / 60:.0f} min.
-Model: `{os.path.relpath(a.model, ROOT)}`; DDIM {a.steps} steps, guidance {a.guidance}; prompts, seeds and
+Model: `{os.path.relpath(a.model, ROOT)}`; {a.scheduler.upper()} {a.steps} steps, guidance {a.guidance}; prompts, seeds and
 per-image settings in `eval_results.json`.
 
 **Held-out identities only** (never seen in training): {a.prompts} single-subject prompts (context, and

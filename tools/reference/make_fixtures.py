@@ -227,9 +227,63 @@ def lora():
             kohya[f"lora_{short}_{module.replace('.', '_')}.alpha"] = torch.tensor(float(alpha))
             peft[f"{part}.{module}.lora_{'B' if up else 'A'}.weight"] = baked
             old[f"{part}.{module}.lora.{'up' if up else 'down'}.weight"] = baked
-    for name, tensors in (("kohya", kohya), ("peft", peft), ("diffusers_old", old)):
+    # kohya with the original SD checkpoint's UNet names (input_blocks / middle_block /
+    # output_blocks); diffusers' own converter must read them back to the diffusers names.
+    layers = unet.config.layers_per_block
+    kohya_sd = {}
+    for k, v in kohya.items():
+        module, role = k.split(".", 1)
+        if module.startswith("lora_unet_"):
+            dotted = sd_unet_name(_peft_module(sd["unet"], module[len("lora_unet_"):]), layers)
+            module = "lora_unet_" + dotted.replace(".", "_")
+        kohya_sd[f"{module}.{role}"] = v
+    check_sd_names(kohya, kohya_sd, unet.config)
+    for name, tensors in (("kohya", kohya), ("kohya_sd", kohya_sd), ("peft", peft), ("diffusers_old", old)):
         save_tensors(os.path.join(path, f"{name}.safetensors"), tensors)
     print(f"lora: {len(sd['unet']) // 2} unet and {len(sd['text_encoder']) // 2} text encoder modules, rank {rank}, alpha {alpha}, scale {scale}")
+
+
+def _peft_module(peft_sd, flat):
+    """The dotted diffusers module whose kohya name (`.` -> `_`) is `flat`."""
+    for k in peft_sd:
+        module = k.rsplit(".lora_", 1)[0]
+        if module.replace(".", "_") == flat:
+            return module
+    raise KeyError(flat)
+
+
+def sd_unet_name(module, layers):
+    """The original SD (LDM) name of a diffusers UNet module with `layers` per block (resnets,
+    attentions and the time embedding; what the fixture's LoRA touches)."""
+    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+              "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+    p = module.split(".")
+    if p[0] in ("down_blocks", "up_blocks") and p[2] in ("resnets", "attentions"):
+        i, j = int(p[1]), int(p[3])
+        n = i * (layers + 1) + j + (1 if p[0] == "down_blocks" else 0)
+        inner = f"0.{resnet[p[4]]}" if p[2] == "resnets" else "1." + ".".join(p[4:])
+        return f"{'input_blocks' if p[0] == 'down_blocks' else 'output_blocks'}.{n}.{inner}"
+    if p[0] == "mid_block":
+        slot = {("resnets", "0"): 0, ("attentions", "0"): 1, ("resnets", "1"): 2}[(p[1], p[2])]
+        inner = resnet[p[3]] if p[1] == "resnets" else ".".join(p[3:])
+        return f"middle_block.{slot}.{inner}"
+    raise ValueError(f"no SD name for {module}")
+
+
+def check_sd_names(kohya, kohya_sd, unet_config):
+    """diffusers' converter (the one `load_lora_weights` runs) maps the SD-named file to the same
+    modules as the diffusers-named one."""
+    from diffusers.loaders.lora_conversion_utils import (
+        _convert_non_diffusers_lora_to_diffusers, _maybe_map_sgm_blocks_to_diffusers)
+
+    def convert(d):
+        d = _maybe_map_sgm_blocks_to_diffusers(dict(d), unet_config)
+        converted, alphas = _convert_non_diffusers_lora_to_diffusers(d)
+        return {**converted, **{f"alpha:{k}": torch.tensor(v) for k, v in alphas.items()}}
+
+    a, b = convert(kohya), convert(kohya_sd)
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+        raise SystemExit(f"SD-named LoRA: diffusers reads other modules: {sorted(set(a) ^ set(b))[:5]}")
 
 
 # ---------------------------------------------------------------- schedulers

@@ -42,6 +42,10 @@ HP = {
     "fc_batch": 32, "fc_lr": 3e-4, "fc_warmup": 300, "fc_weight_decay": 0.01, "ema": 0.999,
     "subject_dropout": 0.1, "caption_dropout": 0.1, "masked_loss_p": 0.5, "localization_weight": 1e-3,
     "grad_clip": 1.0,
+    # Few-step distillation (stage `lcd`): teacher guidance, solver grid (LCMScheduler's
+    # original_inference_steps), share of text-only conditionings, Huber constant, target EMA.
+    "lcd_guidance": 5.0, "lcd_ddim_steps": 50, "lcd_text_only": 0.3, "lcd_huber_c": 0.001,
+    "lcd_target_ema": 0.95, "lcd_batch": 32, "lcd_lr": 1e-4, "lcd_warmup": 100,
 }
 
 

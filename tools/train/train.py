@@ -496,6 +496,114 @@ def save_fc(ck, models, ema, opt, step, vision_from, opt_from=0):
     os.replace(tmp, ck)
 
 
+# ----------------------------------------------------------------------------- few-step (LCM)
+def lcm_boundary(t, scaling=10.0, sigma_data=0.5):
+    """(c_skip, c_out) of the consistency boundary condition, as diffusers' LCMScheduler."""
+    s = t.float() * scaling
+    return sigma_data ** 2 / (s ** 2 + sigma_data ** 2), s / (s ** 2 + sigma_data ** 2).sqrt()
+
+
+def stage_lcd(deadline, max_steps):
+    """Latent consistency distillation (Luo et al. 2023, Algorithm 1) of the trained UNet into a
+    few-step one. Teacher: the fc stage's EMA models, frozen, with classifier-free guidance
+    `lcd_guidance` and one DDIM step of `1000 / lcd_ddim_steps` timesteps as the ODE solver.
+    Student: a copy of the UNet, trained so that its consistency function f(z_t, t, c) =
+    c_skip z_t + c_out x0(z_t) agrees with the EMA target's at the solver's next point
+    (Huber loss). The conditioning is the fc stage's: text-only for a share of the samples
+    (`lcd_text_only`, the early steps of delayed subject conditioning), subject-augmented for the
+    rest. The text encoder, image encoder and fuser stay as they are."""
+    dev = device()
+    torch.manual_seed(HP["seed"] + 11)
+    s = torch.load(os.path.join(OUT, "fc.pt"), map_location=dev)
+    teacher = Models().to(dev)
+    teacher.load_state_dict(s["ema"])
+    teacher.eval().requires_grad_(False)
+    student = copy.deepcopy(teacher.unet).train().requires_grad_(True)
+    target = copy.deepcopy(teacher.unet).eval()
+    opt = torch.optim.AdamW(student.parameters(), lr=HP["lcd_lr"], weight_decay=0.0)
+    ck = os.path.join(OUT, "lcd.pt")
+    step = 0
+    if os.path.exists(ck):
+        c = torch.load(ck, map_location=dev)
+        student.load_state_dict(c["model"]), target.load_state_dict(c["target"]), opt.load_state_dict(c["opt"])
+        step = c["step"]
+    if step >= max_steps:
+        return
+    d, c = load_data(OUT)
+    lat = torch.load(os.path.join(OUT, "latents.pt"))["latents"]
+    tok = hf_tokenizer()
+    tok.add_tokens([MARKER], special_tokens=True)
+    ids, positions = encode_captions(tok, c["captions"])
+    empty_ids, _ = encode_captions(tok, [""])
+    refs, n_subj = d["refs"], d["n_subj"]
+    ac = ddpm_alphas().to(dev)
+    k = 1000 // HP["lcd_ddim_steps"]
+    w = HP["lcd_guidance"]
+    B = HP["lcd_batch"]
+    with torch.no_grad():
+        uncond = teacher.text(input_ids=empty_ids.to(dev)).last_hidden_state.expand(B, -1, -1)
+    g = torch.Generator().manual_seed(90_000 + step)
+    t0 = time.time()
+    while step < max_steps and time.time() < deadline:
+        idx = torch.randint(0, len(lat), (B,), generator=g)
+        use_subjects = torch.rand(B, generator=g) >= HP["lcd_text_only"]
+        x0 = lat[idx].to(dev)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        n = torch.randint(0, HP["lcd_ddim_steps"], (B,), generator=g).to(dev)
+        t = (n + 1) * k - 1  # the solver's grid (LCMScheduler's original schedule)
+        t_prev = (t - k).clamp(min=0)
+        a, a_prev = ac[t][:, None, None, None], ac[t_prev][:, None, None, None]
+        zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        with torch.no_grad():
+            cond = teacher.text(input_ids=ids[idx].to(dev)).last_hidden_state
+            subj = [(i, j) for i in range(B) if use_subjects[i] for j in range(int(n_subj[idx[i]]))]
+            if subj:
+                px = ref_pixels(np.stack([refs[int(idx[i]), j] for i, j in subj])).to(dev)
+                img = teacher.vision(pixel_values=px).image_embeds
+                rows_i = torch.tensor([i for i, _ in subj], device=dev)
+                rows_p = torch.tensor([positions[int(idx[i])][j] for i, j in subj], device=dev)
+                cond = cond.index_put((rows_i, rows_p), teacher.fuser(cond[rows_i, rows_p], img))
+            # Teacher: guided epsilon, one DDIM step t -> t_prev.
+            eps2 = teacher.unet(torch.cat([zt, zt]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+            eps_u, eps_c = eps2.chunk(2)
+            eps = eps_u + w * (eps_c - eps_u)
+            x0_teacher = (zt - (1 - a).sqrt() * eps) / a.sqrt()
+            z_prev = a_prev.sqrt() * x0_teacher + (1 - a_prev).sqrt() * eps
+            # Target: the EMA student's consistency function at the solver's point.
+            cs, co = lcm_boundary(t_prev)
+            e_tg = target(z_prev, t_prev, encoder_hidden_states=cond).sample
+            f_tg = cs[:, None, None, None] * z_prev + co[:, None, None, None] * (z_prev - (1 - a_prev).sqrt() * e_tg) / a_prev.sqrt()
+        cs, co = lcm_boundary(t)
+        e_st = student(zt, t, encoder_hidden_states=cond).sample
+        f_st = cs[:, None, None, None] * zt + co[:, None, None, None] * (zt - (1 - a).sqrt() * e_st) / a.sqrt()
+        hc = HP["lcd_huber_c"]
+        loss = ((f_st.float() - f_tg.float()) ** 2 + hc ** 2).sqrt().mean() - hc
+        lr = HP["lcd_lr"] * min(1.0, (step + 1) / HP["lcd_warmup"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), HP["grad_clip"])
+        opt.step()
+        with torch.no_grad():
+            for pt, ps in zip(target.parameters(), student.parameters()):
+                pt.lerp_(ps, 1 - HP["lcd_target_ema"])
+        step += 1
+        if step % 20 == 0:
+            log_row(os.path.join(OUT, "lcd_log.csv"), {"step": step, "loss": f"{loss.item():.5f}", "lr": f"{lr:.2e}",
+                                                       "s": f"{time.time() - t0:.0f}"})
+        if step % 100 == 0:
+            print(f"lcd: step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)", flush=True)
+            save_lcd(ck, student, target, opt, step)
+    save_lcd(ck, student, target, opt, step)
+
+
+def save_lcd(ck, student, target, opt, step):
+    tmp = ck + ".tmp"
+    torch.save({"model": student.state_dict(), "target": target.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+    os.replace(tmp, ck)
+
+
 # ----------------------------------------------------------------------------- restore
 def load_into(module, weights, what, only=""):
     """Load float arrays into a module; every parameter (whose name starts with `only`) must be
@@ -547,19 +655,24 @@ def stage_restore(bundle, encoder_bundle, step, decoder_step):
 
 
 # ----------------------------------------------------------------------------- export
-def stage_export():
+def stage_export(lcd=False):
+    """`lcd`: the few-step model (the lcd stage's target UNet in place of the fc stage's, an
+    LCMScheduler config) into model_lcm/ instead of model/."""
     from safetensors.torch import save_file
 
     s = torch.load(os.path.join(OUT, "fc.pt"), map_location="cpu")
     models = Models()
     models.load_state_dict(s["ema"])
+    if lcd:
+        lc = torch.load(os.path.join(OUT, "lcd.pt"), map_location="cpu")
+        models.unet.load_state_dict(lc["target"])
     vae = make_vae()
     dec = os.path.join(OUT, "vae_decoder.pt")  # the fine-tuned decoder, when that stage ran
     vae.load_state_dict(torch.load(dec if os.path.exists(dec) else os.path.join(OUT, "vae.pt"), map_location="cpu")["model"])
     lat = os.path.join(OUT, "latents.pt")
     sf = (torch.load(lat) if os.path.exists(lat) else torch.load(os.path.join(OUT, "vae.pt"), map_location="cpu"))["scaling_factor"]
     vae.register_to_config(scaling_factor=sf)
-    root = os.path.join(OUT, "model")
+    root = os.path.join(OUT, "model_lcm" if lcd else "model")
     models.text.save_pretrained(os.path.join(root, "text_encoder"))
     models.vision.save_pretrained(os.path.join(root, "image_encoder"))
     models.unet.save_pretrained(os.path.join(root, "unet"))
@@ -569,17 +682,21 @@ def stage_export():
     with open(os.path.join(root, "fuser", "config.json"), "w") as f:
         json.dump({"embed_dim": D}, f)
     os.makedirs(os.path.join(root, "scheduler"), exist_ok=True)
+    sched = {"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+             "beta_end": 0.012, "beta_schedule": "scaled_linear", "set_alpha_to_one": False,
+             "steps_offset": 1, "clip_sample": False, "prediction_type": "epsilon"}
+    if lcd:
+        sched.update({"_class_name": "LCMScheduler", "original_inference_steps": HP["lcd_ddim_steps"],
+                      "timestep_scaling": 10.0})  # DDIM's fields kept: that scheduler stays usable
     with open(os.path.join(root, "scheduler", "scheduler_config.json"), "w") as f:
-        json.dump({"_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
-                   "beta_end": 0.012, "beta_schedule": "scaled_linear", "set_alpha_to_one": False,
-                   "steps_offset": 1, "clip_sample": False, "prediction_type": "epsilon"}, f, indent=1)
-    print(f"export: {root} (fc step {s['step']})")
+        json.dump(sched, f, indent=1)
+    print(f"export: {root} (fc step {s['step']}" + (f", lcd step {lc['step']})" if lcd else ")"))
 
 
 def main():
     global OUT
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["data", "vae", "latents", "decoder", "vision", "fc", "export", "all", "restore"])
+    ap.add_argument("stage", choices=["data", "vae", "latents", "decoder", "vision", "fc", "export", "all", "restore", "lcd"])
     ap.add_argument("--minutes", type=float, default=120, help="stop (and checkpoint) after this long")
     ap.add_argument("--fc-steps", type=int, default=100000, help="stop fc training at this step")
     ap.add_argument("--cooldown", type=int, default=0, help="fc: the learning rate falls linearly to zero "
@@ -589,6 +706,8 @@ def main():
     ap.add_argument("--decoder-minutes", type=float, default=8, help="all: the decoder stage's share of the time")
     ap.add_argument("--dir", default=OUT, help="where the checkpoints, logs and exported model go")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--lcd-steps", type=int, default=100000, help="stop lcd training at this step")
+    ap.add_argument("--lcd", action="store_true", help="export: the few-step (lcd) model into model_lcm/")
     ap.add_argument("--bundle", help="restore: the bundle to go on from")
     ap.add_argument("--encoder-bundle", help="restore: a bundle holding the VAE encoder, if --bundle does not")
     ap.add_argument("--step", type=int, help="restore: the fc step the bundle was exported at")
@@ -634,8 +753,10 @@ def main():
             stage_vision(deadline)
         elif st == "fc":
             stage_fc(deadline, a.fc_steps, a.init_from, a.cooldown, a.cooldown_minutes * 60)
+        elif st == "lcd":
+            stage_lcd(deadline, a.lcd_steps)
         elif st == "export":
-            stage_export()
+            stage_export(a.lcd)
         elif st == "restore":
             if not a.bundle or a.step is None:
                 raise SystemExit("restore needs --bundle and --step")

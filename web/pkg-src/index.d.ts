@@ -71,6 +71,16 @@ export interface CreateGeneratorOptions {
    * threaded module (CPU only); otherwise, or with 1, the single-threaded module runs.
    */
   threads?: 'auto' | number;
+  /**
+   * LoRA files (safetensors: kohya `lora_unet_…` / `lora_te_…` with diffusers or original SD
+   * module names, diffusers/peft `lora_A` / `lora_B`) merged into the UNet's and text encoder's
+   * weights as the model loads, each at `scale` (default 1; it multiplies alpha / rank).
+   * Quantized weights are dequantized, updated and quantized again in their own format. A file
+   * that does not fit the model rejects the load with a WeightsError naming its first module
+   * that does not and how many did; a scale that is not a finite number, with InvalidInput.
+   * An LCM-LoRA goes with `scheduler: 'lcm'`, few steps and guidance 1.
+   */
+  loras?: { model: string | URL | Blob | ArrayBuffer | Uint8Array; scale?: number }[];
   onProgress?: (p: LoadProgress) => void;
   /** Where the single-threaded .wasm file is, if not next to the package (then one thread). */
   wasmUrl?: string | URL;

@@ -157,11 +157,11 @@ class Generator {
   }
 
   async _start() {
-    const { model, device, memory, precision, attention, onProgress, wasmUrl, threads } = this._opts;
+    const { model, device, memory, precision, attention, loras, onProgress, wasmUrl, threads } = this._opts;
     this._client = new WorkerClient();
     const started = await this._client.call(OP.init, { wasmUrl: wasmUrl ? String(wasmUrl) : null, threads, device });
     this.threads = started.threads;
-    const info = await this._client.call(OP.load, { model, device, memory, precision, attention }, onProgress);
+    const info = await this._client.call(OP.load, { model, device, memory, precision, attention, loras }, onProgress);
     this.device = info.device;
     this.deviceReason = info.deviceReason;
     this.precision = info.precision;
@@ -275,7 +275,7 @@ class Generator {
  * `{status:'read', file, loaded, total}` (a File or Blob), `{status:'loading', device}`,
  * `{status:'ready', device}`.
  */
-export async function createGenerator({ model, device = 'auto', memory = 'auto', precision = 'auto', attention = 'sliced', threads = 'auto', onProgress, wasmUrl } = {}) {
+export async function createGenerator({ model, device = 'auto', memory = 'auto', precision = 'auto', attention = 'sliced', threads = 'auto', loras = [], onProgress, wasmUrl } = {}) {
   const isBlob = typeof Blob !== 'undefined' && model instanceof Blob;
   const isBytes = model instanceof ArrayBuffer || ArrayBuffer.isView(model);
   if (!(typeof model === 'string' || model instanceof URL || isBlob || isBytes) || model === '') {
@@ -285,11 +285,21 @@ export async function createGenerator({ model, device = 'auto', memory = 'auto',
   if (threads !== 'auto' && !(Number.isInteger(threads) && threads >= 1 && threads <= 64)) {
     throw apiError('InvalidInput', `threads must be 'auto' or an integer from 1 to 64 (got ${String(threads)})`);
   }
+  if (!Array.isArray(loras)) throw apiError('InvalidInput', `loras must be an array of { model, scale } (got ${Object.prototype.toString.call(loras)})`);
+  const here = globalThis.location && globalThis.location.href;
+  loras = loras.map((l, i) => {
+    const m = l && l.model;
+    const ok = typeof m === 'string' ? m !== '' : m instanceof URL || (typeof Blob !== 'undefined' && m instanceof Blob) || m instanceof ArrayBuffer || ArrayBuffer.isView(m);
+    if (!ok) throw apiError('InvalidInput', `loras[${i}].model must be a URL, a File or Blob, or an ArrayBuffer`);
+    const scale = l.scale === undefined ? 1 : l.scale;
+    if (typeof scale !== 'number' || !Number.isFinite(scale)) throw apiError('InvalidInput', `loras[${i}].scale must be a finite number (got ${String(l.scale)})`);
+    return { model: typeof m === 'string' || m instanceof URL ? new URL(String(m), here).href : m, scale };
+  });
   // memory, precision and attention are checked by the wasm module (its messages), before the
   // model is fetched.
   // A relative URL means relative to the page, not to the worker.
   if (typeof model === 'string' || model instanceof URL) model = new URL(String(model), globalThis.location && globalThis.location.href).href;
-  const g = new Generator({ model, device, memory, precision, attention, threads, onProgress, wasmUrl });
+  const g = new Generator({ model, device, memory, precision, attention, threads, loras, onProgress, wasmUrl });
   try {
     await g._start();
   } catch (e) {

@@ -6,7 +6,7 @@
 import { OP, CACHE_NAME, apiError, toWire } from './protocol.js';
 import { chooseDevice } from './device.js';
 
-let Generator, BundleBuffer, version, checkLoadOptions;
+let Generator, BundleBuffer, LoraList, version, checkLoadOptions;
 let threadCount = 1;
 
 // The device a requested one ('auto', 'webgpu', 'cpu') means here, decided once (device.js):
@@ -41,7 +41,7 @@ async function loadWasm(wasmUrl, threads, device) {
     await m.default(wasmUrl ? { module_or_path: wasmUrl } : undefined);
     threadCount = 1;
   }
-  ({ Generator, BundleBuffer, version, checkLoadOptions } = m);
+  ({ Generator, BundleBuffer, LoraList, version, checkLoadOptions } = m);
 }
 
 // burn's GPU kernels use WGSL subgroup operations when the adapter offers the `subgroups`
@@ -261,6 +261,44 @@ async function obtainBundle(model, report) {
   return { buf: await download(url, report), source: 'network', cacheAs: url };
 }
 
+// LoRA files ({ model, scale } with a URL, a File or Blob, or bytes) into a LoraList, or null.
+async function obtainLoras(loras) {
+  if (!loras.length) return null;
+  const list = new LoraList();
+  try {
+    for (const [i, { model, scale }] of loras.entries()) {
+      let bytes;
+      let name;
+      if (typeof Blob !== 'undefined' && model instanceof Blob) {
+        name = typeof model.name === 'string' && model.name ? model.name : `LoRA ${i + 1}`;
+        try {
+          bytes = new Uint8Array(await model.arrayBuffer());
+        } catch (e) {
+          throw apiError('IoError', `cannot read the LoRA file ${name}: ${e.message || e}`);
+        }
+      } else if (model instanceof ArrayBuffer || ArrayBuffer.isView(model)) {
+        name = `LoRA ${i + 1}`;
+        bytes = model instanceof ArrayBuffer ? new Uint8Array(model) : new Uint8Array(model.buffer, model.byteOffset, model.byteLength);
+      } else {
+        name = new URL(String(model), self.location.href).href;
+        let r;
+        try {
+          r = await fetch(name, { cache: 'no-store' });
+        } catch (e) {
+          throw apiError('IoError', `cannot download the LoRA ${name}: ${e.message || e}`);
+        }
+        if (!r.ok) throw apiError('IoError', `cannot download the LoRA ${name}: HTTP ${r.status}`);
+        bytes = new Uint8Array(await r.arrayBuffer());
+      }
+      list.push(name, bytes, scale);
+    }
+    return list;
+  } catch (e) {
+    list.free();
+    throw e;
+  }
+}
+
 // ---------------------------------------------------------------- ops
 
 const ops = {
@@ -270,14 +308,24 @@ const ops = {
     return { version: version(), threads: threadCount };
   },
 
-  async [OP.load]({ model, device, memory, precision, attention }, report) {
+  async [OP.load]({ model, device, memory, precision, attention, loras }, report) {
     await ready;
     if (generator) { generator.free(); generator = null; }
     const { device: dev, reason } = await decide(device || 'auto');
     if (!dev) throw apiError('DeviceError', `${reason}; use device "cpu"`);
     // The other options are the wasm module's to check (its messages), before any download.
     checkLoadOptions(memory || 'auto', precision || 'auto', attention || 'sliced');
-    const { buf, source: from, cacheAs } = await obtainBundle(model, report);
+    // LoRA files first (small; not cached): one that cannot be read fails before the bundle
+    // is fetched.
+    const loraList = await obtainLoras(loras || []);
+    let obtained;
+    try {
+      obtained = await obtainBundle(model, report);
+    } catch (e) {
+      if (loraList) loraList.free();
+      throw e;
+    }
+    const { buf, source: from, cacheAs } = obtained;
     let about;
     let fileBytes;
     try {
@@ -287,10 +335,11 @@ const ops = {
       report({ status: 'loading', device: dev, reason });
     } catch (e) {
       buf.free();
+      if (loraList) loraList.free();
       throw e;
     }
-    // Generator.load takes the buffer (the bundle stays in the module's memory).
-    generator = await Generator.load(buf, dev, memory || 'auto', precision || 'auto', attention || 'sliced');
+    // Generator.load takes the buffer (the bundle stays in the module's memory) and the LoRAs.
+    generator = await Generator.load(buf, dev, memory || 'auto', precision || 'auto', attention || 'sliced', loraList);
     let source = from;
     if (cacheAs) source = (await cacheFromGenerator(cacheAs, generator, fileBytes)) ? 'network+cached' : 'network';
     generator.releaseBundle();

@@ -6,8 +6,6 @@
 pub mod bundle;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
-// Natively for now (`convert --lora`, `forward --lora`); the JS API's `loras` are to come.
-#[cfg(not(target_arch = "wasm32"))]
 pub mod lora;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod model_dir;

@@ -14,7 +14,6 @@ use burn::tensor::Device;
 
 use crate::config::{ModelConfig, ModelWeights, Part};
 use crate::error::{Error, Result};
-use crate::io::bundle::Bundle;
 use crate::kernels::KernelOptions;
 use crate::models::autoencoder_tiny::TinyDecoder;
 use crate::models::clip_text::ClipTextModel;
@@ -116,7 +115,8 @@ pub(crate) struct Loaded {
 pub(crate) enum Components {
     Resident(Loaded),
     Sequential {
-        bundle: Arc<Bundle>,
+        /// The bundle (with any LoRAs, merged as its tensors are read).
+        weights: Arc<dyn ModelWeights + Send + Sync>,
         kernels: KernelOptions,
         current: Mutex<Option<Stage>>,
     },
@@ -245,7 +245,7 @@ impl Components {
                 StageKind::TinyVae => Stage::TinyVae(l.tiny_vae.clone().ok_or_else(no_tiny_vae)?),
             }),
             Components::Sequential {
-                bundle,
+                weights,
                 kernels,
                 current,
             } => {
@@ -260,7 +260,7 @@ impl Components {
                 if current.take().is_some() {
                     device.memory_cleanup();
                 }
-                let s = load_stage(kind, config, bundle.as_ref(), device, *kernels)?;
+                let s = load_stage(kind, config, weights.as_ref(), device, *kernels)?;
                 *current = Some(s.clone());
                 Ok(s)
             }

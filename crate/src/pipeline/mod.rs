@@ -29,6 +29,7 @@ pub mod preprocess;
 
 use crate::config::{ModelConfig, ModelWeights};
 use crate::error::{Error, Result};
+use crate::io::lora::{LoraBundle, LoraInput};
 use crate::kernels::KernelOptions;
 use crate::models::autoencoder_tiny::TinyDecoder;
 use crate::models::clip_text::ClipTextModel;
@@ -204,18 +205,37 @@ impl FastComposer {
         kernels: impl Into<KernelOptions>,
         residency: Residency,
     ) -> Result<Self> {
+        Self::load_bundle_with_loras(bundle, Vec::new(), device, kernels, residency)
+    }
+
+    /// [`Self::load_bundle_with`], with LoRA files merged into the UNet's and the text
+    /// encoder's weights as they are loaded ([`LoraBundle`]: quantized weights are dequantized,
+    /// updated and quantized again in their own format). A LoRA that does not fit the model
+    /// is an error before anything is loaded.
+    pub fn load_bundle_with_loras(
+        bundle: Arc<crate::io::bundle::Bundle>,
+        loras: Vec<LoraInput>,
+        device: &Device,
+        kernels: impl Into<KernelOptions>,
+        residency: Residency,
+    ) -> Result<Self> {
         let kernels = kernels.into();
-        if residency == Residency::Resident {
-            return Self::load_bundle(&bundle, device, kernels);
-        }
         let config = bundle.config().clone();
         let tokenizer = ClipTokenizer::from_gz(&bundle.info.tokenizer_bpe_gz, &config.marker)?;
+        let weights: Arc<dyn ModelWeights + Send + Sync> = if loras.is_empty() {
+            bundle
+        } else {
+            Arc::new(LoraBundle::new(bundle, &loras)?)
+        };
+        if residency == Residency::Resident {
+            return Self::load_resident(&config, weights.as_ref(), tokenizer, device, kernels);
+        }
         config.check()?;
         Self::from_parts(
             &config,
             tokenizer,
             Components::Sequential {
-                bundle,
+                weights,
                 kernels,
                 current: std::sync::Mutex::new(None),
             },

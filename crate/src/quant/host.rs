@@ -62,6 +62,18 @@ impl HostQuantized {
         })
     }
 
+    /// The f32 values (row-major) and block type of burn quantized data in the bundle's
+    /// scheme; `None` for anything else.
+    pub fn values_of(data: &TensorData) -> Option<(Vec<f32>, super::GgmlType)> {
+        let h = Self::from_data(data, &Device::default())?;
+        let ty = if h.bits == 4 {
+            super::GgmlType::Q4_0
+        } else {
+            super::GgmlType::Q8_0
+        };
+        Some((h.dequantize_values(), ty))
+    }
+
     /// `[rows, cols]`.
     pub fn dims(&self) -> [usize; 2] {
         [self.rows, self.cols]

@@ -12,6 +12,7 @@ use wasm_bindgen::prelude::*;
 
 use crate::error::Error;
 use crate::io::bundle::{BundleInfo, BundleStream};
+use crate::io::lora::LoraInput;
 use crate::kernels::attention::AttentionKernel;
 use crate::kernels::device::Precision;
 use crate::pipeline::components::Residency;
@@ -64,6 +65,35 @@ fn header_object(info: &BundleInfo) -> JsResult<JsValue> {
 /// at its first bad chunk (`WeightsError`). `Generator.load` takes it.
 #[wasm_bindgen]
 pub struct BundleBuffer(BundleStream);
+
+/// LoRA files for `Generator.load` (the API's `loras`): each a name for messages, the file's
+/// bytes (safetensors: kohya or diffusers/peft) and its scale.
+#[wasm_bindgen]
+#[derive(Default)]
+pub struct LoraList(Vec<LoraInput>);
+
+#[wasm_bindgen]
+impl LoraList {
+    #[wasm_bindgen(constructor)]
+    pub fn new() -> LoraList {
+        LoraList::default()
+    }
+
+    /// Add a file (the bytes are copied in). The scale must be a finite number (InvalidInput).
+    pub fn push(&mut self, name: String, bytes: &[u8], scale: f64) -> JsResult<()> {
+        if !scale.is_finite() {
+            return Err(js_error(Error::invalid(format!(
+                "LoRA {name}: the scale must be a finite number, got {scale}"
+            ))));
+        }
+        self.0.push(LoraInput {
+            name,
+            bytes: bytes.to_vec(),
+            scale: scale as f32,
+        });
+        Ok(())
+    }
+}
 
 #[wasm_bindgen]
 impl BundleBuffer {
@@ -253,12 +283,17 @@ impl Generator {
     /// with `shader-f16` only). A WebGPU device keeps the precision of the first model loaded
     /// on it. `attention`: `"sliced"` (default) or `"fused"` (a flash kernel where the WebGPU
     /// adapter has subgroups, the sliced kernel elsewhere; see the `attention` getter).
+    /// `loras`: LoRA files merged into the UNet's and text encoder's weights as they load
+    /// (quantized weights are dequantized, updated and quantized again); a file that does not
+    /// fit the model is a `WeightsError` naming its first module that does not, before anything
+    /// is loaded.
     pub async fn load(
         bundle: BundleBuffer,
         device: String,
         memory: Option<String>,
         precision: Option<String>,
         attention: Option<String>,
+        loras: Option<LoraList>,
     ) -> JsResult<Generator> {
         let bundle = bundle.0.finish().map_err(js_error)?;
         let (residency, precision, kernel) = load_options(
@@ -291,8 +326,10 @@ impl Generator {
         };
         crate::kernels::device::set_precision(&mut dev, precision).map_err(js_error)?;
         let bundle = std::sync::Arc::new(bundle);
-        let model = FastComposer::load_bundle_with(bundle.clone(), &dev, kernel, residency)
-            .map_err(js_error)?;
+        let loras = loras.map(|l| l.0).unwrap_or_default();
+        let model =
+            FastComposer::load_bundle_with_loras(bundle.clone(), loras, &dev, kernel, residency)
+                .map_err(js_error)?;
         Ok(Generator {
             model,
             device_name: device,

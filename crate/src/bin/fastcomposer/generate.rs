@@ -52,6 +52,11 @@ pub struct Args {
     /// 512 MiB. Diffusers-layout directories are always resident.
     #[arg(long, default_value = "auto")]
     pub memory: String,
+    /// A LoRA (safetensors: kohya, diffusers/peft) merged into the bundle's UNet and text
+    /// encoder as they load, at SCALE (default 1); repeatable. Quantized weights are
+    /// dequantized, updated and quantized again (as the JS API's `loras`).
+    #[arg(long = "lora", value_name = "FILE[:SCALE]")]
+    pub loras: Vec<String>,
     #[command(flatten)]
     pub attention: AttentionArgs,
     /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
@@ -96,6 +101,7 @@ pub fn run(args: Args) -> Result<()> {
         latents_out,
         memory_report,
         memory,
+        loras,
         attention,
     } = args;
     let precision: Precision = precision.parse()?;
@@ -116,6 +122,17 @@ pub fn run(args: Args) -> Result<()> {
     let kernel = attention.options()?;
     let scheduler: Option<SchedulerKind> = scheduler.map(|s| s.parse()).transpose()?;
     let decoder: DecoderKind = decoder.parse()?;
+    let loras = loras
+        .iter()
+        .map(|l| {
+            let f: LoraFile = l.parse()?;
+            Ok(LoraInput {
+                name: f.path.display().to_string(),
+                bytes: read_bytes(&f.path)?,
+                scale: f.scale,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     // Read every photo before loading the model: bad files fail fast.
     let photos = subjects
         .iter()
@@ -151,6 +168,11 @@ pub fn run(args: Args) -> Result<()> {
                     "--memory sequential needs a bundle (.gguf); a directory loads resident",
                 ));
             }
+            if !loras.is_empty() {
+                return Err(Error::invalid(
+                    "--lora needs a bundle (.gguf); for a directory, merge with `convert --lora`",
+                ));
+            }
             let dir = ModelDir::open(path)?;
             FastComposer::load(&dir.config, &dir, &device, kernel)?
         }
@@ -158,13 +180,25 @@ pub fn run(args: Args) -> Result<()> {
             let bundle = Bundle::open(path)?;
             let residency = Residency::parse(&memory, bundle.info.file_len())?;
             eprintln!("memory: {}", residency.name());
-            FastComposer::load_bundle_with(Arc::new(bundle), &device, kernel, residency)?
+            FastComposer::load_bundle_with_loras(
+                Arc::new(bundle),
+                loras,
+                &device,
+                kernel,
+                residency,
+            )?
         }
         None => {
             eprintln!("note: using the {}", default_model::LABEL);
             let bundle = default_model::bundle()?;
             let residency = Residency::parse(&memory, bundle.info.file_len())?;
-            FastComposer::load_bundle_with(Arc::new(bundle), &device, kernel, residency)?
+            FastComposer::load_bundle_with_loras(
+                Arc::new(bundle),
+                loras,
+                &device,
+                kernel,
+                residency,
+            )?
         }
     };
     report("loading");

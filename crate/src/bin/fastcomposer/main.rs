@@ -13,7 +13,7 @@ use fastcomposer::config::parse_config;
 use fastcomposer::config::{GenerationDefaults, TensorSource};
 use fastcomposer::io::bundle::{Bundle, BundleInfo};
 use fastcomposer::io::convert::{ConvertOptions, convert};
-use fastcomposer::io::lora::{LoraDeltas, LoraFile, LoraSource};
+use fastcomposer::io::lora::{LoraDeltas, LoraFile, LoraInput, LoraSource};
 use fastcomposer::io::model_dir::ModelDir;
 use fastcomposer::io::safetensors::SafetensorsSource;
 use fastcomposer::kernels::attention::AttentionKernel;
