@@ -117,13 +117,14 @@ impl ImageDecoder {
 
 impl GenerateOptions {
     /// The options a generation on `config`'s model starts from: its recorded defaults
-    /// (scheduler, steps, guidance) over [`GenerateOptions::default`].
+    /// (scheduler, steps, guidance, alpha) over [`GenerateOptions::default`].
     pub fn for_model(config: &ModelConfig) -> Result<Self> {
         let d = &config.defaults;
         let base = Self::default();
         Ok(Self {
             steps: d.steps.unwrap_or(base.steps),
             guidance: d.guidance.unwrap_or(base.guidance),
+            alpha: d.alpha.unwrap_or(base.alpha),
             scheduler: match &d.scheduler {
                 Some(s) => s
                     .parse()

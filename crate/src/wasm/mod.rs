@@ -418,8 +418,9 @@ impl Generator {
         self.model.has_tiny_vae()
     }
 
-    /// The generation settings the bundle records, `{ scheduler?, steps?, guidance? }` (absent
-    /// ones are the library's: ddim, 50, 5); `generate` uses them where its options give none.
+    /// The generation settings the bundle records, `{ scheduler?, steps?, guidance?, alpha? }`
+    /// (absent ones are the library's: ddim, 50, 5, 0.7); `generate` uses them where its options
+    /// give none.
     #[wasm_bindgen(getter)]
     pub fn defaults(&self) -> JsResult<JsValue> {
         let d = &self.model.config().defaults;
@@ -432,6 +433,9 @@ impl Generator {
         }
         if let Some(g) = d.guidance {
             Reflect::set(&o, &"guidance".into(), &g.into())?;
+        }
+        if let Some(a) = d.alpha {
+            Reflect::set(&o, &"alpha".into(), &a.into())?;
         }
         Ok(o.into())
     }

@@ -159,8 +159,8 @@ fn convert_int8(name: &str, edit: impl FnOnce(&mut ConvertOptions)) -> Result<Pa
     convert(&o).map(|_| o.out)
 }
 
-/// A bundle records generation defaults (`convert --scheduler lcm --steps 4 --guidance 1`, as
-/// for an LCM-LoRA): a generation that gives none uses them, and gives exactly the image of one
+/// A bundle records generation defaults (`convert --scheduler lcm --steps 4 --guidance 1
+/// --alpha 0.8`, as for a few-step model): a generation that gives none uses them, and gives exactly the image of one
 /// that spells them out. Bad defaults are refused at convert time.
 #[test]
 fn bundle_generation_defaults_are_used_unless_told_otherwise() {
@@ -172,6 +172,7 @@ fn bundle_generation_defaults_are_used_unless_told_otherwise() {
         scheduler: Some("lcm".into()),
         steps: Some(4),
         guidance: Some(1.0),
+        alpha: Some(0.8),
     };
     let path = convert_with(lcm.clone(), "lcm_defaults.gguf").unwrap();
     let bundle = Bundle::open(&path).unwrap();
@@ -179,8 +180,8 @@ fn bundle_generation_defaults_are_used_unless_told_otherwise() {
     let m = FastComposer::load_bundle(&bundle, &test_device(), AttentionKernel::default()).unwrap();
     let base = m.default_options();
     assert_eq!(
-        (base.scheduler, base.steps, base.guidance),
-        (SchedulerKind::Lcm, 4, 1.0)
+        (base.scheduler, base.steps, base.guidance, base.alpha),
+        (SchedulerKind::Lcm, 4, 1.0, 0.8)
     );
     let e = m.encode_subject(&photo("chelsea"), None).unwrap();
     let run = |o: &GenerateOptions| {
@@ -199,11 +200,21 @@ fn bundle_generation_defaults_are_used_unless_told_otherwise() {
         scheduler: SchedulerKind::Lcm,
         steps: 4,
         guidance: 1.0,
+        alpha: 0.8,
         ..implicit.clone()
     };
     let (n, img) = run(&implicit);
     assert_eq!(n, 4);
-    assert_eq!(run(&explicit), (4, img));
+    assert_eq!(run(&explicit), (4, img.clone()));
+    // The recorded alpha matters (0.7 leaves two of the 4 steps text-only, 0.8 one).
+    assert_ne!(
+        run(&GenerateOptions {
+            alpha: 0.7,
+            ..explicit.clone()
+        })
+        .1,
+        img
+    );
     // A bundle without defaults keeps the library's.
     let plain =
         Bundle::open(&convert_with(GenerationDefaults::default(), "no_defaults.gguf").unwrap())
@@ -218,6 +229,10 @@ fn bundle_generation_defaults_are_used_unless_told_otherwise() {
         },
         GenerationDefaults {
             guidance: Some(f64::NAN),
+            ..Default::default()
+        },
+        GenerationDefaults {
+            alpha: Some(1.5),
             ..Default::default()
         },
     ] {

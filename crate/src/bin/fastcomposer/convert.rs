@@ -44,6 +44,10 @@ pub struct Args {
     /// The bundle's default guidance scale (e.g. 1 with an LCM-LoRA).
     #[arg(long)]
     pub guidance: Option<f64>,
+    /// The bundle's default subject strength alpha (a few-step model's own: with 4 steps, 0.8
+    /// leaves the first step text-only, as 0.7 does for about the first third of 25 steps).
+    #[arg(long)]
+    pub alpha: Option<f64>,
     /// Add a tiny autoencoder (TAESD) as a second, much cheaper decoder: a diffusers
     /// AutoencoderTiny directory or its .safetensors file (`generate --decoder tiny`).
     #[arg(long)]
@@ -64,6 +68,7 @@ pub fn run(args: Args) -> Result<()> {
         scheduler,
         steps,
         guidance,
+        alpha,
         tiny_vae,
     } = args;
     if let Some(s) = &scheduler {
@@ -83,6 +88,7 @@ pub fn run(args: Args) -> Result<()> {
             scheduler: scheduler.map(|s| s.to_ascii_lowercase()),
             steps,
             guidance,
+            alpha,
         },
         tiny_vae,
     };

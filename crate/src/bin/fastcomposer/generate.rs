@@ -24,9 +24,10 @@ pub struct Args {
     /// Classifier-free guidance scale (default: the model's own, else 5).
     #[arg(long)]
     pub guidance: Option<f64>,
-    /// Fraction of the steps (the last ones) conditioned on the subjects.
-    #[arg(long, default_value_t = 0.7)]
-    pub alpha: f64,
+    /// Fraction of the steps (the last ones) conditioned on the subjects. Default: the
+    /// model's own, else 0.7.
+    #[arg(long)]
+    pub alpha: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Image width in pixels (default: the model's native size).
@@ -209,7 +210,7 @@ pub fn run(args: Args) -> Result<()> {
         negative_prompt: negative,
         steps: steps.unwrap_or(base.steps),
         guidance: guidance.unwrap_or(base.guidance),
-        alpha,
+        alpha: alpha.unwrap_or(base.alpha),
         seed,
         width,
         height,
@@ -285,7 +286,12 @@ pub fn run(args: Args) -> Result<()> {
     drop(embeddings);
     drop(model);
     let (vae, latents) = d.into_decoder()?;
+    let t0 = std::time::Instant::now();
     let img = fastcomposer::pipeline::decode_rgb_with(&vae, latents)?;
+    eprintln!(
+        "decode: {{\"decode_s\": {:.3}}}",
+        t0.elapsed().as_secs_f64()
+    );
     if let Some(m) = monitor {
         let p = m.finish();
         eprintln!(
