@@ -24,6 +24,7 @@ async function loadModel() {
   clearError();
   $('load').disabled = true;
   $('model-file').disabled = true; // one load at a time
+  $('model-preset').disabled = true;
   $('generate').disabled = true;
   $('load-status').textContent = 'Loading…';
   state.subjects.clear();
@@ -70,20 +71,35 @@ async function loadModel() {
   } finally {
     $('load').disabled = false;
     $('model-file').disabled = false;
+    $('model-preset').disabled = false;
   }
 }
 $('load').addEventListener('click', loadModel);
 $('model-file').addEventListener('change', () => { if ($('model-file').files.length) loadModel(); });
-$('model-url').addEventListener('input', () => { $('model-file').value = ''; });
+$('model-url').addEventListener('input', () => {
+  $('model-file').value = '';
+  const url = $('model-url').value.trim();
+  $('model-preset').value = [...$('model-preset').options].some((o) => o.value && o.value === url) ? url : '';
+});
+// The built-in models one choice away: picking one loads it; "Another URL…" waits for the URL.
+$('model-preset').addEventListener('change', () => {
+  const url = $('model-preset').value;
+  if (!url) { $('model-url').focus(); return; }
+  $('model-url').value = url;
+  $('model-file').value = '';
+  loadModel();
+});
 
-// A bundle's own generation settings (an LCM-LoRA bundle: its scheduler, 4 steps, guidance 1)
-// become the form's; the others keep what the form has.
+// A bundle's own generation settings (a few-step bundle: LCM, 4 steps, guidance 1, alpha 0.8) become the
+// form's when it loads; a model that records none gets the page's own (DDIM, 25 steps, guidance
+// 5, alpha 0.7), so that switching from the few-step model back to the 25-step one does not keep 4 LCM steps.
+const FORM_DEFAULTS = { scheduler: $('scheduler').value, steps: $('steps').defaultValue, guidance: $('guidance').defaultValue, alpha: $('alpha').defaultValue };
 function applyModelDefaults(d) {
-  if (!d) return;
-  if (d.scheduler) $('scheduler').value = d.scheduler;
-  for (const id of ['steps', 'guidance']) {
-    if (d[id] === undefined) continue;
-    $(id).value = String(d[id]);
+  const use = { ...FORM_DEFAULTS };
+  for (const k of Object.keys(use)) if (d && d[k] !== undefined && d[k] !== null) use[k] = d[k];
+  $('scheduler').value = use.scheduler;
+  for (const id of ['steps', 'guidance', 'alpha']) {
+    $(id).value = String(use[id]);
     $(`${id}-out`).textContent = $(id).value;
   }
 }

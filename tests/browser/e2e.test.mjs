@@ -12,6 +12,8 @@ import { ROOT, serve, launch } from './harness.mjs';
 const CLI = path.join(ROOT, 'target', 'release', 'fastcomposer');
 const PHOTO = path.join(ROOT, 'crate', 'tests', 'fixtures', 'pipeline', 'photos', 'chelsea.png');
 const MODEL = path.join(ROOT, 'models', 'default.gguf');
+// What the demo loads by itself: the default model's few-step (distilled, LCM) bundle.
+const DEMO_MODEL = path.join(ROOT, 'models', 'default-lcm.gguf');
 const STEPS = Number(process.env.E2E_STEPS || 4);
 const GPU_STEPS = Number(process.env.E2E_GPU_STEPS || 2);
 
@@ -25,6 +27,7 @@ let chromiumProfile;
 before(async () => {
   assert.ok(fs.existsSync(path.join(ROOT, 'pkg', 'fastcomposer_bg.wasm')), 'pkg/ is not built: pkg-scripts/build-wasm.sh');
   assert.ok(fs.existsSync(MODEL), 'models/default.gguf is missing');
+  assert.ok(fs.existsSync(DEMO_MODEL), 'models/default-lcm.gguf is missing');
   server = await startServer();
   chromiumProfile = await launch('fc-chromium-');
   browser = chromiumProfile.ctx;
@@ -57,10 +60,10 @@ function assertClean(problems) {
   assert.deepEqual(problems, [], `page errors: ${problems.join('\n')}`);
 }
 
-// Native CLI output for the same options, as RGB bytes.
+// Native CLI output for the same options as the demo (its model, that model's scheduler).
 function nativeImage({ prompt, steps, guidance, alpha, seed }) {
   const out = path.join(os.tmpdir(), `fc-native-${process.pid}-${seed}-${steps}.png`);
-  execFileSync(CLI, ['generate', '--model', MODEL, '--prompt', prompt, '--subject', PHOTO, '--steps', String(steps),
+  execFileSync(CLI, ['generate', '--model', DEMO_MODEL, '--prompt', prompt, '--subject', PHOTO, '--steps', String(steps),
     '--guidance', String(guidance), '--alpha', String(alpha), '--seed', String(seed), '--out', out], { stdio: 'pipe' });
   return out;
 }
@@ -113,7 +116,7 @@ async function setRange(page, id, value) {
 }
 
 // Load the model on `device` through the demo's controls and generate from a real photo.
-async function demoGenerate(page, { device, steps, seed, guidance = 5, alpha = 0.7, prompt = 'a cat <|image|> on the beach' }) {
+async function demoGenerate(page, { device, steps, seed, guidance = 1, alpha = 0.7, prompt = 'a cat <|image|> on the beach' }) {
   await page.getByLabel('Device').selectOption(device);
   await page.getByRole('button', { name: 'Load model' }).click();
   await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
@@ -260,7 +263,7 @@ test('the demo\'s scheduler and size controls reach the generator: its image is 
   const picked = Number(await page.getByLabel('Size').inputValue());
   const { native, step } = await page.evaluate(async () => {
     const { createGenerator } = await import('./pkg/index.js');
-    const g = await createGenerator({ model: 'models/default.gguf', device: 'cpu', threads: 1 });
+    const g = await createGenerator({ model: 'models/default-lcm.gguf', device: 'cpu', threads: 1 });
     const r = { native: g.imageSize, step: g.sizeStep };
     await g.dispose();
     return r;
@@ -284,9 +287,10 @@ test('the demo\'s scheduler and size controls reach the generator: its image is 
   const web = await galleryPixels(page);
   const api = await page.evaluate(async (size) => {
     const { createGenerator } = await import('./pkg/index.js');
-    const g = await createGenerator({ model: 'models/default.gguf', device: 'cpu' });
+    const g = await createGenerator({ model: 'models/default-lcm.gguf', device: 'cpu' });
     const s = await g.encodeSubject(await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob());
-    const opts = { prompt: 'a cat <|image|> in the snow', subjects: [s], steps: 3, guidance: 5, alpha: 0.7, seed: 21, width: size, height: size };
+    // alpha: the bundle's own (0.8), as the demo's form took it.
+    const opts = { prompt: 'a cat <|image|> in the snow', subjects: [s], steps: 3, guidance: 1, seed: 21, width: size, height: size };
     const euler = await g.generate({ ...opts, scheduler: 'euler' });
     const ddim = await g.generate({ ...opts, scheduler: 'ddim' });
     let bad;
@@ -344,6 +348,19 @@ test('first contact: on a fresh profile the page loads the model itself; one cho
     console.log(`first contact: page open to image in ${seconds.toFixed(1)} s (${status})`);
     assert.ok(seconds < 60, `page open to image took ${seconds} s`);
     assert.ok(notBlank(await galleryPixels(page)), 'the image is blank');
+    // The model the page loads by itself is the few-step one, with its own settings; the
+    // 25-step model is one choice away, and brings the page's DDIM settings back.
+    assert.equal(await page.locator('#model-preset').inputValue(), 'models/default-lcm.gguf');
+    assert.equal(await page.getByLabel('Scheduler').inputValue(), 'lcm');
+    assert.equal(await page.locator('#steps').inputValue(), '4');
+    assert.equal(await page.locator('#alpha').inputValue(), '0.8');
+    await page.locator('#model-preset').selectOption('models/default.gguf');
+    await page.waitForFunction(() => /^Model: fastcomposer-default \(/.test(document.getElementById('model-card').textContent)
+      && /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 120_000 });
+    assert.equal(await page.getByLabel('Scheduler').inputValue(), 'ddim');
+    assert.equal(await page.locator('#steps').inputValue(), '25');
+    assert.equal(await page.locator('#guidance').inputValue(), '5');
+    assert.equal(await page.locator('#alpha').inputValue(), '0.7');
     assertClean(problems);
   } finally {
     await fresh.close();
@@ -445,12 +462,12 @@ test('results keep their settings: the PNG download carries them in text chunks,
   const size = Number(await page.getByLabel('Size').inputValue());
   const settings = JSON.parse(text.fastcomposer);
   assert.deepEqual(settings, {
-    prompt: 'a cat <|image|> on the beach', negativePrompt: 'blurry', steps: STEPS, guidance: 5, alpha: 0.7, seed: 31,
-    scheduler: 'ddim', width: size, height: size, decoder: 'full', model: settings.model, subjects: ['chelsea.png'],
+    prompt: 'a cat <|image|> on the beach', negativePrompt: 'blurry', steps: STEPS, guidance: 1, alpha: 0.8, seed: 31,
+    scheduler: 'lcm', width: size, height: size, decoder: 'full', model: settings.model, subjects: ['chelsea.png'],
   });
   assert.ok(settings.model.length > 0);
-  assert.equal(text.parameters, `a cat <|image|> on the beach\nNegative prompt: blurry\nSteps: ${STEPS}, Sampler: DDIM, CFG scale: 5, Seed: 31, `
-    + `Size: ${size}x${size}, Subject strength (alpha): 0.7, Model: ${settings.model}`);
+  assert.equal(text.parameters, `a cat <|image|> on the beach\nNegative prompt: blurry\nSteps: ${STEPS}, Sampler: LCM, CFG scale: 1, Seed: 31, `
+    + `Size: ${size}x${size}, Subject strength (alpha): 0.8, Model: ${settings.model}`);
   // The browser still reads it as the image.
   const px = await pngPixels(page, file);
   assert.ok(notBlank(px));

@@ -7,9 +7,13 @@
 // does for bundles this size (sequential: each stage's weights are loaded when the stage
 // starts), so the first step includes loading the UNet; the second step is the UNet alone.
 //   node tools/bench/sd15_browser.mjs [int4|int8 ...] [--devices cpu,cpu-threads,webgpu] [--steps 2]
-//     [--attention sliced|fused] [--size 256] [--decode]
+//     [--attention sliced|fused] [--size 256] [--decode] [--scheduler ddim|lcm] [--guidance 5]
+//     [--decoder full|tiny]
 // (--size: image side in pixels, 256 by default (a 32×32 latent); 512 is SD1.5's own.
-// --decode: the page also decodes the latents to an image with the VAE, as `generate` does.)
+// --decode: the page also decodes the latents to an image with the VAE, as `generate` does.
+// --scheduler / --guidance / --decoder: the generation's (guidance ≤ 1: one UNet batch a step;
+// tiny: the bundle's TAESD, `convert --tiny-vae tools/.data/taesd_random` from
+// tools/reference/taesd_random.py).)
 // (--attention: the page's attention kernel, the JS API option; fused runs the flash kernel on
 // WebGPU. The native CLI runs on the CPU device either way.)
 // (cpu: the single-threaded module, `threads: 1`; cpu-threads: the threaded module, `threads:
@@ -34,9 +38,16 @@ const sizeIdx = args.indexOf('--size');
 const SIZE = sizeIdx >= 0 ? Number(args.splice(sizeIdx, 2)[1]) : 256;
 const decIdx = args.indexOf('--decode');
 const DECODE = decIdx >= 0 && args.splice(decIdx, 1).length > 0;
+const flag = (name, fallback) => {
+  const i = args.indexOf(name);
+  return i >= 0 ? args.splice(i, 2)[1] : fallback;
+};
+const SCHEDULER = flag('--scheduler', 'ddim');
+const GUIDANCE = Number(flag('--guidance', '5'));
+const DECODER = flag('--decoder', 'full');
 const quants = args.length ? args : ['int4'];
 const PHOTO = path.join(ROOT, 'crate/tests/fixtures/pipeline/photos/chelsea.png');
-const OPTS = { prompt: 'a cat <|image|> on the beach', steps: STEPS, alpha: 1, seed: 0, width: SIZE, height: SIZE };
+const OPTS = { prompt: 'a cat <|image|> on the beach', steps: STEPS, alpha: 1, seed: 0, width: SIZE, height: SIZE, scheduler: SCHEDULER, guidance: GUIDANCE, decoder: DECODER };
 // Tolerances, relative to the largest native magnitude: the CPU path runs the same f32 kernels
 // compiled to wasm SIMD (different summation order than AVX-512); WebGPU dequantizes and sums
 // in its own order on another implementation of f32 arithmetic.
@@ -72,6 +83,7 @@ function native(q) {
   const cli = [
     'generate', '--model', path.join(ROOT, `tools/.data/sd15_${q}.gguf`), '--prompt', OPTS.prompt, '--subject', PHOTO,
     '--steps', String(OPTS.steps), '--alpha', String(OPTS.alpha), '--seed', String(OPTS.seed),
+    '--scheduler', OPTS.scheduler, '--guidance', String(OPTS.guidance), '--decoder', OPTS.decoder,
     '--width', String(OPTS.width), '--height', String(OPTS.height), '--latents-out', out,
     ...(DECODE ? ['--out', path.join(os.tmpdir(), `fc-sd15-native-${q}.png`)] : []),
   ];
@@ -81,7 +93,8 @@ function native(q) {
   const log = p.stderr;
   const wallMs = Date.now() - t0;
   const t = JSON.parse(/timings: (\{.*\})/.exec(log)[1]);
-  return { wallMs, timings: t, tensors: readSafetensors(out) };
+  const d = /decode: (\{.*\})/.exec(log);
+  return { wallMs, timings: t, decodeS: d ? JSON.parse(d[1]).decode_s : null, tensors: readSafetensors(out) };
 }
 
 const srv = await serve({ '/pkg/': 'pkg', '/data/': 'tools/.data', '/fixtures/': 'crate/tests/fixtures' });
@@ -157,10 +170,9 @@ for (const q of quants) {
   const nativeStepMs = n.timings.step_s.map((s) => Math.round(s * 1000));
   const last = (a) => a[a.length - 1];
   const timed = n.timings.load_s + n.timings.subjects_s + n.timings.prompt_s + n.timings.steps_s;
-  // With --decode the CLI also decodes (`--out`); its timings do not list the decode, so the
-  // rest of the wall time (the VAE decode, writing the outputs, starting the process) is given
-  // as one number.
-  console.log(JSON.stringify({ bundle: q, device: 'native-cpu', size: SIZE, wallMs: n.wallMs, loadMs: Math.round(n.timings.load_s * 1000), subjectMs: Math.round(n.timings.subjects_s * 1000), promptMs: Math.round(n.timings.prompt_s * 1000), stepMs: nativeStepMs, ...(DECODE ? { decodeAndRestMs: Math.round(n.wallMs - timed * 1000) } : {}) }));
+  // With --decode the CLI also decodes (`--out`) and prints the decode's time; the rest of the
+  // wall time (loading the decoder, writing the outputs, starting the process) is one number.
+  console.log(JSON.stringify({ bundle: q, device: 'native-cpu', size: SIZE, scheduler: SCHEDULER, guidance: GUIDANCE, decoder: DECODER, wallMs: n.wallMs, loadMs: Math.round(n.timings.load_s * 1000), subjectMs: Math.round(n.timings.subjects_s * 1000), promptMs: Math.round(n.timings.prompt_s * 1000), stepMs: nativeStepMs, ...(DECODE ? { decodeMs: Math.round(n.decodeS * 1000), restMs: Math.round(n.wallMs - timed * 1000 - n.decodeS * 1000) } : {}) }));
   for (const device of devices) {
     const r = await browser(q, device);
     const line = { bundle: q, device, errors: r.errors };

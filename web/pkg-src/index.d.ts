@@ -171,13 +171,14 @@ export interface Generator {
   readonly deviceReason: string;
   /**
    * The generation settings the model's bundle records (e.g. an LCM-LoRA bundle's
-   * `{ scheduler: 'lcm', steps: 4, guidance: 1 }`); `generate` uses them where its options give
-   * none, and the library's (ddim, 50 steps, guidance 5) where the bundle has none.
+   * `{ scheduler: 'lcm', steps: 4, guidance: 1, alpha: 0.8 }`); `generate` uses them where its
+   * options give none, and the library's (ddim, 50 steps, guidance 5, alpha 0.7) where the bundle
+   * has none.
    */
   /** Whether the model has a tiny autoencoder (TAESD): `decoder: 'tiny'` works, and step
    *  previews are decoded by it at full size. */
   readonly hasTinyDecoder: boolean;
-  readonly defaults: { scheduler?: 'ddim' | 'pndm' | 'euler' | 'lcm'; steps?: number; guidance?: number };
+  readonly defaults: { scheduler?: 'ddim' | 'pndm' | 'euler' | 'lcm'; steps?: number; guidance?: number; alpha?: number };
   /** The float type in use (see CreateGeneratorOptions.precision). */
   readonly precision: 'f32' | 'f16';
   /** The attention kernel that runs: 'fused' only where the flash kernel does (see options). */
