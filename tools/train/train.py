@@ -375,6 +375,31 @@ def localization_loss(store, positions, masks_full, use_subjects):
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
+def training_inputs():
+    """The training scenes, their latents and tokenized captions (stages fc and lcd):
+    (scenes, latents, input ids, subject positions, the empty prompt's ids)."""
+    d, c = load_data(OUT)
+    lat = torch.load(os.path.join(OUT, "latents.pt"))["latents"]
+    tok = hf_tokenizer()
+    tok.add_tokens([MARKER], special_tokens=True)
+    ids, positions = encode_captions(tok, c["captions"])
+    empty_ids, _ = encode_captions(tok, [""])
+    return d, lat, ids, positions, empty_ids
+
+
+def fuse_subjects(models, text, idx, use_subjects, positions, refs, n_subj, dev):
+    """`text` [B, T, D] with the subject embeddings of every subject of the batch's scenes
+    `idx` (where `use_subjects`) fused at their noun tokens."""
+    subj = [(i, k) for i in range(len(idx)) if use_subjects[i] for k in range(int(n_subj[idx[i]]))]
+    if not subj:
+        return text
+    px = ref_pixels(np.stack([refs[int(idx[i]), k] for i, k in subj])).to(dev)
+    img = models.vision(pixel_values=px).image_embeds
+    rows_i = torch.tensor([i for i, _ in subj], device=dev)
+    rows_p = torch.tensor([positions[int(idx[i])][k] for i, k in subj], device=dev)
+    return text.index_put((rows_i, rows_p), models.fuser(text[rows_i, rows_p], img))
+
+
 def stage_fc(deadline, max_steps, init_from=None, cooldown=0, cooldown_s=0.0):
     dev = device()
     torch.manual_seed(HP["seed"])
@@ -418,12 +443,7 @@ def stage_fc(deadline, max_steps, init_from=None, cooldown=0, cooldown_s=0.0):
             mod.requires_grad_(False)
     store = []
     localization_processors(models.unet, store)
-    d, c = load_data(OUT)
-    lat = torch.load(os.path.join(OUT, "latents.pt"))["latents"]
-    tok = hf_tokenizer()
-    tok.add_tokens([MARKER], special_tokens=True)
-    ids, positions = encode_captions(tok, c["captions"])
-    empty_ids, _ = encode_captions(tok, [""])
+    d, lat, ids, positions, empty_ids = training_inputs()
     masks = torch.from_numpy(d["masks"]).float() / 255.0  # [N, 2, 128, 128]
     refs = d["refs"]
     n_subj = d["n_subj"]
@@ -445,17 +465,8 @@ def stage_fc(deadline, max_steps, init_from=None, cooldown=0, cooldown_s=0.0):
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         batch_ids = torch.where(caption_drop[:, None], empty_ids.expand(B, -1), ids[idx]).to(dev)
         text = models.text(input_ids=batch_ids).last_hidden_state
-        # Subject embeddings of every subject in the batch, fused at their noun tokens.
-        subj = [(i, k) for i in range(B) if use_subjects[i] for k in range(int(n_subj[idx[i]]))]
         pos_b = [positions[int(idx[i])] if use_subjects[i] else [] for i in range(B)]
-        cond = text
-        if subj:
-            px = ref_pixels(np.stack([refs[int(idx[i]), k] for i, k in subj])).to(dev)
-            img = models.vision(pixel_values=px).image_embeds
-            rows_i = torch.tensor([i for i, _ in subj], device=dev)
-            rows_p = torch.tensor([pos_b[i][k] for i, k in subj], device=dev)
-            fused = models.fuser(text[rows_i, rows_p], img)
-            cond = text.index_put((rows_i, rows_p), fused)
+        cond = fuse_subjects(models, text, idx, use_subjects, positions, refs, n_subj, dev)
         store.clear()
         pred = models.unet(xt, t, encoder_hidden_states=cond).sample
         m = F.interpolate(masks[idx].amax(1, keepdim=True), size=x0.shape[-2:], mode="area").to(dev)
@@ -529,12 +540,7 @@ def stage_lcd(deadline, max_steps):
         step = c["step"]
     if step >= max_steps:
         return
-    d, c = load_data(OUT)
-    lat = torch.load(os.path.join(OUT, "latents.pt"))["latents"]
-    tok = hf_tokenizer()
-    tok.add_tokens([MARKER], special_tokens=True)
-    ids, positions = encode_captions(tok, c["captions"])
-    empty_ids, _ = encode_captions(tok, [""])
+    d, lat, ids, positions, empty_ids = training_inputs()
     refs, n_subj = d["refs"], d["n_subj"]
     ac = ddpm_alphas().to(dev)
     k = 1000 // HP["lcd_ddim_steps"]
@@ -555,14 +561,8 @@ def stage_lcd(deadline, max_steps):
         a, a_prev = ac[t][:, None, None, None], ac[t_prev][:, None, None, None]
         zt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         with torch.no_grad():
-            cond = teacher.text(input_ids=ids[idx].to(dev)).last_hidden_state
-            subj = [(i, j) for i in range(B) if use_subjects[i] for j in range(int(n_subj[idx[i]]))]
-            if subj:
-                px = ref_pixels(np.stack([refs[int(idx[i]), j] for i, j in subj])).to(dev)
-                img = teacher.vision(pixel_values=px).image_embeds
-                rows_i = torch.tensor([i for i, _ in subj], device=dev)
-                rows_p = torch.tensor([positions[int(idx[i])][j] for i, j in subj], device=dev)
-                cond = cond.index_put((rows_i, rows_p), teacher.fuser(cond[rows_i, rows_p], img))
+            text = teacher.text(input_ids=ids[idx].to(dev)).last_hidden_state
+            cond = fuse_subjects(teacher, text, idx, use_subjects, positions, refs, n_subj, dev)
             # Teacher: guided epsilon, one DDIM step t -> t_prev.
             eps2 = teacher.unet(torch.cat([zt, zt]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
             eps_u, eps_c = eps2.chunk(2)

@@ -177,22 +177,16 @@ pub fn run(args: Args) -> Result<()> {
             let dir = ModelDir::open(path)?;
             FastComposer::load(&dir.config, &dir, &device, kernel)?
         }
-        Some(path) => {
-            let bundle = Bundle::open(path)?;
+        _ => {
+            let bundle = match &model {
+                Some(path) => Bundle::open(path)?,
+                None => {
+                    eprintln!("note: using the {}", default_model::LABEL);
+                    default_model::bundle()?
+                }
+            };
             let residency = Residency::parse(&memory, bundle.info.file_len())?;
             eprintln!("memory: {}", residency.name());
-            FastComposer::load_bundle_with_loras(
-                Arc::new(bundle),
-                loras,
-                &device,
-                kernel,
-                residency,
-            )?
-        }
-        None => {
-            eprintln!("note: using the {}", default_model::LABEL);
-            let bundle = default_model::bundle()?;
-            let residency = Residency::parse(&memory, bundle.info.file_len())?;
             FastComposer::load_bundle_with_loras(
                 Arc::new(bundle),
                 loras,
