@@ -169,15 +169,15 @@ export interface Generator {
   readonly device: 'webgpu' | 'cpu';
   /** Why this device: e.g. "the WebGPU adapter is a software one (…); the CPU path is faster". */
   readonly deviceReason: string;
+  /** Whether the model has a tiny autoencoder (TAESD): `decoder: 'tiny'` works, and step
+   *  previews are decoded by it at full size. */
+  readonly hasTinyDecoder: boolean;
   /**
-   * The generation settings the model's bundle records (e.g. an LCM-LoRA bundle's
+   * The generation settings the model's bundle records (e.g. the few-step default model's
    * `{ scheduler: 'lcm', steps: 4, guidance: 1, alpha: 0.8 }`); `generate` uses them where its
    * options give none, and the library's (ddim, 50 steps, guidance 5, alpha 0.7) where the bundle
    * has none.
    */
-  /** Whether the model has a tiny autoencoder (TAESD): `decoder: 'tiny'` works, and step
-   *  previews are decoded by it at full size. */
-  readonly hasTinyDecoder: boolean;
   readonly defaults: { scheduler?: 'ddim' | 'pndm' | 'euler' | 'lcm'; steps?: number; guidance?: number; alpha?: number };
   /** The float type in use (see CreateGeneratorOptions.precision). */
   readonly precision: 'f32' | 'f16';

@@ -229,11 +229,11 @@ impl LoraDeltas {
     /// [`Self::load`] from files in memory (the JS API's `loras`): each a name for messages,
     /// the file's bytes and a scale.
     pub fn from_inputs(
-        inputs: &[LoraInput],
+        inputs: Vec<LoraInput>,
         weights: &BTreeMap<String, Vec<usize>>,
     ) -> Result<Self> {
         let sources = inputs
-            .iter()
+            .into_iter()
             .map(|l| {
                 if !l.scale.is_finite() {
                     return Err(Error::invalid(format!(
@@ -241,9 +241,8 @@ impl LoraDeltas {
                         l.name, l.scale
                     )));
                 }
-                let src =
-                    SafetensorsSource::from_bytes(l.bytes.clone(), &format!("LoRA {}", l.name))?;
-                Ok((l.name.clone(), src, l.scale))
+                let src = SafetensorsSource::from_bytes(l.bytes, &format!("LoRA {}", l.name))?;
+                Ok((l.name, src, l.scale))
             })
             .collect::<Result<Vec<_>>>()?;
         Self::from_sources(&sources, weights)
@@ -496,7 +495,7 @@ pub struct LoraBundle {
 
 impl LoraBundle {
     /// Match `loras` to the bundle's UNet and text encoder; every file must fit whole.
-    pub fn new(bundle: std::sync::Arc<Bundle>, loras: &[LoraInput]) -> Result<Self> {
+    pub fn new(bundle: std::sync::Arc<Bundle>, loras: Vec<LoraInput>) -> Result<Self> {
         let weights: BTreeMap<String, Vec<usize>> = bundle
             .names()
             .into_iter()
@@ -509,11 +508,6 @@ impl LoraBundle {
             .collect();
         let deltas = LoraDeltas::from_inputs(loras, &weights)?;
         Ok(Self { bundle, deltas })
-    }
-
-    /// Number of tensors the LoRAs change.
-    pub fn changed(&self) -> usize {
-        self.deltas.len()
     }
 }
 

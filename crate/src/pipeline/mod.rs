@@ -226,7 +226,7 @@ impl FastComposer {
         let weights: Arc<dyn ModelWeights + Send + Sync> = if loras.is_empty() {
             bundle
         } else {
-            Arc::new(LoraBundle::new(bundle, &loras)?)
+            Arc::new(LoraBundle::new(bundle, loras)?)
         };
         if residency == Residency::Resident {
             return Self::load_resident(&config, weights.as_ref(), tokenizer, device, kernels);
