@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use web_time::Instant;
 
 pub mod components;
+pub mod controls;
 pub mod default_model;
 pub mod preprocess;
 
@@ -41,6 +42,7 @@ use crate::rng::Pcg32;
 use crate::scheduler::{Scheduler, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
 use components::{Components, Residency, Stage, StageKind, load_all};
+pub use controls::{Attribute, Suppression};
 
 /// Most subjects one prompt may hold (FastComposer trained with up to 4).
 pub const MAX_SUBJECTS: usize = 4;
@@ -71,6 +73,10 @@ pub struct GenerateOptions {
     pub scheduler: SchedulerKind,
     /// Which decoder turns the final latents into the image.
     pub decoder: DecoderKind,
+    /// Attribute sliders: each moves one subject between two words (see [`controls`]).
+    pub attributes: Vec<Attribute>,
+    /// Texts projected out of the prompt's embeddings (DECOR; see [`controls`]).
+    pub suppress: Vec<Suppression>,
 }
 
 /// The decoder that makes the image from the final latents.
@@ -149,6 +155,8 @@ impl Default for GenerateOptions {
             height: None,
             scheduler: SchedulerKind::Ddim,
             decoder: DecoderKind::Full,
+            attributes: Vec::new(),
+            suppress: Vec::new(),
         }
     }
 }
@@ -479,6 +487,8 @@ impl FastComposer {
                 subjects[i].values.len()
             )));
         }
+        controls::check_attributes(&inner.tokenizer, &opts.attributes, k)?;
+        controls::check_suppression(&inner.tokenizer, &opts.suppress)?;
         let mut warnings = Vec::new();
         if prompt.truncated {
             warnings.push("the prompt is longer than 77 tokens; the end was cut off".to_string());
@@ -501,7 +511,20 @@ impl FastComposer {
         let hidden =
             text_encoder.forward_ids(&[negative.input_ids.clone(), prompt.input_ids.clone()])?;
         let negative_embeds = hidden.clone().narrow(0, 0, 1);
-        let text_only = hidden.narrow(0, 1, 1);
+        let mut text_only = hidden.narrow(0, 1, 1);
+        // Attribute sliders: on the subject's noun token before fusion, so that both the
+        // text-only steps and the fuser see the moved word.
+        for a in opts.attributes.iter().filter(|a| a.strength != 0.0) {
+            let p = prompt.subject_positions[a.subject - 1];
+            let dir = controls::attribute_direction(
+                &text_encoder,
+                &inner.tokenizer,
+                a,
+                prompt.input_ids[p],
+            )?;
+            let row = text_only.clone().narrow(1, p, 1) + dir.reshape([1, 1, d]) * a.strength;
+            text_only = text_only.slice_assign([0..1, p..p + 1, 0..d], row);
+        }
         let mut augmented = text_only.clone();
         if k > 0 {
             let pos = &prompt.subject_positions;
@@ -521,6 +544,12 @@ impl FastComposer {
                 let row = fused.clone().narrow(0, j, 1).reshape([1, 1, d]);
                 augmented = augmented.slice_assign([0..1, p..p + 1, 0..d], row);
             }
+        }
+        // Suppression: after fusion, so that what a subject's photo brings is projected too.
+        for s in opts.suppress.iter().filter(|s| s.strength != 0.0) {
+            let basis = controls::suppression_basis(&text_encoder, &inner.tokenizer, &s.text)?;
+            text_only = controls::suppress(text_only, &basis, s.strength);
+            augmented = controls::suppress(augmented, &basis, s.strength);
         }
 
         // 4. timesteps
@@ -789,6 +818,16 @@ impl Denoiser {
             }
         }
         Ok(step_ms)
+    }
+
+    /// The two conditionings `[1, L, D]` without the negative prompt's: text-only (the steps
+    /// before the switch) and augmented with the subjects (after it).
+    pub fn conditionings(&self) -> (Tensor<3>, Tensor<3>) {
+        let last = |c: &Tensor<3>| {
+            let b = c.dims()[0];
+            c.clone().narrow(0, b - 1, 1)
+        };
+        (last(&self.text_only), last(&self.augmented))
     }
 
     /// The current latents.

@@ -17,7 +17,8 @@ use crate::kernels::attention::AttentionKernel;
 use crate::kernels::device::Precision;
 use crate::pipeline::components::Residency;
 use crate::pipeline::{
-    Denoiser, FastComposer, GenerateOptions, RgbImage, StepHooks, StepReport, SubjectEmbedding,
+    Attribute, Denoiser, FastComposer, GenerateOptions, RgbImage, StepHooks, StepReport,
+    SubjectEmbedding, Suppression,
 };
 
 fn js_error(e: Error) -> JsValue {
@@ -177,6 +178,8 @@ struct JsOptions {
     height: Option<usize>,
     scheduler: Option<String>,
     decoder: Option<String>,
+    attributes: Vec<Attribute>,
+    suppress: Vec<Suppression>,
 }
 
 impl JsOptions {
@@ -210,6 +213,8 @@ impl JsOptions {
                 Some(s) => s.parse()?,
                 None => d.decoder,
             },
+            attributes: self.attributes,
+            suppress: self.suppress,
         })
     }
 }

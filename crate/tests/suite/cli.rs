@@ -474,3 +474,58 @@ fn forward_and_convert_take_loras() {
     assert_fails(o, "unknown scheduler `dpm++`");
     assert!(!bundle.exists(), "a bundle was written");
 }
+
+/// `--attribute` and `--suppress`: strength 0 writes the same image as no control, a slider
+/// changes it, bad values exit with code 2 naming the control.
+#[test]
+fn generate_takes_attributes_and_suppression() {
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp(name);
+        let mut args = vec![
+            "--prompt",
+            "a cat <|image|> wearing a hat",
+            "--subject",
+            "PHOTOS/chelsea.png",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let o = generate(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(&out).unwrap()
+    };
+    let plain = run("ctl-plain.png", &[]);
+    let zero = run(
+        "ctl-zero.png",
+        &["--attribute", "1:red:blue:0", "--suppress", "hat:0"],
+    );
+    assert_eq!(plain, zero);
+    assert_ne!(
+        plain,
+        run("ctl-slider.png", &["--attribute", "1:red:blue:1.5"])
+    );
+    assert_ne!(plain, run("ctl-suppress.png", &["--suppress", "hat:1"]));
+    let out = tmp("ctl-bad.png");
+    for (flag, value, needle) in [
+        ("--attribute", "2:red:blue:1", "subject 2 does not exist"),
+        ("--attribute", "1:red:blue", "INDEX:FROM:TO:STRENGTH"),
+        ("--attribute", "1:red:blue:NaN", "finite"),
+        ("--attribute", "1: :blue:1", "the text is empty"),
+        ("--suppress", "hat:-1", "between 0 and 1"),
+        ("--suppress", "hat", "TEXT:STRENGTH"),
+    ] {
+        assert_fails(
+            generate(&[
+                "--prompt",
+                "a cat <|image|>",
+                "--subject",
+                "PHOTOS/chelsea.png",
+                "--out",
+                out.to_str().unwrap(),
+                flag,
+                value,
+            ]),
+            needle,
+        );
+    }
+}

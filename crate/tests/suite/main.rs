@@ -8,6 +8,7 @@ mod common;
 
 mod bundle;
 mod cli;
+mod controls;
 mod layers;
 mod lora;
 mod parity;

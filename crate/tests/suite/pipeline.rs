@@ -15,7 +15,7 @@ use fastcomposer::pipeline::{FastComposer, GenerateOptions, StepReport, SubjectE
 use fastcomposer::scheduler::SchedulerKind;
 use futures_lite::future::block_on;
 
-fn model() -> &'static FastComposer {
+pub(crate) fn model() -> &'static FastComposer {
     static M: OnceLock<FastComposer> = OnceLock::new();
     M.get_or_init(|| {
         let dir = ModelDir::open(&fixtures().join("pipeline/model")).unwrap();
@@ -29,7 +29,7 @@ fn model() -> &'static FastComposer {
     })
 }
 
-fn subject(name: &str) -> SubjectEmbedding {
+pub(crate) fn subject(name: &str) -> SubjectEmbedding {
     model().encode_subject(&photo(name), None).unwrap()
 }
 

@@ -58,6 +58,15 @@ pub struct Args {
     /// dequantized, updated and quantized again (as the JS API's `loras`).
     #[arg(long = "lora", value_name = "FILE[:SCALE]")]
     pub loras: Vec<String>,
+    /// An attribute slider: move subject INDEX (1-based, in marker order) from one word
+    /// toward another, e.g. `1:young:old:1` (strength 0 = unchanged, negative = toward FROM);
+    /// repeatable.
+    #[arg(long = "attribute", value_name = "INDEX:FROM:TO:STRENGTH")]
+    pub attributes: Vec<String>,
+    /// Project a text's meaning out of the prompt (DECOR), e.g. `hat:1` (strength 0–1);
+    /// repeatable.
+    #[arg(long = "suppress", value_name = "TEXT:STRENGTH")]
+    pub suppress: Vec<String>,
     #[command(flatten)]
     pub attention: AttentionArgs,
     /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
@@ -103,8 +112,18 @@ pub fn run(args: Args) -> Result<()> {
         memory_report,
         memory,
         loras,
+        attributes,
+        suppress,
         attention,
     } = args;
+    let attributes = attributes
+        .iter()
+        .map(|a| a.parse())
+        .collect::<Result<Vec<Attribute>>>()?;
+    let suppress = suppress
+        .iter()
+        .map(|s| s.parse())
+        .collect::<Result<Vec<Suppression>>>()?;
     let precision: Precision = precision.parse()?;
     if out.is_none() && latents_out.is_none() {
         return Err(Error::invalid(
@@ -210,6 +229,8 @@ pub fn run(args: Args) -> Result<()> {
         height,
         scheduler: scheduler.unwrap_or(base.scheduler),
         decoder,
+        attributes,
+        suppress,
     };
     let t_load = t0.elapsed().as_secs_f64();
     let t0 = std::time::Instant::now();

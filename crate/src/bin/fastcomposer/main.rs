@@ -25,7 +25,9 @@ use fastcomposer::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use fastcomposer::pipeline::components::Residency;
 use fastcomposer::pipeline::default_model;
 use fastcomposer::pipeline::preprocess::decode_image;
-use fastcomposer::pipeline::{DecoderKind, FastComposer, GenerateOptions, StepReport};
+use fastcomposer::pipeline::{
+    Attribute, DecoderKind, FastComposer, GenerateOptions, StepReport, Suppression,
+};
 use fastcomposer::scheduler::SchedulerKind;
 use fastcomposer::tokenizer::ClipTokenizer;
 use fastcomposer::{Error, Result};
