@@ -187,7 +187,44 @@ function renderThumbs() {
     li.append(img, rm);
     ol.append(li);
   });
+  renderAttributeRows();
   showCounts();
+}
+
+// One attribute slider row per subject photo: from-word, to-word, strength. The values live with
+// the photo, so removing a photo removes its row and the others keep theirs.
+const NO_ATTRIBUTE = { from: '', to: '', strength: 0 };
+function renderAttributeRows() {
+  const ol = $('attribute-rows');
+  ol.textContent = '';
+  state.photos.forEach((p, i) => {
+    const a = (p.attribute ||= { ...NO_ATTRIBUTE });
+    const n = i + 1;
+    const li = document.createElement('li');
+    li.className = 'row';
+    const field = (key, label, attrs) => {
+      const id = `attr-${key}-${n}`;
+      const l = document.createElement('label');
+      l.htmlFor = id;
+      l.textContent = label;
+      const input = document.createElement('input');
+      input.id = id;
+      Object.assign(input, attrs);
+      li.append(l, input);
+      return input;
+    };
+    const from = field('from', `Subject ${n} from`, { type: 'text', value: a.from, placeholder: 'e.g. young' });
+    const to = field('to', `Subject ${n} to`, { type: 'text', value: a.to, placeholder: 'e.g. old' });
+    const strength = field('strength', `Subject ${n} attribute strength`, { type: 'range', min: -2, max: 2, step: 0.1, value: a.strength });
+    const out = document.createElement('output');
+    out.htmlFor = strength.id;
+    out.textContent = String(a.strength);
+    li.append(out);
+    from.addEventListener('input', () => { a.from = from.value; });
+    to.addEventListener('input', () => { a.to = to.value; });
+    strength.addEventListener('input', () => { a.strength = Number(strength.value); out.textContent = strength.value; });
+    ol.append(li);
+  });
 }
 
 // Whether the browser can decode `file` as an image (what encodeSubject will need).
@@ -248,7 +285,7 @@ drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove
 drop.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('subject-photos').click(); } });
 
 // ------------------------------------------------------------------ sliders
-for (const id of ['steps', 'guidance', 'alpha']) {
+for (const id of ['steps', 'guidance', 'alpha', 'suppress-strength']) {
   $(id).addEventListener('input', () => { $(`${id}-out`).textContent = $(id).value; });
 }
 
@@ -274,6 +311,11 @@ function readSettings() {
     width: size,
     height: size,
     decoder: $('decoder').value,
+    // A row counts once it has a word or a strength; the generator names what is missing.
+    attributes: state.photos.map((p, i) => ({ subject: i + 1, ...(p.attribute || NO_ATTRIBUTE) }))
+      .filter((a) => a.strength !== 0 || a.from.trim() || a.to.trim()),
+    suppress: $('suppress-text').value.trim()
+      ? [{ text: $('suppress-text').value, strength: Number($('suppress-strength').value) }] : [],
   };
 }
 
@@ -290,6 +332,14 @@ function applySettings(s, photos) {
   if ([...$('size').options].some((o) => o.value === String(s.width))) $('size').value = String(s.width);
   for (const p of state.photos) if (!photos.some((q) => q.file === p.file)) URL.revokeObjectURL(p.url);
   state.photos = photos.map((p) => (state.photos.find((q) => q.file === p.file) || { file: p.file, url: URL.createObjectURL(p.file) }));
+  state.photos.forEach((p, i) => {
+    const a = (s.attributes || []).find((x) => x.subject === i + 1);
+    p.attribute = a ? { from: a.from, to: a.to, strength: a.strength } : { ...NO_ATTRIBUTE };
+  });
+  const sup = (s.suppress || [])[0];
+  $('suppress-text').value = sup ? sup.text : '';
+  $('suppress-strength').value = String(sup ? sup.strength : 1);
+  $('suppress-strength-out').textContent = $('suppress-strength').value;
   renderThumbs();
 }
 
@@ -298,7 +348,9 @@ function parametersText(s, model) {
   const sampler = { ddim: 'DDIM', pndm: 'PLMS', euler: 'Euler', lcm: 'LCM' }[s.scheduler] || s.scheduler;
   return `${s.prompt}\nNegative prompt: ${s.negativePrompt}\nSteps: ${s.steps}, Sampler: ${sampler}, CFG scale: ${s.guidance}, `
     + `Seed: ${s.seed}, Size: ${s.width}x${s.height}, Subject strength (alpha): ${s.alpha}, Model: ${model}`
-    + (s.decoder === 'tiny' ? ', VAE: TAESD' : '');
+    + (s.decoder === 'tiny' ? ', VAE: TAESD' : '')
+    + ((s.attributes || []).length ? `, Attributes: ${s.attributes.map((a) => `${a.subject} ${a.from}→${a.to} ${a.strength}`).join('; ')}` : '')
+    + ((s.suppress || []).length ? `, Suppress: ${s.suppress.map((x) => `${x.text} ${x.strength}`).join('; ')}` : '');
 }
 
 async function generate() {

@@ -61,10 +61,10 @@ function assertClean(problems) {
 }
 
 // Native CLI output for the same options as the demo (its model, that model's scheduler).
-function nativeImage({ prompt, steps, guidance, alpha, seed }) {
-  const out = path.join(os.tmpdir(), `fc-native-${process.pid}-${seed}-${steps}.png`);
+function nativeImage({ prompt, steps, guidance, alpha, seed }, extra = []) {
+  const out = path.join(os.tmpdir(), `fc-native-${process.pid}-${seed}-${steps}-${extra.length}.png`);
   execFileSync(CLI, ['generate', '--model', DEMO_MODEL, '--prompt', prompt, '--subject', PHOTO, '--steps', String(steps),
-    '--guidance', String(guidance), '--alpha', String(alpha), '--seed', String(seed), '--out', out], { stdio: 'pipe' });
+    '--guidance', String(guidance), '--alpha', String(alpha), '--seed', String(seed), ...extra, '--out', out], { stdio: 'pipe' });
   return out;
 }
 
@@ -116,7 +116,7 @@ async function setRange(page, id, value) {
 }
 
 // Load the model on `device` through the demo's controls and generate from a real photo.
-async function demoGenerate(page, { device, steps, seed, guidance = 1, alpha = 0.7, prompt = 'a cat <|image|> on the beach' }) {
+async function demoGenerate(page, { device, steps, seed, guidance = 1, alpha = 0.7, prompt = 'a cat <|image|> on the beach', setControls }) {
   await page.getByLabel('Device').selectOption(device);
   await page.getByRole('button', { name: 'Load model' }).click();
   await page.waitForFunction(() => /Ready on/.test(document.getElementById('load-status').textContent), null, { timeout: 300_000 });
@@ -128,6 +128,7 @@ async function demoGenerate(page, { device, steps, seed, guidance = 1, alpha = 0
   await setRange(page, 'guidance', guidance);
   await setRange(page, 'alpha', alpha);
   await page.getByLabel('Seed').fill(String(seed));
+  if (setControls) await setControls(page);
   const before = await page.locator('#gallery img').count();
   await page.getByRole('button', { name: 'Generate' }).click();
   await page.waitForFunction((n) => document.querySelectorAll('#gallery img').length > n
@@ -149,6 +150,43 @@ test('CPU path: a real photo, a non-blank image equal to the native CLI output',
   console.log(`cpu wasm vs native: max |diff| ${d.max}, mean ${d.mean.toFixed(3)} (8-bit levels)`);
   // Tolerance (CPU, wasm SIMD vs native AVX-512 kernels): mean <= 1 level, max <= 24 levels.
   assert.ok(d.mean <= 1 && d.max <= 24, JSON.stringify(d));
+  assertClean(problems);
+  await page.close();
+});
+
+test('controls: the demo\'s attribute slider and suppression give the native CLI\'s image with the same options', async () => {
+  const { page, problems } = await openPage(browser, server.url);
+  const opts = await demoGenerate(page, {
+    device: 'cpu',
+    steps: STEPS,
+    seed: 13,
+    prompt: 'a cat <|image|> wearing a hat',
+    setControls: async (p) => {
+      // One slider row per subject photo, as a visitor finds it after choosing the photo.
+      assert.equal(await p.locator('#attribute-rows li').count(), 1);
+      await p.getByLabel('Subject 1 from').fill('red');
+      await p.getByLabel('Subject 1 to').fill('blue');
+      await setRange(p, 'attr-strength-1', 1.5);
+      await p.getByLabel('Suppress', { exact: true }).fill('hat');
+      await setRange(p, 'suppress-strength', 0.5);
+    },
+  });
+  const web = await galleryPixels(page);
+  const controls = ['--attribute', '1:red:blue:1.5', '--suppress', 'hat:0.5'];
+  const native = await pngPixels(page, fs.readFileSync(nativeImage(opts, controls)));
+  const plain = await pngPixels(page, fs.readFileSync(nativeImage(opts)));
+  const d = diffStats(web, native);
+  const moved = diffStats(plain, native);
+  console.log(`controls: page vs native max |diff| ${d.max}, mean ${d.mean.toFixed(3)}; the controls move the native image by mean ${moved.mean.toFixed(2)}`);
+  // The CPU path's tolerance (wasm SIMD vs native kernels), far below what the controls change.
+  assert.ok(d.mean <= 1 && d.max <= 24, JSON.stringify(d));
+  assert.ok(moved.mean > 4 * Math.max(d.mean, 0.5), `the controls barely change the image: ${JSON.stringify(moved)}`);
+  // A slider with no words is a typed error shown to the visitor; nothing is added to the gallery.
+  await page.getByLabel('Subject 1 from').fill('');
+  await page.getByRole('button', { name: 'Generate' }).click();
+  await page.waitForFunction(() => document.querySelector('[role=alert]').textContent.length > 0, null, { timeout: 120_000 });
+  assert.match(await page.getByRole('alert').textContent(), /^InvalidInput: .*`from`: the text is empty/);
+  assert.equal(await page.locator('#gallery img').count(), 1);
   assertClean(problems);
   await page.close();
 });

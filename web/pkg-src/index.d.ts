@@ -113,6 +113,14 @@ export interface GenerateOptions {
   /** 'full' (default): the VAE's decoder; 'tiny': the model's tiny autoencoder (TAESD), a
    *  small fraction of the cost, where `generator.hasTinyDecoder`. */
   decoder?: 'full' | 'tiny';
+  /** Attribute sliders: move subject `subject` (1-based, in marker order) from one word toward
+   *  another (`{ subject: 1, from: 'young', to: 'old', strength: 1 }`). Strength 0 = no change,
+   *  1 = the whole difference between the words, negative = toward `from`. Empty or identical
+   *  words, a subject that does not exist and a non-finite strength are InvalidInput. */
+  attributes?: { subject: number; from: string; to: string; strength: number }[];
+  /** Words whose meaning is projected out of the prompt (DECOR), e.g. `{ text: 'hat', strength: 1 }`;
+   *  strength 0..1 (0 = no change). */
+  suppress?: { text: string; strength: number }[];
 }
 
 export interface StepEvent {
