@@ -3,7 +3,9 @@
 //! with a GEGLU feed-forward, and `Transformer2DModel` (continuous input, conv or linear
 //! projections).
 
-use burn::tensor::Tensor;
+use std::cell::RefCell;
+
+use burn::tensor::{Tensor, TensorData, activation::softmax};
 
 use crate::error::Result;
 use crate::kernels::attention::{AttentionKernel, sdpa};
@@ -113,6 +115,48 @@ impl Attention {
             .forward(o.swap_dims(1, 2).reshape([b, l, h * dh]))
     }
 
+    /// Self-attention over `x` `[B, L, C]` whose keys and values also hold `extra` `[B, T, C]`,
+    /// with `bias` (`T` values, added to the scores of those keys; the own keys get 0).
+    /// Plain softmax attention, in chunks of query rows that keep the scores under 64 MiB.
+    pub fn forward_with_extra(&self, x: Tensor<3>, extra: Tensor<3>, bias: &[f32]) -> Tensor<3> {
+        let [b, l, _] = x.dims();
+        let t = extra.dims()[1];
+        let (h, dh) = (self.heads, self.dim_head);
+        let kv_in = Tensor::cat(vec![x.clone(), extra], 1);
+        let n = l + t;
+        let q = self.to_q.forward(x).reshape([b, l, h, dh]).swap_dims(1, 2);
+        let k = self
+            .to_k
+            .forward(kv_in.clone())
+            .reshape([b, n, h, dh])
+            .swap_dims(1, 2);
+        let v = self
+            .to_v
+            .forward(kv_in)
+            .reshape([b, n, h, dh])
+            .swap_dims(1, 2);
+        let mut full = vec![0f32; n];
+        full[l..].copy_from_slice(bias);
+        let bias = Tensor::<4>::from_data(TensorData::new(full, [1, 1, 1, n]), &q.device());
+        let kt = k.swap_dims(2, 3) * (dh as f64).powf(-0.5);
+        let rows = ((64usize << 20) / (4 * b * h * n)).clamp(1, l);
+        let mut outs = Vec::with_capacity(l.div_ceil(rows));
+        let mut start = 0;
+        while start < l {
+            let len = rows.min(l - start);
+            let scores = q.clone().narrow(2, start, len).matmul(kt.clone()) + bias.clone();
+            outs.push(softmax(scores, 3).matmul(v.clone()));
+            start += len;
+        }
+        let o = if outs.len() == 1 {
+            outs.pop().expect("one chunk")
+        } else {
+            Tensor::cat(outs, 2)
+        };
+        self.to_out
+            .forward(o.swap_dims(1, 2).reshape([b, l, h * dh]))
+    }
+
     /// Spatial form `[B, C, H, W]` (GroupNorm, attention over pixels, residual).
     pub fn forward_spatial(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, hh, ww] = x.dims();
@@ -197,11 +241,17 @@ impl BasicTransformerBlock {
         })
     }
 
-    pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let x = self.attn1.forward(self.norm1.forward(x.clone()), None) + x;
+    /// `x` `[B, H·W, C]` of a `[H, W]` grid.
+    pub fn forward(&self, x: Tensor<3>, context: &UNetContext, grid: [usize; 2]) -> Tensor<3> {
+        let n = self.norm1.forward(x.clone());
+        let a = match context.reference {
+            Some(r) => r.self_attention(&self.attn1, n, grid),
+            None => self.attn1.forward(n, None),
+        };
+        let x = a + x;
         let x = self
             .attn2
-            .forward(self.norm2.forward(x.clone()), Some(context))
+            .forward(self.norm2.forward(x.clone()), Some(context.states))
             + x;
         self.ff.forward(self.norm3.forward(x.clone())) + x
     }
@@ -274,7 +324,7 @@ impl Transformer2DModel {
         })
     }
 
-    pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>, context: &UNetContext) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let residual = x.clone();
         let x = self.norm.forward(x);
@@ -284,7 +334,7 @@ impl Transformer2DModel {
             Proj::Linear(lin) => lin.forward(to_seq(x)),
         };
         for block in &self.transformer_blocks {
-            seq = block.forward(seq, context);
+            seq = block.forward(seq, context, [h, w]);
         }
         let to_img = |t: Tensor<3>| t.swap_dims(1, 2).reshape([b, c, h, w]);
         let out = match &self.proj_out {
@@ -293,4 +343,122 @@ impl Transformer2DModel {
         };
         out + residual
     }
+}
+
+/// What the UNet's transformers attend to: the text conditioning (cross-attention) and, for
+/// self-subject attention, the reference pass's features.
+#[derive(Clone, Copy)]
+pub struct UNetContext<'a> {
+    /// `encoder_hidden_states` `[B, T, D]`.
+    pub states: &'a Tensor<3>,
+    pub reference: Option<&'a SelfReference>,
+}
+
+/// Self-subject attention (DreamTuner): a reference pass over the subjects' noised photo
+/// latents records every self-attention layer's input; the generated pass then attends to
+/// those too, each reference token's score raised by `ln(w · mask)` (its subject's mask at
+/// the layer's grid, area-averaged; `w` the strength).
+///
+/// The reference batch is `[k · B]`, subject-major (subject `j`'s copy for generated row `b`
+/// at `j · B + b`); the generated batch is `[B]`.
+pub struct SelfReference {
+    state: RefCell<ReferenceState>,
+    strength: f32,
+    subjects: usize,
+    /// Each subject's mask at the latent grid, row-major.
+    masks: Vec<Vec<f32>>,
+    latent: [usize; 2],
+}
+
+#[derive(Default)]
+struct ReferenceState {
+    recording: bool,
+    layers: Vec<Tensor<3>>,
+    cursor: usize,
+}
+
+/// Smallest weight a reference token gets: `ln` of it stands for `ln(0)`.
+const MIN_WEIGHT: f32 = f32::MIN_POSITIVE;
+
+impl SelfReference {
+    /// `masks`: one per subject, `latent[0] · latent[1]` values in [0, 1].
+    pub fn new(strength: f32, masks: Vec<Vec<f32>>, latent: [usize; 2]) -> Self {
+        Self {
+            state: RefCell::default(),
+            strength,
+            subjects: masks.len(),
+            masks,
+            latent,
+        }
+    }
+
+    /// The next UNet pass is the reference pass: it records.
+    pub fn record(&self) {
+        *self.state.borrow_mut() = ReferenceState {
+            recording: true,
+            ..Default::default()
+        };
+    }
+
+    /// The next UNet pass is the generated one: it reads what was recorded, in the same order.
+    pub fn apply(&self) {
+        let mut s = self.state.borrow_mut();
+        s.recording = false;
+        s.cursor = 0;
+    }
+
+    /// Drop the recorded features.
+    pub fn clear(&self) {
+        *self.state.borrow_mut() = ReferenceState::default();
+    }
+
+    fn self_attention(&self, attn: &Attention, x: Tensor<3>, grid: [usize; 2]) -> Tensor<3> {
+        let mut s = self.state.borrow_mut();
+        if s.recording {
+            s.layers.push(x.clone());
+            drop(s);
+            return attn.forward(x, None);
+        }
+        let Some(r) = s.layers.get(s.cursor).cloned() else {
+            drop(s);
+            return attn.forward(x, None);
+        };
+        s.cursor += 1;
+        drop(s);
+        let [kb, l, c] = r.dims();
+        let b = kb / self.subjects.max(1);
+        // [k·B, L, C] -> [B, k·L, C]: generated row b sees every subject's copy for row b.
+        let extra = r
+            .reshape([self.subjects, b, l, c])
+            .swap_dims(0, 1)
+            .reshape([b, self.subjects * l, c]);
+        let mut bias = Vec::with_capacity(self.subjects * l);
+        for m in &self.masks {
+            for v in area_resize(m, self.latent, grid) {
+                bias.push((self.strength * v).max(MIN_WEIGHT).ln());
+            }
+        }
+        attn.forward_with_extra(x, extra, &bias)
+    }
+}
+
+/// Area (adaptive average) resize of a row-major `from` grid to `to`: output cell `i` averages
+/// input rows `⌊i·H/h⌋ .. ⌈(i+1)·H/h⌉` (torch's `adaptive_avg_pool2d`).
+pub fn area_resize(values: &[f32], from: [usize; 2], to: [usize; 2]) -> Vec<f32> {
+    let span = |i: usize, src: usize, dst: usize| (i * src / dst, ((i + 1) * src).div_ceil(dst));
+    let mut out = Vec::with_capacity(to[0] * to[1]);
+    for i in 0..to[0] {
+        let (r0, r1) = span(i, from[0], to[0]);
+        for j in 0..to[1] {
+            let (c0, c1) = span(j, from[1], to[1]);
+            let mut sum = 0f32;
+            for r in r0..r1 {
+                sum += values[r * from[1] + c0..r * from[1] + c1]
+                    .iter()
+                    .sum::<f32>();
+            }
+            out.push(sum / ((r1 - r0) * (c1 - c0)) as f32);
+        }
+    }
+    out
 }

@@ -6,7 +6,7 @@
 
 use burn::tensor::Tensor;
 
-use super::attention::TransformerSettings;
+use super::attention::{SelfReference, TransformerSettings, UNetContext};
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::resnet::ResnetSettings;
 use super::unet_2d_blocks::{DownBlock, DownSpec, MidBlock, UpBlock, UpSpec};
@@ -158,6 +158,18 @@ impl UNet2DConditionModel {
         timestep: Tensor<1>,
         encoder_hidden_states: &Tensor<3>,
     ) -> Result<Tensor<4>> {
+        self.forward_with(sample, timestep, encoder_hidden_states, None)
+    }
+
+    /// [`Self::forward`] with self-subject attention: `reference` records (its reference pass)
+    /// or adds the recorded features to every self-attention layer (the generated pass).
+    pub fn forward_with(
+        &self,
+        sample: Tensor<4>,
+        timestep: Tensor<1>,
+        encoder_hidden_states: &Tensor<3>,
+        reference: Option<&SelfReference>,
+    ) -> Result<Tensor<4>> {
         let [b, ch, h, w] = sample.dims();
         let [bt] = timestep.dims();
         let [be, _, d] = encoder_hidden_states.dims();
@@ -190,7 +202,11 @@ impl UNet2DConditionModel {
             c.freq_shift,
         );
         let temb = self.time_embedding.forward(t_emb);
-        let ctx = Some(encoder_hidden_states);
+        let context = UNetContext {
+            states: encoder_hidden_states,
+            reference,
+        };
+        let ctx = Some(&context);
 
         // 2. pre-process
         let mut x = self.conv_in.forward(sample);

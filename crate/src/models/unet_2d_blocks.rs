@@ -5,7 +5,7 @@
 
 use burn::tensor::Tensor;
 
-use super::attention::{Attention, Transformer2DModel, TransformerSettings};
+use super::attention::{Attention, Transformer2DModel, TransformerSettings, UNetContext};
 use super::resnet::{Downsample2D, ResnetBlock2D, ResnetSettings, Upsample2D};
 use crate::error::Result;
 use crate::kernels::attention::AttentionKernel;
@@ -67,7 +67,7 @@ impl DownBlock {
         &self,
         mut x: Tensor<4>,
         temb: Option<&Tensor<2>>,
-        context: Option<&Tensor<3>>,
+        context: Option<&UNetContext>,
         states: &mut Vec<Tensor<4>>,
     ) -> Tensor<4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
@@ -156,7 +156,7 @@ impl MidBlock {
         &self,
         x: Tensor<4>,
         temb: Option<&Tensor<2>>,
-        context: Option<&Tensor<3>>,
+        context: Option<&UNetContext>,
     ) -> Tensor<4> {
         let mut x = self.resnets[0].forward(x, temb);
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
@@ -268,7 +268,7 @@ impl UpBlock {
         mut x: Tensor<4>,
         skips: &mut Vec<Tensor<4>>,
         temb: Option<&Tensor<2>>,
-        context: Option<&Tensor<3>>,
+        context: Option<&UNetContext>,
         upsample_size: Option<[usize; 2]>,
     ) -> Tensor<4> {
         for (j, resnet) in self.resnets.iter().enumerate() {

@@ -21,7 +21,7 @@ use crate::models::clip_vision::ClipVisionModel;
 use crate::models::fuser::Fuser;
 use crate::models::loader::Loader;
 use crate::models::unet::UNet2DConditionModel;
-use crate::models::vae::VaeDecoder;
+use crate::models::vae::{VaeDecoder, VaeEncoder};
 
 /// How a model keeps its components on the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -72,7 +72,9 @@ impl Residency {
 #[derive(Clone)]
 pub(crate) enum Stage {
     Text(Arc<ClipTextModel>, Arc<Fuser>),
-    Image(Arc<ClipVisionModel>),
+    /// The image encoder, and the VAE encoder where the weights hold one (self-subject
+    /// attention's reference latents).
+    Image(Arc<ClipVisionModel>, Option<Arc<VaeEncoder>>),
     Unet(Arc<UNet2DConditionModel>),
     Vae(Arc<VaeDecoder>),
     TinyVae(Arc<TinyDecoder>),
@@ -93,7 +95,7 @@ impl Stage {
     fn kind(&self) -> StageKind {
         match self {
             Stage::Text(..) => StageKind::Text,
-            Stage::Image(_) => StageKind::Image,
+            Stage::Image(..) => StageKind::Image,
             Stage::Unet(_) => StageKind::Unet,
             Stage::Vae(_) => StageKind::Vae,
             Stage::TinyVae(_) => StageKind::TinyVae,
@@ -106,6 +108,7 @@ pub(crate) struct Loaded {
     pub text_encoder: Arc<ClipTextModel>,
     pub fuser: Arc<Fuser>,
     pub image_encoder: Arc<ClipVisionModel>,
+    pub vae_encoder: Option<Arc<VaeEncoder>>,
     pub unet: Arc<UNet2DConditionModel>,
     pub vae: Arc<VaeDecoder>,
     pub tiny_vae: Option<Arc<TinyDecoder>>,
@@ -154,7 +157,15 @@ pub(crate) fn load_stage(
             let (vb, p) = part(Part::ImageEncoder)?;
             let image = ClipVisionModel::load(&vb, &config.image_encoder, kernels.attention)?;
             vb.finish(&p, ClipVisionModel::IGNORED_KEYS)?;
-            Stage::Image(Arc::new(image))
+            let (vb, p) = part(Part::Vae)?;
+            let vae_encoder = if vb.contains("encoder.conv_in.weight") {
+                let e = VaeEncoder::load(&vb, &config.vae, kernels.attention)?;
+                vb.finish(&format!("{p}encoder."), &[])?;
+                Some(Arc::new(e))
+            } else {
+                None
+            };
+            Stage::Image(Arc::new(image), vae_encoder)
         }
         StageKind::Unet => {
             let (vb, p) = part(Part::Unet)?;
@@ -191,7 +202,7 @@ pub(crate) fn load_all(
     else {
         unreachable!("text stage")
     };
-    let Stage::Image(image_encoder) =
+    let Stage::Image(image_encoder, vae_encoder) =
         load_stage(StageKind::Image, config, weights, device, kernels)?
     else {
         unreachable!("image stage")
@@ -213,6 +224,7 @@ pub(crate) fn load_all(
         text_encoder,
         fuser,
         image_encoder,
+        vae_encoder,
         unet,
         vae,
         tiny_vae,
@@ -239,7 +251,7 @@ impl Components {
         match self {
             Components::Resident(l) => Ok(match kind {
                 StageKind::Text => Stage::Text(l.text_encoder.clone(), l.fuser.clone()),
-                StageKind::Image => Stage::Image(l.image_encoder.clone()),
+                StageKind::Image => Stage::Image(l.image_encoder.clone(), l.vae_encoder.clone()),
                 StageKind::Unet => Stage::Unet(l.unet.clone()),
                 StageKind::Vae => Stage::Vae(l.vae.clone()),
                 StageKind::TinyVae => Stage::TinyVae(l.tiny_vae.clone().ok_or_else(no_tiny_vae)?),

@@ -4,16 +4,25 @@
 //! - **attribute sliders** (Baumann et al., CVPR 2025): a direction between two words, found with
 //!   text-encoder passes only, added with a strength to one subject's noun token before fusion;
 //! - **suppression** (DECOR): the prompt embeddings projected away from the span of a text's
-//!   embeddings, `X' = X − s·X·V·Vᵀ`.
+//!   embeddings, `X' = X − s·X·V·Vᵀ`;
+//! - **self-subject attention** (DreamTuner): each subject photo's latents, noised to the step's
+//!   time, go through the UNet first; the generated image's self-attention then also attends to
+//!   their features, weighted by the subject's mask ([`SelfAttention`];
+//!   [`crate::models::attention::SelfReference`] does the attention).
 //!
-//! Both stay on the device (no read-back): they run inside [`super::FastComposer::start`], which a
-//! browser's WebGPU device cannot block in.
+//! The first two stay on the device (no read-back): they run inside
+//! [`super::FastComposer::start`], which a browser's WebGPU device cannot block in.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
+use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::models::attention::{SelfReference, area_resize};
 use crate::models::clip_text::ClipTextModel;
+use crate::models::unet::UNet2DConditionModel;
+use crate::pipeline::preprocess::pad_and_resize;
+use crate::rng::Pcg32;
 use crate::tokenizer::{BOS, ClipTokenizer, EOS, MAX_LENGTH};
 
 /// Move one subject along the direction from one word to another (`young` → `old`).
@@ -277,4 +286,141 @@ pub fn suppress(x: Tensor<3>, basis: &Tensor<2>, strength: f64) -> Tensor<3> {
         Tensor::<3>::from_data(TensorData::new(m, [1, l, 1]), &x.device())
     };
     x - projected * keep_start * strength
+}
+
+/// What self-subject attention needs of a subject photo, computed with its embedding where the
+/// model has a VAE encoder: the photo's latents at the model's native size and where the subject
+/// is in them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectReference {
+    /// `[C, h, w]`: the VAE encoder's mean times the scaling factor.
+    pub latents: Vec<f32>,
+    /// `[h, w]` in [0, 1]: the subject's mask (the whole photo without one; the bars that pad it
+    /// to a square are 0).
+    pub mask: Vec<f32>,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// The VAE encoder's input for a reference photo, `[3, size, size]` in [-1, 1] (padded to a
+/// square and resized as a subject photo is), and its mask at `size / factor`, `[h, w]` in [0, 1].
+pub fn reference_inputs(
+    photo: &RgbImage,
+    mask: Option<&GrayImage>,
+    size: usize,
+    factor: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let pixels = pad_and_resize(photo, size)
+        .into_iter()
+        .map(|b| b as f32 / 127.5 - 1.0)
+        .collect();
+    if let Some(m) = mask
+        && m.dimensions() != photo.dimensions()
+    {
+        return Err(Error::invalid(format!(
+            "the mask is {}x{} but the photo is {}x{}; they must have the same size",
+            m.width(),
+            m.height(),
+            photo.width(),
+            photo.height()
+        )));
+    }
+    let as_rgb = RgbImage::from_fn(photo.width(), photo.height(), |x, y| {
+        let v = mask.map_or(255, |m| m.get_pixel(x, y)[0]);
+        image::Rgb([v, v, v])
+    });
+    let side = size / factor;
+    let mask = pad_and_resize(&as_rgb, side)[..side * side]
+        .iter()
+        .map(|&b| b as f32 / 255.0)
+        .collect();
+    Ok((pixels, mask))
+}
+
+/// Self-subject attention for one generation: the subjects' latents and masks at the
+/// generation's latent size, the noise they are noised with, and the attention's state.
+pub struct SelfAttention {
+    reference: SelfReference,
+    /// `[k, C, h, w]`.
+    latents: Tensor<4>,
+    /// `[k, C, h, w]`, drawn once per generation from the seed (`!seed`).
+    noise: Tensor<4>,
+    alphas_cumprod: Vec<f32>,
+}
+
+impl SelfAttention {
+    /// `references` in marker order; `latent` `[C, h, w]` of the generation.
+    pub fn new(
+        strength: f64,
+        references: &[&SubjectReference],
+        latent: [usize; 3],
+        seed: u64,
+        alphas_cumprod: Vec<f32>,
+        device: &Device,
+    ) -> Result<Self> {
+        let [c, h, w] = latent;
+        let k = references.len();
+        let mut latents = Vec::with_capacity(k * c * h * w);
+        let mut masks = Vec::with_capacity(k);
+        for (j, r) in references.iter().enumerate() {
+            if r.channels != c
+                || r.latents.len() != c * r.height * r.width
+                || r.mask.len() != r.height * r.width
+                || r.latents.iter().chain(&r.mask).any(|v| !v.is_finite())
+            {
+                return Err(Error::invalid(format!(
+                    "subject {}: its reference latents do not fit this model ({c} channels)",
+                    j + 1
+                )));
+            }
+            let from = [r.height, r.width];
+            for ch in r.latents.chunks_exact(r.height * r.width) {
+                latents.extend(area_resize(ch, from, [h, w]));
+            }
+            masks.push(area_resize(&r.mask, from, [h, w]));
+        }
+        let noise = Pcg32::new(!seed).normals(k * c * h * w);
+        let tensor = |v: Vec<f32>| Tensor::<4>::from_data(TensorData::new(v, [k, c, h, w]), device);
+        Ok(Self {
+            reference: SelfReference::new(strength as f32, masks, [h, w]),
+            latents: tensor(latents),
+            noise: tensor(noise),
+            alphas_cumprod,
+        })
+    }
+
+    /// The reference pass at timestep `t`: the subjects' latents noised to `t`
+    /// (`√ᾱ·z + √(1−ᾱ)·ε`), each repeated for the `B` rows of `cond` `[B, T, D]`, through the
+    /// UNet with the same conditioning, recording. Returns what the generated pass attends with.
+    pub fn reference_pass(
+        &self,
+        unet: &UNet2DConditionModel,
+        t: usize,
+        cond: &Tensor<3>,
+    ) -> Result<&SelfReference> {
+        let a = self.alphas_cumprod[t] as f64;
+        let [k, c, h, w] = self.latents.dims();
+        let [b, l, d] = cond.dims();
+        let z = self.latents.clone() * a.sqrt() + self.noise.clone() * (1.0 - a).sqrt();
+        let z = z
+            .unsqueeze_dim::<5>(1)
+            .repeat_dim(1, b)
+            .reshape([k * b, c, h, w]);
+        let cond = cond
+            .clone()
+            .unsqueeze_dim::<4>(0)
+            .repeat_dim(0, k)
+            .reshape([k * b, l, d]);
+        let tt = Tensor::<1>::full([k * b], t as f32, &z.device());
+        self.reference.record();
+        unet.forward_with(z, tt, &cond, Some(&self.reference))?;
+        self.reference.apply();
+        Ok(&self.reference)
+    }
+
+    /// Drop the recorded features (after the generated pass).
+    pub fn clear(&self) {
+        self.reference.clear();
+    }
 }

@@ -37,12 +37,12 @@ use crate::models::clip_text::ClipTextModel;
 use crate::models::clip_vision::ClipVisionModel;
 use crate::models::fuser::Fuser;
 use crate::models::unet::UNet2DConditionModel;
-use crate::models::vae::VaeDecoder;
+use crate::models::vae::{VaeDecoder, VaeEncoder};
 use crate::rng::Pcg32;
 use crate::scheduler::{Scheduler, SchedulerKind};
 use crate::tokenizer::ClipTokenizer;
 use components::{Components, Residency, Stage, StageKind, load_all};
-pub use controls::{Attribute, Suppression};
+pub use controls::{Attribute, SubjectReference, Suppression};
 
 /// Most subjects one prompt may hold (FastComposer trained with up to 4).
 pub const MAX_SUBJECTS: usize = 4;
@@ -53,6 +53,9 @@ pub const MAX_SIDE: usize = 2048;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubjectEmbedding {
     pub values: Vec<f32>,
+    /// The photo's latents and mask for self-subject attention (models with a VAE encoder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<SubjectReference>,
 }
 
 /// What to generate.
@@ -77,6 +80,9 @@ pub struct GenerateOptions {
     pub attributes: Vec<Attribute>,
     /// Texts projected out of the prompt's embeddings (DECOR; see [`controls`]).
     pub suppress: Vec<Suppression>,
+    /// Self-subject attention's strength `w` (DreamTuner; see [`controls`]): 0 = off. It needs
+    /// subjects encoded by a model with a VAE encoder, and about doubles a step's cost.
+    pub self_attention: f64,
 }
 
 /// The decoder that makes the image from the final latents.
@@ -157,6 +163,7 @@ impl Default for GenerateOptions {
             decoder: DecoderKind::Full,
             attributes: Vec::new(),
             suppress: Vec::new(),
+            self_attention: 0.0,
         }
     }
 }
@@ -306,11 +313,17 @@ impl FastComposer {
         }
     }
 
-    fn image_encoder(&self) -> Result<Arc<ClipVisionModel>> {
+    /// The image encoder and the VAE encoder (where the model has one).
+    fn image_encoder(&self) -> Result<(Arc<ClipVisionModel>, Option<Arc<VaeEncoder>>)> {
         match self.stage(StageKind::Image)? {
-            Stage::Image(m) => Ok(m),
+            Stage::Image(m, e) => Ok((m, e)),
             _ => unreachable!("image stage"),
         }
+    }
+
+    /// Whether subjects carry what self-subject attention needs: the model has a VAE encoder.
+    pub fn has_vae_encoder(&self) -> Result<bool> {
+        Ok(self.image_encoder()?.1.is_some())
     }
 
     fn unet(&self) -> Result<Arc<UNet2DConditionModel>> {
@@ -408,10 +421,11 @@ impl FastComposer {
             TensorData::new(pixel_values.to_vec(), [1, 3, s, s]),
             &self.inner.device,
         );
-        self.image_encoder()?.forward(px)
+        self.image_encoder()?.0.forward(px)
     }
 
-    /// Step 2 for one photo already preprocessed to `[3, S, S]`.
+    /// Step 2 for one photo already preprocessed to `[3, S, S]` (no reference for self-subject
+    /// attention: that needs the photo).
     pub fn encode_subject_pixels(&self, pixel_values: &[f32]) -> Result<SubjectEmbedding> {
         let data = crate::kernels::device::read(self.subject_tensor(pixel_values)?)?;
         embedding_from(data)
@@ -426,22 +440,58 @@ impl FastComposer {
         embedding_from(data)
     }
 
-    /// Step 2 for a decoded photo (and an optional mask: background replaced by noise).
+    /// Step 2 for a decoded photo (and an optional mask: background replaced by noise for the
+    /// image encoder; the reference's mask for self-subject attention).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn encode_subject(
         &self,
         photo: &image::RgbImage,
         mask: Option<&image::GrayImage>,
     ) -> Result<SubjectEmbedding> {
+        futures_lite::future::block_on(self.encode_subject_async(photo, mask))
+    }
+
+    /// [`Self::encode_subject`] without blocking (WebGPU in a browser).
+    pub async fn encode_subject_async(
+        &self,
+        photo: &image::RgbImage,
+        mask: Option<&image::GrayImage>,
+    ) -> Result<SubjectEmbedding> {
         let masked;
-        let photo = match mask {
+        let clip_photo = match mask {
             Some(m) => {
                 masked = crate::pipeline::preprocess::apply_mask(photo, m)?;
                 &masked
             }
             None => photo,
         };
-        let px = crate::pipeline::preprocess::subject_pixel_values(photo, self.subject_size())?;
-        self.encode_subject_pixels(&px)
+        let px =
+            crate::pipeline::preprocess::subject_pixel_values(clip_photo, self.subject_size())?;
+        let mut e = self.encode_subject_pixels_async(&px).await?;
+        if let (_, Some(encoder)) = self.image_encoder()? {
+            let c = &self.inner.config;
+            let size = c.native_size();
+            let f = c.vae.scale_factor();
+            let (pixels, mask) = controls::reference_inputs(photo, mask, size, f)?;
+            let x = Tensor::<4>::from_data(
+                TensorData::new(pixels, [1, 3, size, size]),
+                &self.inner.device,
+            );
+            let ch = c.vae.latent_channels;
+            let latents = encoder.forward(x)?.narrow(1, 0, ch) * c.vae.scaling_factor;
+            let latents = crate::kernels::device::read_async(latents)
+                .await?
+                .try_into_vec::<f32>()
+                .map_err(|e| Error::Device(format!("{e:?}")))?;
+            e.reference = Some(SubjectReference {
+                latents,
+                mask,
+                channels: ch,
+                height: size / f,
+                width: size / f,
+            });
+        }
+        Ok(e)
     }
 
     /// Steps 1, 3, 4 and 5: check everything and set up the denoising loop.
@@ -487,6 +537,31 @@ impl FastComposer {
                 subjects[i].values.len()
             )));
         }
+        if !opts.self_attention.is_finite() || opts.self_attention < 0.0 {
+            return Err(Error::invalid(format!(
+                "self-attention strength must be a finite number >= 0, got {}",
+                opts.self_attention
+            )));
+        }
+        let references = if opts.self_attention > 0.0 && k > 0 {
+            let refs = subjects
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    s.reference.as_ref().ok_or_else(|| {
+                        Error::invalid(format!(
+                            "self-attention needs each subject's photo latents, and subject {} has none: \
+                             the model has no VAE encoder (convert it with --keep-vae-encoder), or the \
+                             subject was encoded without its photo",
+                            i + 1
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Some(refs)
+        } else {
+            None
+        };
         controls::check_attributes(&inner.tokenizer, &opts.attributes, k)?;
         controls::check_suppression(&inner.tokenizer, &opts.suppress)?;
         let mut warnings = Vec::new();
@@ -572,6 +647,17 @@ impl FastComposer {
         };
         let latents = Tensor::<4>::from_data(TensorData::new(values, shape), dev)
             * scheduler.init_noise_sigma();
+        let self_attention = match references {
+            Some(refs) => Some(controls::SelfAttention::new(
+                opts.self_attention,
+                &refs,
+                [shape[1], shape[2], shape[3]],
+                opts.seed,
+                c.scheduler.alphas_cumprod(),
+                dev,
+            )?),
+            None => None,
+        };
 
         let guided = opts.guidance > 1.0;
         let switch = ((1.0 - opts.alpha) * opts.steps as f64).floor();
@@ -593,6 +679,7 @@ impl FastComposer {
             guidance: opts.guidance,
             guided,
             decoder: opts.decoder,
+            self_attention,
             warnings,
         })
     }
@@ -731,6 +818,7 @@ pub struct Denoiser {
     guidance: f64,
     guided: bool,
     decoder: DecoderKind,
+    self_attention: Option<controls::SelfAttention>,
     /// Notes for the user (a truncated prompt).
     pub warnings: Vec<String>,
 }
@@ -770,17 +858,25 @@ impl Denoiser {
             &self.text_only
         };
         let x = self.scheduler.scale_model_input(self.latents.clone(), t);
+        // Self-subject attention: the subjects' reference pass first, then this pass reads it.
+        let reference = match &self.self_attention {
+            Some(sa) => Some(sa.reference_pass(&unet, t, cond)?),
+            None => None,
+        };
         let eps = if self.guided {
             let x2 = Tensor::cat(vec![x.clone(), x], 0);
             let tt = Tensor::<1>::full([2], t as f32, &x2.device());
-            let e = unet.forward(x2, tt, cond)?;
+            let e = unet.forward_with(x2, tt, cond, reference)?;
             let eu = e.clone().narrow(0, 0, 1);
             let ec = e.narrow(0, 1, 1);
             eu.clone() + (ec - eu) * self.guidance
         } else {
             let tt = Tensor::<1>::full([1], t as f32, &x.device());
-            unet.forward(x, tt, cond)?
+            unet.forward_with(x, tt, cond, reference)?
         };
+        if let Some(sa) = &self.self_attention {
+            sa.clear();
+        }
         self.latents = self.scheduler.step(eps, t, self.latents.clone());
         self.index += 1;
         Ok(())
@@ -924,7 +1020,10 @@ fn embedding_from(data: TensorData) -> Result<SubjectEmbedding> {
     let values = data
         .try_into_vec::<f32>()
         .map_err(|e| Error::Device(format!("{e:?}")))?;
-    Ok(SubjectEmbedding { values })
+    Ok(SubjectEmbedding {
+        values,
+        reference: None,
+    })
 }
 
 /// Latents `[C, h, w]` to RGB with the widely used linear approximation of the SD1.5 VAE

@@ -180,6 +180,7 @@ struct JsOptions {
     decoder: Option<String>,
     attributes: Vec<Attribute>,
     suppress: Vec<Suppression>,
+    self_attention: Option<f64>,
 }
 
 impl JsOptions {
@@ -215,6 +216,7 @@ impl JsOptions {
             },
             attributes: self.attributes,
             suppress: self.suppress,
+            self_attention: self.self_attention.unwrap_or(0.0),
         })
     }
 }
@@ -554,7 +556,10 @@ fn parse_options(options: JsValue, defaults: GenerateOptions) -> JsResult<Genera
 fn embeddings(subjects: &[Float32Array]) -> Vec<SubjectEmbedding> {
     subjects
         .iter()
-        .map(|a| SubjectEmbedding { values: a.to_vec() })
+        .map(|a| SubjectEmbedding {
+            values: a.to_vec(),
+            reference: None,
+        })
         .collect()
 }
 

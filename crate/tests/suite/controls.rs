@@ -210,3 +210,114 @@ fn bad_controls_are_typed_errors() {
     let s: Suppression = "a: b:0.5".parse().unwrap();
     assert_eq!((s.text.as_str(), s.strength), ("a: b", 0.5));
 }
+
+fn mask(name: &str) -> image::GrayImage {
+    let bytes = std::fs::read(fixtures().join(format!("self_attention/{name}"))).unwrap();
+    image::load_from_memory(&bytes).unwrap().into_luma8()
+}
+
+/// Self-subject attention against tools/reference/self_attention_ref.py (diffusers' UNet with
+/// attention processors written from the formula): final latents of whole generations.
+#[test]
+fn self_attention_matches_the_reference() {
+    for k in 0..2 {
+        let c: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(fixtures().join(format!("self_attention/case{k}.json"))).unwrap(),
+        )
+        .unwrap();
+        let subjects: Vec<_> = c["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(c["masks"].as_array().unwrap())
+            .map(|(s, m)| {
+                let m = m.as_str().map(mask);
+                model()
+                    .encode_subject(&crate::common::photo(s.as_str().unwrap()), m.as_ref())
+                    .unwrap()
+            })
+            .collect();
+        let o = GenerateOptions {
+            self_attention: c["strength"].as_f64().unwrap(),
+            seed: c["seed"].as_u64().unwrap(),
+            guidance: c["guidance"].as_f64().unwrap(),
+            alpha: c["alpha"].as_f64().unwrap(),
+            steps: c["steps"].as_u64().unwrap() as usize,
+            ..options(c["prompt"].as_str().unwrap())
+        };
+        let f = fixture(&format!("self_attention/case{k}.safetensors"));
+        let (_, latents) = f.read_f32("latents").unwrap();
+        let (_, want) = f.read_f32("final_latents").unwrap();
+        let run = |o: &GenerateOptions| {
+            let mut d = model().start(o, &subjects, Some(latents.clone())).unwrap();
+            crate::common::denoise(&mut d);
+            read(d.latents()).unwrap().try_into_vec::<f32>().unwrap()
+        };
+        let got = run(&o);
+        let without = run(&GenerateOptions {
+            self_attention: 0.0,
+            ..o.clone()
+        });
+        let (err, mag) = max_abs_diff(&got, &want);
+        let (moved, _) = max_abs_diff(&without, &want);
+        println!(
+            "self-attention case{k}: final latents max abs error {err:.2e} (max |ref| {mag:.2}; self-attention moves them by {moved:.2})"
+        );
+        assert!(err <= 1e-4, "case{k}: {err}");
+        assert!(moved > 0.1, "case{k}: self-attention changed nothing");
+    }
+}
+
+#[test]
+fn self_attention_strength_zero_and_bad_values() {
+    let cat = [subject("chelsea")];
+    assert!(cat[0].reference.is_some(), "the fixture model has a VAE encoder");
+    let plain = options("a cat <|image|> on the beach");
+    let run = |o: &GenerateOptions, s: &[SubjectEmbedding]| {
+        let mut d = model().start(o, s, None)?;
+        crate::common::denoise(&mut d);
+        d.decode_rgb()
+    };
+    let zero = GenerateOptions {
+        self_attention: 0.0,
+        ..plain.clone()
+    };
+    assert_eq!(run(&plain, &cat).unwrap(), run(&zero, &cat).unwrap());
+    for bad in [-0.5, f64::NAN, f64::INFINITY] {
+        let o = GenerateOptions {
+            self_attention: bad,
+            ..plain.clone()
+        };
+        match run(&o, &cat) {
+            Err(Error::InvalidInput(m)) => assert!(m.contains("self-attention strength"), "{m}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    // A subject encoded without its photo (as from bare pixel values) has no reference.
+    let bare = [SubjectEmbedding {
+        values: cat[0].values.clone(),
+        reference: None,
+    }];
+    let on = GenerateOptions {
+        self_attention: 1.0,
+        ..plain.clone()
+    };
+    match run(&on, &bare) {
+        Err(Error::InvalidInput(m)) => assert!(m.contains("subject 1 has none"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    // Reference latents for another model are refused, not used.
+    let mut wrong = cat.clone();
+    if let Some(r) = wrong[0].reference.as_mut() {
+        r.channels += 1;
+    }
+    assert!(matches!(run(&on, &wrong), Err(Error::InvalidInput(_))));
+    // A size other than the native one resizes the references.
+    let small = GenerateOptions {
+        width: Some(32),
+        height: Some(48),
+        ..on.clone()
+    };
+    let img = run(&small, &cat).unwrap();
+    assert_eq!((img.width, img.height), (32, 48));
+}

@@ -67,6 +67,12 @@ pub struct Args {
     /// repeatable.
     #[arg(long = "suppress", value_name = "TEXT:STRENGTH")]
     pub suppress: Vec<String>,
+    /// Self-subject attention (DreamTuner): the image also attends to each subject photo's
+    /// features, at this strength (0 = off; 1 = as much as its own). Needs a model with a VAE
+    /// encoder (`convert --keep-vae-encoder`); a step costs about twice as much. The subject's
+    /// --mask, if given, says where it is in its photo.
+    #[arg(long, default_value_t = 0.0, value_name = "STRENGTH")]
+    pub self_attention: f64,
     #[command(flatten)]
     pub attention: AttentionArgs,
     /// A model bundle (.gguf, from `fastcomposer convert`) or a diffusers-layout directory
@@ -114,6 +120,7 @@ pub fn run(args: Args) -> Result<()> {
         loras,
         attributes,
         suppress,
+        self_attention,
         attention,
     } = args;
     let attributes = attributes
@@ -231,6 +238,7 @@ pub fn run(args: Args) -> Result<()> {
         decoder,
         attributes,
         suppress,
+        self_attention,
     };
     let t_load = t0.elapsed().as_secs_f64();
     let t0 = std::time::Instant::now();
