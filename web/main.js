@@ -285,7 +285,7 @@ drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove
 drop.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); $('subject-photos').click(); } });
 
 // ------------------------------------------------------------------ sliders
-for (const id of ['steps', 'guidance', 'alpha', 'suppress-strength']) {
+for (const id of ['steps', 'guidance', 'alpha', 'suppress-strength', 'self-attention']) {
   $(id).addEventListener('input', () => { $(`${id}-out`).textContent = $(id).value; });
 }
 
@@ -316,6 +316,7 @@ function readSettings() {
       .filter((a) => a.strength !== 0 || a.from.trim() || a.to.trim()),
     suppress: $('suppress-text').value.trim()
       ? [{ text: $('suppress-text').value, strength: Number($('suppress-strength').value) }] : [],
+    selfAttention: Number($('self-attention').value),
   };
 }
 
@@ -340,6 +341,8 @@ function applySettings(s, photos) {
   $('suppress-text').value = sup ? sup.text : '';
   $('suppress-strength').value = String(sup ? sup.strength : 1);
   $('suppress-strength-out').textContent = $('suppress-strength').value;
+  $('self-attention').value = String(s.selfAttention || 0);
+  $('self-attention-out').textContent = $('self-attention').value;
   renderThumbs();
 }
 
@@ -350,7 +353,8 @@ function parametersText(s, model) {
     + `Seed: ${s.seed}, Size: ${s.width}x${s.height}, Subject strength (alpha): ${s.alpha}, Model: ${model}`
     + (s.decoder === 'tiny' ? ', VAE: TAESD' : '')
     + ((s.attributes || []).length ? `, Attributes: ${s.attributes.map((a) => `${a.subject} ${a.from}→${a.to} ${a.strength}`).join('; ')}` : '')
-    + ((s.suppress || []).length ? `, Suppress: ${s.suppress.map((x) => `${x.text} ${x.strength}`).join('; ')}` : '');
+    + ((s.suppress || []).length ? `, Suppress: ${s.suppress.map((x) => `${x.text} ${x.strength}`).join('; ')}` : '')
+    + (s.selfAttention ? `, Self-subject attention: ${s.selfAttention}` : '');
 }
 
 async function generate() {

@@ -154,7 +154,7 @@ test('CPU path: a real photo, a non-blank image equal to the native CLI output',
   await page.close();
 });
 
-test('controls: the demo\'s attribute slider and suppression give the native CLI\'s image with the same options', async () => {
+test('controls: the demo\'s attribute slider, suppression and self-subject attention give the native CLI\'s image with the same options', async () => {
   const { page, problems } = await openPage(browser, server.url);
   const opts = await demoGenerate(page, {
     device: 'cpu',
@@ -169,10 +169,11 @@ test('controls: the demo\'s attribute slider and suppression give the native CLI
       await setRange(p, 'attr-strength-1', 1.5);
       await p.getByLabel('Suppress', { exact: true }).fill('hat');
       await setRange(p, 'suppress-strength', 0.5);
+      await setRange(p, 'self-attention', 1);
     },
   });
   const web = await galleryPixels(page);
-  const controls = ['--attribute', '1:red:blue:1.5', '--suppress', 'hat:0.5'];
+  const controls = ['--attribute', '1:red:blue:1.5', '--suppress', 'hat:0.5', '--self-attention', '1'];
   const native = await pngPixels(page, fs.readFileSync(nativeImage(opts, controls)));
   const plain = await pngPixels(page, fs.readFileSync(nativeImage(opts)));
   const d = diffStats(web, native);
@@ -187,6 +188,25 @@ test('controls: the demo\'s attribute slider and suppression give the native CLI
   await page.waitForFunction(() => document.querySelector('[role=alert]').textContent.length > 0, null, { timeout: 120_000 });
   assert.match(await page.getByRole('alert').textContent(), /^InvalidInput: .*`from`: the text is empty/);
   assert.equal(await page.locator('#gallery img').count(), 1);
+  // Through the API: a Subject carries its photo's latents (the model has a VAE encoder: 8 x 16 x 16
+  // at 128 px); self-attention without them, or at a negative strength, is a typed error.
+  const api = await page.evaluate(async () => {
+    const { createGenerator, Subject } = await import('./pkg/index.js');
+    const g = await createGenerator({ model: 'models/default-lcm.gguf', device: 'cpu', threads: 1 });
+    const s = await g.encodeSubject(await (await fetch('fixtures/pipeline/photos/chelsea.png')).blob());
+    const r = s.reference;
+    const shape = r && [r.channels, r.height, r.width, r.latents.length, r.mask.length];
+    const err = async (o) => {
+      try { await g.generate({ prompt: 'a cat <|image|>', steps: 1, ...o }); return 'no error'; } catch (e) { return `${e.name}: ${e.message}`; }
+    };
+    const bare = await err({ subjects: [new Subject(s.values)], selfAttention: 1 });
+    const negative = await err({ subjects: [s], selfAttention: -1 });
+    await g.dispose();
+    return { shape, bare, negative };
+  });
+  assert.deepEqual(api.shape, [8, 16, 16, 8 * 256, 256]);
+  assert.match(api.bare, /^InvalidInput: .*subject 1 has none/);
+  assert.match(api.negative, /^InvalidInput: .*self-attention strength/);
   assertClean(problems);
   await page.close();
 });

@@ -346,6 +346,11 @@ def caption_for(subjects, context, positions, sizes, say_position, say_size):
 
 def render_reference(ident: Identity, rng: random.Random) -> np.ndarray:
     """The subject alone: another scale and pose, on a plain or noise background."""
+    return render_reference_with_mask(ident, rng)[0]
+
+
+def render_reference_with_mask(ident: Identity, rng: random.Random):
+    """`render_reference` (the same draws from `rng`) and the subject's mask (L, 255 = subject)."""
     if rng.random() < 0.5:
         bg = Image.new("RGB", (REF_SIZE, REF_SIZE), tuple(rng.randint(90, 230) for _ in range(3)))
     else:
@@ -357,7 +362,9 @@ def render_reference(ident: Identity, rng: random.Random) -> np.ndarray:
     x = (REF_SIZE - sub.width) // 2 + rng.randint(-6, 6)
     y = (REF_SIZE - sub.height) // 2 + rng.randint(-6, 6)
     bg.paste(sub, (x, y), sub)
-    return np.asarray(bg)
+    mask = Image.new("L", (REF_SIZE, REF_SIZE), 0)
+    mask.paste(sub.getchannel("A"), (x, y))
+    return np.asarray(bg), np.asarray(mask)
 
 
 def make_scene(rng: random.Random, identity_pool, n_subjects=None, context=None) -> Scene:

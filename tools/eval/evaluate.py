@@ -60,12 +60,14 @@ def prompts(held_out, n=20):
 
 
 def references(subject_ids, workdir):
+    """Each identity's reference photo, and its mask (`mask_<id>.png`, from the renderer)."""
     paths = {}
     for sid in sorted(set(subject_ids)):
         rng = random.Random(5000 + sid)
-        img = scenes.render_reference(scenes.IDENTITIES[sid], rng)
+        img, mask = scenes.render_reference_with_mask(scenes.IDENTITIES[sid], rng)
         p = os.path.join(workdir, f"ref_{sid}.png")
         Image.fromarray(img).save(p)
+        Image.fromarray(mask).save(os.path.join(workdir, f"mask_{sid}.png"))
         paths[sid] = p
     return paths
 
@@ -76,6 +78,11 @@ def generate(cli, model, job):
             "--guidance", str(job["guidance"]), "--alpha", str(job["alpha"]), "--seed", str(job["seed"]), "--out", job["out"]]
     for p in job["refs"]:
         args += ["--subject", p]
+        if job.get("masks"):
+            args += ["--mask", p.replace("ref_", "mask_")]
+    if job.get("self_attention"):
+        args += ["--self-attention", str(job["self_attention"])]
+    args += job.get("extra", [])
     r = subprocess.run(args, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{job['prompt']}: {r.stderr}")
@@ -139,7 +146,12 @@ def main():
     ap.add_argument("--prompts", type=int, default=20, help="prompts per kind (20; fewer for a quick check)")
     ap.add_argument("--alphas", default=",".join(map(str, ALPHAS)),
                     help="alphas to generate (a quick check during training: --alphas 0.7 --out /tmp/eval)")
+    ap.add_argument("--self-attention", default="",
+                    help="self-subject attention strengths to add at alpha 0.7, e.g. 0.5,1 (rows 'self-attention w')")
+    ap.add_argument("--masks", action="store_true",
+                    help="give each reference photo's mask (from the renderer) with it (--mask): every row uses them")
     a = ap.parse_args()
+    strengths = [float(x) for x in a.self_attention.split(",") if x]
     alphas = [float(x) for x in a.alphas.split(",")]
     if 0.7 not in alphas:
         raise SystemExit("--alphas must include the default alpha 0.7")
@@ -153,7 +165,10 @@ def main():
         for k, item in enumerate(items):
             for seed in (0, 1):
                 base = dict(item=item, kind=kind, seed=seed, steps=a.steps, guidance=a.guidance, scheduler=a.scheduler,
-                            refs=[refs[s] for s in item["subjects"]])
+                            refs=[refs[s] for s in item["subjects"]], masks=a.masks)
+                for w in strengths:
+                    jobs.append(dict(base, method=f"self-attention {w}", alpha=0.7, self_attention=w, prompt=item["prompt"],
+                                     out=os.path.join(work, f"{kind}{k}_s{seed}_sa{w}.png")))
                 for alpha in alphas:
                     jobs.append(dict(base, method=f"alpha {alpha}", alpha=alpha, prompt=item["prompt"],
                                      out=os.path.join(work, f"{kind}{k}_s{seed}_a{alpha}.png")))
@@ -180,7 +195,7 @@ def main():
         results.setdefault((j["method"], j["kind"]), []).append((ident, prompt))
         if per_attr is not None:
             attrs.setdefault(j["method"], []).append(per_attr)
-    methods = [f"alpha {x}" for x in alphas] + ["no subject image", "reference pasted"]
+    methods = [f"alpha {x}" for x in alphas] + [f"self-attention {w}" for w in strengths] + ["no subject image", "reference pasted"]
     rows = []
     summary = {}
     for m in methods:
@@ -230,7 +245,7 @@ def write_report(a, table, attr_table, chance, summary, n_images, seconds):
 Written by `tools/.venv/bin/python tools/eval/evaluate.py` (judges: `tools/eval/judges.py train`),
 {time.strftime('%Y-%m-%d', time.gmtime())}, {machine}, {n_images} generated images in {seconds / 60:.0f} min.
 Model: `{os.path.relpath(a.model, ROOT)}`; {a.scheduler.upper()} {a.steps} steps, guidance {a.guidance}; prompts, seeds and
-per-image settings in `eval_results.json`.
+per-image settings in `eval_results.json`.{" Rows `self-attention w`: alpha 0.7 with self-subject attention at strength w (`--self-attention w`)." if a.self_attention else ""}{" Every row gives each reference photo's mask (`--mask`, from the renderer)." if a.masks else ""}
 
 **Held-out identities only** (never seen in training): {a.prompts} single-subject prompts (context, and
 position or size where the prompt says so) and {a.prompts} two-subject prompts (left / right), 2 seeds each.

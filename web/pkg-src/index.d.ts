@@ -88,7 +88,12 @@ export interface CreateGeneratorOptions {
 
 /** A subject photo, encoded once; reuse it across generations. */
 export class Subject {
+  /** The subject's embedding (image encoder + projection). */
   readonly values: Float32Array;
+  /** Where the model has a VAE encoder: the photo's latents `[channels, height, width]` at the
+   *  model's native size and where the subject is in them (`mask`, `[height, width]` in 0..1;
+   *  from `encodeSubject`'s mask, else the whole photo), for `selfAttention`. */
+  readonly reference?: { latents: Float32Array; mask: Float32Array; channels: number; height: number; width: number };
 }
 
 export interface GenerateOptions {
@@ -121,6 +126,10 @@ export interface GenerateOptions {
   /** Words whose meaning is projected out of the prompt (DECOR), e.g. `{ text: 'hat', strength: 1 }`;
    *  strength 0..1 (0 = no change). */
   suppress?: { text: string; strength: number }[];
+  /** Self-subject attention (DreamTuner): the image also attends to each subject photo's
+   *  features, at this strength (default 0 = off; 1 = as much as to its own). Needs Subjects with
+   *  a `reference` (a model with a VAE encoder); about doubles a step's cost. */
+  selfAttention?: number;
 }
 
 export interface StepEvent {

@@ -114,15 +114,19 @@ async function toImage({ width, height, rgba }) {
 
 /** A subject photo, encoded once and reusable across generations. */
 export class Subject {
-  constructor(values) { this.values = values; }
+  constructor(values, reference) {
+    this.values = values;
+    // The photo's latents and mask for self-subject attention (models with a VAE encoder).
+    if (reference) this.reference = reference;
+  }
 }
 
-// The subjects' embeddings for the worker; anything but `Subject`s is refused here.
+// The subjects for the worker; anything but `Subject`s is refused here.
 function subjectValues(subjects) {
   if (!Array.isArray(subjects)) throw apiError('InvalidInput', 'subjects must be an array of Subjects from encodeSubject');
   return subjects.map((s, i) => {
     if (!(s instanceof Subject)) throw apiError('InvalidInput', `subject ${i + 1} is not a Subject from encodeSubject`);
-    return s.values;
+    return { values: s.values, reference: s.reference };
   });
 }
 
@@ -211,7 +215,7 @@ class Generator {
       for (let i = 0; i < maskBytes.length; i++) maskBytes[i] = m.rgba[i * 4];
     }
     const r = await this._call(OP.encodeSubject, { rgba: px.rgba, width: px.width, height: px.height, mask: maskBytes });
-    return new Subject(r.values);
+    return new Subject(r.values, r.reference);
   }
 
   /**

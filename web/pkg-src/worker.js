@@ -301,6 +301,16 @@ async function obtainLoras(loras) {
 
 // ---------------------------------------------------------------- ops
 
+// Subjects as the page sends them, `{ values, reference? }` (typed arrays survive the message;
+// plain arrays are taken too); the wasm module checks each field and names what is wrong.
+function wasmSubjects(subjects) {
+  const f32 = (a) => (a instanceof Float32Array || a == null ? a : new Float32Array(a));
+  return (subjects || []).map((s) => ({
+    values: f32(s && s.values),
+    reference: s && s.reference ? { ...s.reference, latents: f32(s.reference.latents), mask: f32(s.reference.mask) } : undefined,
+  }));
+}
+
 const ops = {
   async [OP.init]({ wasmUrl, threads, device }) {
     if (!ready) ready = loadWasm(wasmUrl, threads, device || 'auto');
@@ -350,13 +360,13 @@ const ops = {
   async [OP.encodeSubject]({ rgba, width, height, mask }) {
     if (!generator) throw apiError('InvalidInput', 'no model is loaded');
     const data = rgba instanceof Uint8Array ? rgba : new Uint8Array(rgba);
-    const values = await generator.encodeSubject(data, width, height, mask ? new Uint8Array(mask) : undefined);
-    return { values };
+    // { values, reference? }: the embedding, and the photo's latents where the model has a VAE encoder.
+    return await generator.encodeSubject(data, width, height, mask ? new Uint8Array(mask) : undefined);
   },
 
   async [OP.startDenoise]({ options, subjects }) {
     if (!generator) throw apiError('InvalidInput', 'no model is loaded');
-    const session = generator.startDenoise(options || {}, (subjects || []).map((s) => new Float32Array(s)));
+    const session = generator.startDenoise(options || {}, wasmSubjects(subjects));
     const id = nextSession++;
     sessions.set(id, { session });
     return { session: id, total: session.total, warnings: session.warnings };
@@ -400,7 +410,7 @@ const ops = {
         await new Promise((r) => setTimeout(r, 0));
         return !cancelled.has(runId) && !deviceLost;
       };
-      return await generator.generate(options || {}, (subjects || []).map((s) => new Float32Array(s)), previewEvery || 0, onStep);
+      return await generator.generate(options || {}, wasmSubjects(subjects), previewEvery || 0, onStep);
     } catch (e) {
       if (deviceLost) throw lostError();
       throw e;

@@ -18,7 +18,7 @@ use crate::kernels::device::Precision;
 use crate::pipeline::components::Residency;
 use crate::pipeline::{
     Attribute, Denoiser, FastComposer, GenerateOptions, RgbImage, StepHooks, StepReport,
-    SubjectEmbedding, Suppression,
+    SubjectEmbedding, SubjectReference, Suppression,
 };
 
 fn js_error(e: Error) -> JsValue {
@@ -449,7 +449,9 @@ impl Generator {
 
     /// Encode one subject photo given as RGBA pixels (`width × height × 4` bytes), with an
     /// optional mask of the same size (one byte per pixel, >= 128 = subject). Returns the
-    /// subject embedding (reusable across generations).
+    /// subject (reusable across generations): `{ values }` (its embedding), and where the model
+    /// has a VAE encoder `reference: { latents, mask, channels, height, width }` (the photo's
+    /// latents for self-subject attention).
     #[wasm_bindgen(js_name = encodeSubject)]
     pub async fn encode_subject(
         &self,
@@ -457,9 +459,9 @@ impl Generator {
         width: u32,
         height: u32,
         mask: Option<Vec<u8>>,
-    ) -> JsResult<Float32Array> {
+    ) -> JsResult<JsValue> {
         let img = rgba_to_rgb(&rgba, width, height).map_err(js_error)?;
-        let img = match mask {
+        let mask = match mask {
             Some(m) => {
                 if m.len() != (width as usize) * (height as usize) {
                     return Err(js_error(Error::invalid(format!(
@@ -467,20 +469,19 @@ impl Generator {
                         m.len()
                     ))));
                 }
-                let mask = image::GrayImage::from_raw(width, height, m)
-                    .ok_or_else(|| js_error(Error::invalid("bad mask")))?;
-                crate::pipeline::preprocess::apply_mask(&img, &mask).map_err(js_error)?
+                Some(
+                    image::GrayImage::from_raw(width, height, m)
+                        .ok_or_else(|| js_error(Error::invalid("bad mask")))?,
+                )
             }
-            None => img,
+            None => None,
         };
-        let px = crate::pipeline::preprocess::subject_pixel_values(&img, self.model.subject_size())
-            .map_err(js_error)?;
         let e = self
             .model
-            .encode_subject_pixels_async(&px)
+            .encode_subject_async(&img, mask.as_ref())
             .await
             .map_err(js_error)?;
-        Ok(Float32Array::from(&e.values[..]))
+        subject_object(&e)
     }
 
     /// A whole generation through the pipeline's loop (`Denoiser::run`). After every step,
@@ -493,12 +494,12 @@ impl Generator {
     pub async fn generate(
         &self,
         options: JsValue,
-        subjects: Vec<Float32Array>,
+        subjects: Vec<JsValue>,
         preview_every: usize,
         on_step: js_sys::Function,
     ) -> JsResult<JsValue> {
         let opts = parse_options(options, self.model.default_options())?;
-        let subjects = embeddings(&subjects);
+        let subjects = embeddings(&subjects).map_err(js_error)?;
         let mut hooks = JsHooks {
             on_step,
             error: None,
@@ -536,12 +537,12 @@ impl Generator {
     pub fn start_denoise(
         &self,
         options: JsValue,
-        subjects: Vec<Float32Array>,
+        subjects: Vec<JsValue>,
     ) -> JsResult<DenoiseSession> {
         let opts = parse_options(options, self.model.default_options())?;
         let d = self
             .model
-            .start(&opts, &embeddings(&subjects), None)
+            .start(&opts, &embeddings(&subjects).map_err(js_error)?, None)
             .map_err(js_error)?;
         Ok(DenoiseSession { inner: d })
     }
@@ -553,12 +554,71 @@ fn parse_options(options: JsValue, defaults: GenerateOptions) -> JsResult<Genera
     o.into_options(defaults).map_err(js_error)
 }
 
-fn embeddings(subjects: &[Float32Array]) -> Vec<SubjectEmbedding> {
+/// A subject as the JS API holds it: `{ values, reference? }`, typed arrays.
+fn subject_object(e: &SubjectEmbedding) -> JsResult<JsValue> {
+    let o = Object::new();
+    Reflect::set(&o, &"values".into(), &Float32Array::from(&e.values[..]))?;
+    if let Some(r) = &e.reference {
+        let ro = Object::new();
+        Reflect::set(&ro, &"latents".into(), &Float32Array::from(&r.latents[..]))?;
+        Reflect::set(&ro, &"mask".into(), &Float32Array::from(&r.mask[..]))?;
+        for (k, v) in [
+            ("channels", r.channels),
+            ("height", r.height),
+            ("width", r.width),
+        ] {
+            Reflect::set(&ro, &k.into(), &(v as f64).into())?;
+        }
+        Reflect::set(&o, &"reference".into(), &ro)?;
+    }
+    Ok(o.into())
+}
+
+/// The subjects `{ values, reference? }` the JS API passes, checked: anything else is an
+/// InvalidInput naming the subject.
+fn embeddings(subjects: &[JsValue]) -> Result<Vec<SubjectEmbedding>, Error> {
+    let bad = |i: usize, what: &str| Error::invalid(format!("subject {}: {what}", i + 1));
+    let floats = |o: &JsValue, key: &str| -> Option<Vec<f32>> {
+        Reflect::get(o, &key.into())
+            .ok()
+            .and_then(|v| v.dyn_into::<Float32Array>().ok())
+            .map(|a| a.to_vec())
+    };
+    let size = |o: &JsValue, key: &str| -> Option<usize> {
+        Reflect::get(o, &key.into())
+            .ok()
+            .and_then(|v| v.as_f64())
+            .filter(|v| v.is_finite() && *v >= 0.0 && v.fract() == 0.0 && *v <= 1e9)
+            .map(|v| v as usize)
+    };
     subjects
         .iter()
-        .map(|a| SubjectEmbedding {
-            values: a.to_vec(),
-            reference: None,
+        .enumerate()
+        .map(|(i, s)| {
+            let values = floats(s, "values").ok_or_else(|| {
+                bad(
+                    i,
+                    "`values` must be a Float32Array (a Subject from encodeSubject)",
+                )
+            })?;
+            let r = Reflect::get(s, &"reference".into()).unwrap_or(JsValue::UNDEFINED);
+            let reference = if r.is_undefined() || r.is_null() {
+                None
+            } else {
+                Some(SubjectReference {
+                    latents: floats(&r, "latents")
+                        .ok_or_else(|| bad(i, "`reference.latents` must be a Float32Array"))?,
+                    mask: floats(&r, "mask")
+                        .ok_or_else(|| bad(i, "`reference.mask` must be a Float32Array"))?,
+                    channels: size(&r, "channels")
+                        .ok_or_else(|| bad(i, "`reference.channels` must be a whole number"))?,
+                    height: size(&r, "height")
+                        .ok_or_else(|| bad(i, "`reference.height` must be a whole number"))?,
+                    width: size(&r, "width")
+                        .ok_or_else(|| bad(i, "`reference.width` must be a whole number"))?,
+                })
+            };
+            Ok(SubjectEmbedding { values, reference })
         })
         .collect()
 }

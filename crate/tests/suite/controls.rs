@@ -271,7 +271,10 @@ fn self_attention_matches_the_reference() {
 #[test]
 fn self_attention_strength_zero_and_bad_values() {
     let cat = [subject("chelsea")];
-    assert!(cat[0].reference.is_some(), "the fixture model has a VAE encoder");
+    assert!(
+        cat[0].reference.is_some(),
+        "the fixture model has a VAE encoder"
+    );
     let plain = options("a cat <|image|> on the beach");
     let run = |o: &GenerateOptions, s: &[SubjectEmbedding]| {
         let mut d = model().start(o, s, None)?;

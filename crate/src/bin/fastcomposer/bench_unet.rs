@@ -32,6 +32,11 @@ pub struct Args {
     /// (the inputs are the same in every run: seeded normals).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Time self-subject attention with this many subjects: each forward is then the reference
+    /// pass (the subjects' latents, `subjects × batch` rows, recording) and the generated pass
+    /// attending to it (strength 1, masks all ones), as a generation's step runs them.
+    #[arg(long, default_value_t = 0)]
+    pub self_attention_subjects: usize,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -45,6 +50,7 @@ pub fn run(args: Args) -> Result<()> {
         weights,
         dtype,
         out,
+        self_attention_subjects: k,
     } = args;
     let unet_config = match config.as_str() {
         "sd15" => UNet2DConditionConfig::default(),
@@ -81,11 +87,43 @@ pub fn run(args: Args) -> Result<()> {
         &device,
     );
     let t = Tensor::<1>::full([batch], 500.0, &device);
+    let reference = (k > 0).then(|| {
+        let masks = vec![vec![1.0f32; latent * latent]; k];
+        let z = Tensor::<4>::from_data(
+            TensorData::new(
+                rng.normals(k * batch * c * latent * latent),
+                [k * batch, c, latent, latent],
+            ),
+            &device,
+        );
+        let ctx_k = ctx
+            .clone()
+            .unsqueeze_dim::<4>(0)
+            .repeat_dim(0, k)
+            .reshape([k * batch, 77, d]);
+        let tk = Tensor::<1>::full([k * batch], 500.0, &device);
+        (
+            SelfReference::new(1.0, masks, [latent, latent]),
+            z,
+            ctx_k,
+            tk,
+        )
+    });
     let mut times = Vec::new();
     let mut last = None;
     for _ in 0..=iters {
         let t0 = Instant::now();
-        let out = model.forward(sample.clone(), t.clone(), &ctx)?;
+        let out = match &reference {
+            None => model.forward(sample.clone(), t.clone(), &ctx)?,
+            Some((r, z, ctx_k, tk)) => {
+                r.record();
+                model.forward_with(z.clone(), tk.clone(), ctx_k, Some(r))?;
+                r.apply();
+                let out = model.forward_with(sample.clone(), t.clone(), &ctx, Some(r))?;
+                r.clear();
+                out
+            }
+        };
         let data = fastcomposer::kernels::device::read(out)?;
         let data_shape = data.shape().to_vec();
         let v = data
@@ -112,7 +150,7 @@ pub fn run(args: Args) -> Result<()> {
     let json = serde_json::json!({
         "config": config, "latent": latent, "batch": batch, "device": format!("{choice:?}"),
         "weights": weights, "dtype": dtype, "attention_mib": attention.attention_mib,
-        "attention": kernel.name(),
+        "attention": kernel.name(), "self_attention_subjects": k,
         "nonfinite": nonfinite,
         "adapter": (choice == DeviceChoice::Wgpu).then(device::wgpu_adapter).flatten(),
         "load_s": load_s, "first_ms": first, "mean_ms": mean, "iters": rest.len(),

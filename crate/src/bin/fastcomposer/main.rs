@@ -19,6 +19,7 @@ use fastcomposer::io::safetensors::SafetensorsSource;
 use fastcomposer::kernels::attention::AttentionKernel;
 use fastcomposer::kernels::device::{self, DeviceChoice, Precision};
 use fastcomposer::kernels::{ConvKernels, GpuConv, KernelOptions, WinogradPolicy};
+use fastcomposer::models::attention::SelfReference;
 use fastcomposer::models::forward::{Component, forward_component};
 use fastcomposer::models::loader::Loader;
 use fastcomposer::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
