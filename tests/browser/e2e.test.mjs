@@ -506,6 +506,13 @@ test('results keep their settings: the PNG download carries them in text chunks,
   await setRange(page, 'steps', STEPS);
   await page.getByLabel('Seed').fill('31');
   await page.getByLabel('Negative prompt').fill('blurry');
+  // The controls too: a slider row, suppression, self-subject attention.
+  await page.getByLabel('Subject 1 from').fill('red');
+  await page.getByLabel('Subject 1 to').fill('blue');
+  await setRange(page, 'attr-strength-1', 0.5);
+  await page.getByLabel('Suppress', { exact: true }).fill('hat');
+  await setRange(page, 'suppress-strength', 0.5);
+  await setRange(page, 'self-attention', 0.5);
   await page.getByRole('button', { name: 'Generate' }).click();
   await waitForResult(page, 0);
   assert.equal(await page.getByRole('alert').textContent(), '');
@@ -522,16 +529,21 @@ test('results keep their settings: the PNG download carries them in text chunks,
   assert.deepEqual(settings, {
     prompt: 'a cat <|image|> on the beach', negativePrompt: 'blurry', steps: STEPS, guidance: 1, alpha: 0.8, seed: 31,
     scheduler: 'lcm', width: size, height: size, decoder: 'full', model: settings.model, subjects: ['chelsea.png'],
+    attributes: [{ subject: 1, from: 'red', to: 'blue', strength: 0.5 }], suppress: [{ text: 'hat', strength: 0.5 }], selfAttention: 0.5,
   });
   assert.ok(settings.model.length > 0);
   assert.equal(text.parameters, `a cat <|image|> on the beach\nNegative prompt: blurry\nSteps: ${STEPS}, Sampler: LCM, CFG scale: 1, Seed: 31, `
-    + `Size: ${size}x${size}, Subject strength (alpha): 0.8, Model: ${settings.model}`);
+    + `Size: ${size}x${size}, Subject strength (alpha): 0.8, Model: ${settings.model}, Attributes: 1 red→blue 0.5, Suppress: hat 0.5, `
+    + 'Self-subject attention: 0.5');
   // The browser still reads it as the image.
   const px = await pngPixels(page, file);
   assert.ok(notBlank(px));
   // Other settings, another image; then the first one's settings again.
   await page.getByLabel('Seed').fill('32');
   await page.getByLabel('Prompt', { exact: true }).fill('a cat <|image|> in the snow');
+  await setRange(page, 'attr-strength-1', 0);
+  await page.getByLabel('Suppress', { exact: true }).fill('');
+  await setRange(page, 'self-attention', 0);
   await page.getByRole('button', { name: 'Generate' }).click();
   await waitForResult(page, 1);
   assert.notDeepEqual(await pngBytes(0), first);
@@ -539,6 +551,9 @@ test('results keep their settings: the PNG download carries them in text chunks,
   assert.equal(await page.getByLabel('Seed').inputValue(), '31');
   assert.equal(await page.getByLabel('Prompt', { exact: true }).inputValue(), 'a cat <|image|> on the beach');
   assert.equal(await page.getByLabel('Negative prompt').inputValue(), 'blurry');
+  assert.equal(await page.getByLabel('Subject 1 attribute strength').inputValue(), '0.5');
+  assert.equal(await page.getByLabel('Suppress', { exact: true }).inputValue(), 'hat');
+  assert.equal(await page.getByLabel('Self-subject attention').inputValue(), '0.5');
   await page.getByRole('button', { name: 'Generate' }).click();
   await waitForResult(page, 2);
   assert.equal(await page.getByRole('alert').textContent(), '');

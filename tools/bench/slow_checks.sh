@@ -15,3 +15,9 @@ done
 # f16 (its own test binary; it needs a GPU device: lavapipe here).
 echo "== slow f16 checks on the wgpu device"
 FASTCOMPOSER_TEST_DEVICE=wgpu cargo test --release --test half_precision -- --ignored --test-threads 1 "$@"
+# The conditioning controls and self-subject attention on the wgpu device (in CI they run on the
+# CPU device only: about 3 minutes on lavapipe, mostly compiling its kernels).
+if [ $# -eq 0 ]; then
+  echo "== controls (sliders, suppression, self-subject attention) on the wgpu device"
+  FASTCOMPOSER_TEST_DEVICE=wgpu CUBECL_AUTOTUNE_LEVEL=minimal cargo test --release --test suite -- --test-threads 1 controls::
+fi

@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::{Tensor, TensorData, activation::softmax};
+use burn::tensor::{Tensor, TensorData};
 
 use crate::error::Result;
 use crate::kernels::attention::{AttentionKernel, sdpa};
@@ -95,66 +95,59 @@ impl Attention {
 
     /// `x` `[B, L, query_dim]`, `context` `[B, T, cross_dim]` (or `None` for self-attention).
     pub fn forward(&self, x: Tensor<3>, context: Option<&Tensor<3>>) -> Tensor<3> {
-        let [b, l, _] = x.dims();
         let ctx = context.cloned().unwrap_or_else(|| x.clone());
-        let t = ctx.dims()[1];
-        let (h, dh) = (self.heads, self.dim_head);
-        let q = self.to_q.forward(x).reshape([b, l, h, dh]).swap_dims(1, 2);
-        let k = self
-            .to_k
-            .forward(ctx.clone())
-            .reshape([b, t, h, dh])
-            .swap_dims(1, 2);
-        let v = self
-            .to_v
-            .forward(ctx)
-            .reshape([b, t, h, dh])
-            .swap_dims(1, 2);
-        let o = sdpa(q, k, v, (dh as f64).powf(-0.5), false, self.kernel);
+        let (q, k, v) = self.qkv(x, ctx);
+        let dh = self.dim_head;
+        self.merge_heads(sdpa(q, k, v, (dh as f64).powf(-0.5), false, self.kernel))
+    }
+
+    /// `q`, `k`, `v` as `[B, heads, L or T, dim_head]`.
+    fn qkv(&self, x: Tensor<3>, ctx: Tensor<3>) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let split = |lin: &Linear, t: Tensor<3>| {
+            let [b, n, _] = t.dims();
+            lin.forward(t)
+                .reshape([b, n, self.heads, self.dim_head])
+                .swap_dims(1, 2)
+        };
+        (
+            split(&self.to_q, x),
+            split(&self.to_k, ctx.clone()),
+            split(&self.to_v, ctx),
+        )
+    }
+
+    /// `[B, heads, L, dim_head]` back to `[B, L, query_dim]` through `to_out`.
+    fn merge_heads(&self, o: Tensor<4>) -> Tensor<3> {
+        let [b, h, l, dh] = o.dims();
         self.to_out
             .forward(o.swap_dims(1, 2).reshape([b, l, h * dh]))
     }
 
     /// Self-attention over `x` `[B, L, C]` whose keys and values also hold `extra` `[B, T, C]`,
     /// with `bias` (`T` values, added to the scores of those keys; the own keys get 0).
-    /// Plain softmax attention, in chunks of query rows that keep the scores under 64 MiB.
+    ///
+    /// The bias rides in one more head dimension, so that this layer's own kernel (sliced or
+    /// flash) computes it: `q' = [q, 1]`, `k'_j = [k_j, b_j·√d]`, `v' = [v, 0]`, and
+    /// `q'·k'_j/√d = q·k_j/√d + b_j`.
     pub fn forward_with_extra(&self, x: Tensor<3>, extra: Tensor<3>, bias: &[f32]) -> Tensor<3> {
         let [b, l, _] = x.dims();
-        let t = extra.dims()[1];
+        let n = l + extra.dims()[1];
         let (h, dh) = (self.heads, self.dim_head);
         let kv_in = Tensor::cat(vec![x.clone(), extra], 1);
-        let n = l + t;
-        let q = self.to_q.forward(x).reshape([b, l, h, dh]).swap_dims(1, 2);
-        let k = self
-            .to_k
-            .forward(kv_in.clone())
-            .reshape([b, n, h, dh])
-            .swap_dims(1, 2);
-        let v = self
-            .to_v
-            .forward(kv_in)
-            .reshape([b, n, h, dh])
-            .swap_dims(1, 2);
-        let mut full = vec![0f32; n];
-        full[l..].copy_from_slice(bias);
-        let bias = Tensor::<4>::from_data(TensorData::new(full, [1, 1, 1, n]), &q.device());
-        let kt = k.swap_dims(2, 3) * (dh as f64).powf(-0.5);
-        let rows = ((64usize << 20) / (4 * b * h * n)).clamp(1, l);
-        let mut outs = Vec::with_capacity(l.div_ceil(rows));
-        let mut start = 0;
-        while start < l {
-            let len = rows.min(l - start);
-            let scores = q.clone().narrow(2, start, len).matmul(kt.clone()) + bias.clone();
-            outs.push(softmax(scores, 3).matmul(v.clone()));
-            start += len;
+        let (q, k, v) = self.qkv(x, kv_in);
+        let device = q.device();
+        let root = (dh as f32).sqrt();
+        let mut column = vec![0f32; n];
+        for (c, &v) in column[l..].iter_mut().zip(bias) {
+            *c = v * root;
         }
-        let o = if outs.len() == 1 {
-            outs.pop().expect("one chunk")
-        } else {
-            Tensor::cat(outs, 2)
-        };
-        self.to_out
-            .forward(o.swap_dims(1, 2).reshape([b, l, h * dh]))
+        let column = Tensor::<4>::from_data(TensorData::new(column, [1, 1, n, 1]), &device)
+            .expand([b, h, n, 1]);
+        let q = Tensor::cat(vec![q, Tensor::ones([b, h, l, 1], &device)], 3);
+        let k = Tensor::cat(vec![k, column], 3);
+        let v = Tensor::cat(vec![v, Tensor::zeros([b, h, n, 1], &device)], 3);
+        let o = sdpa(q, k, v, (dh as f64).powf(-0.5), false, self.kernel).narrow(3, 0, dh);
+        self.merge_heads(o)
     }
 
     /// Spatial form `[B, C, H, W]` (GroupNorm, attention over pixels, residual).
