@@ -321,11 +321,6 @@ impl FastComposer {
         }
     }
 
-    /// Whether subjects carry what self-subject attention needs: the model has a VAE encoder.
-    pub fn has_vae_encoder(&self) -> Result<bool> {
-        Ok(self.image_encoder()?.1.is_some())
-    }
-
     fn unet(&self) -> Result<Arc<UNet2DConditionModel>> {
         match self.stage(StageKind::Unet)? {
             Stage::Unet(m) => Ok(m),
