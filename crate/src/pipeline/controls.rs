@@ -138,6 +138,15 @@ pub fn check_attributes(
     attributes: &[Attribute],
     subjects: usize,
 ) -> Result<()> {
+    let longest_template = TEMPLATES
+        .iter()
+        .map(|t| tok.encode(t).map(|ids| ids.len()))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .max()
+        .unwrap_or(0);
+    // BOS + template + word + noun + EOS must fit.
+    let room = MAX_LENGTH - 3 - longest_template;
     for (n, a) in attributes.iter().enumerate() {
         let what = format!("attribute {} ({}:{}:{})", n + 1, a.subject, a.from, a.to);
         if a.subject == 0 || a.subject > subjects {
@@ -152,15 +161,6 @@ pub fn check_attributes(
                 a.strength
             )));
         }
-        let longest_template = TEMPLATES
-            .iter()
-            .map(|t| tok.encode(t).map(|ids| ids.len()))
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .max()
-            .unwrap_or(0);
-        // BOS + template + word + noun + EOS must fit.
-        let room = MAX_LENGTH - 3 - longest_template;
         let from = word_ids(tok, &a.from, &format!("{what}, `from`"), room)?;
         let to = word_ids(tok, &a.to, &format!("{what}, `to`"), room)?;
         if from == to {
